@@ -1,0 +1,1 @@
+"""The app door: JSON messages over WebSocket at ``/ws``, authenticated with JWTs."""

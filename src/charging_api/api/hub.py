@@ -1,0 +1,194 @@
+"""Routes domain events to the app sessions entitled to them; numbers and remembers pushes.
+
+Every user has a stream: a sequence counter, a bounded history of the frames pushed to them
+(for ``resume``), the admin subscriptions they hold, and their live sessions. An event goes to
+the stream of the user who owns the session it concerns and to the streams of admins
+subscribed to its charge point: nobody else. The frame's ``data`` is serialised once per event;
+only the ``seq`` differs between recipients.
+
+No I/O here: a session is anything with ``deliver(frame, droppable)``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from charging_api.api import protocol
+from charging_api.domain.events import (
+    ChargePointConnectionChanged,
+    ConnectorStatusChanged,
+    DomainEvent,
+    MeterValuesReceived,
+    TransactionStarted,
+    TransactionStopped,
+)
+from charging_api.timefmt import utc_now_text
+
+
+class Recipient(Protocol):
+    def deliver(self, frame: bytes, droppable: bool) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class UserStream:
+    user_id: str
+    seq: int = 0
+    history: deque[tuple[int, bytes, bool]] | None = None
+    sessions: set[Recipient] = field(default_factory=set)
+    watch_all: bool = False
+    watching: set[str] = field(default_factory=set)
+
+
+class UpdateHub:
+    """Fan-out of domain events to app sessions, with per-user sequence numbers."""
+
+    def __init__(self, history_size: int = 200, idle_streams: int = 10_000) -> None:
+        self._history_size = history_size
+        self._idle_limit = idle_streams
+        self._streams: dict[str, UserStream] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self._watch_all: set[UserStream] = set()
+        self._watch_cp: dict[str, set[UserStream]] = {}
+        self.deliveries = 0
+
+    # ------------------------------------------------------------- sessions
+
+    def attach(self, user_id: str, session: Recipient) -> UserStream:
+        stream = self._streams.get(user_id)
+        if stream is None:
+            stream = self._streams[user_id] = UserStream(user_id)
+        self._idle.pop(user_id, None)
+        stream.sessions.add(session)
+        return stream
+
+    def detach(self, user_id: str, session: Recipient) -> None:
+        """The stream outlives its last session (so a reconnect can resume), up to a bound."""
+        stream = self._streams.get(user_id)
+        if stream is None:
+            return
+        stream.sessions.discard(session)
+        if not stream.sessions:
+            self._idle[user_id] = None
+            while len(self._idle) > self._idle_limit:
+                old, _ = self._idle.popitem(last=False)
+                self._drop(old)
+
+    def _drop(self, user_id: str) -> None:
+        stream = self._streams.pop(user_id, None)
+        if stream is not None:
+            self._set_watch(stream, all_=False, cps=())
+
+    def session_count(self) -> int:
+        return sum(len(s.sessions) for s in self._streams.values())
+
+    def session_count_of(self, user_id: str) -> int:
+        stream = self._streams.get(user_id)
+        return len(stream.sessions) if stream is not None else 0
+
+    def user_count(self) -> int:
+        return sum(1 for s in self._streams.values() if s.sessions)
+
+    # -------------------------------------------------------- subscriptions
+
+    def subscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
+        """Admin watching: ``None`` means every charge point."""
+        stream = self._streams[user_id]
+        if charge_points is None:
+            self._set_watch(stream, all_=True, cps=stream.watching)
+        else:
+            self._set_watch(stream, all_=stream.watch_all, cps=stream.watching | set(charge_points))
+        return "*" if stream.watch_all else sorted(stream.watching)
+
+    def unsubscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
+        stream = self._streams[user_id]
+        if charge_points is None:
+            self._set_watch(stream, all_=False, cps=())
+        else:
+            self._set_watch(stream, all_=stream.watch_all, cps=stream.watching - set(charge_points))
+        return "*" if stream.watch_all else sorted(stream.watching)
+
+    def _set_watch(self, stream: UserStream, *, all_: bool, cps: Iterable[str]) -> None:
+        for cp in stream.watching:
+            watchers = self._watch_cp.get(cp)
+            if watchers is not None:
+                watchers.discard(stream)
+                if not watchers:
+                    del self._watch_cp[cp]
+        stream.watching = set(cps)
+        for cp in stream.watching:
+            self._watch_cp.setdefault(cp, set()).add(stream)
+        stream.watch_all = all_
+        if all_:
+            self._watch_all.add(stream)
+        else:
+            self._watch_all.discard(stream)
+
+    # ---------------------------------------------------------------- events
+
+    def on_event(self, event: DomainEvent) -> None:
+        """Bus handler: one event in, one frame per entitled stream out."""
+        if isinstance(event, MeterValuesReceived):
+            kind, data, droppable = "meter_values_update", protocol.meter_update(event), True
+        elif isinstance(event, ConnectorStatusChanged):
+            kind, data, droppable = "charging_status_update", protocol.status_update(event), False
+        elif isinstance(event, TransactionStarted | TransactionStopped):
+            kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
+        elif isinstance(event, ChargePointConnectionChanged):
+            return
+        else:  # pragma: no cover - the union is closed
+            return
+        owner = self._streams.get(event.user_id) if event.user_id is not None else None
+        watchers = self._watch_cp.get(event.charge_point_id)
+        if owner is None and not watchers and not self._watch_all:
+            return
+        recipients: set[UserStream] = set(self._watch_all)
+        if watchers:
+            recipients.update(watchers)
+        if owner is not None:
+            recipients.add(owner)
+        data_json = orjson.dumps(data)
+        timestamp = utc_now_text()
+        for stream in recipients:
+            self._push(stream, kind, data_json, timestamp, droppable)
+
+    def push_to_user(self, user_id: str, kind: str, data: dict[str, object]) -> None:
+        stream = self._streams.get(user_id)
+        if stream is not None:
+            self._push(stream, kind, orjson.dumps(data), utc_now_text(), False)
+
+    def _push(
+        self, stream: UserStream, kind: str, data_json: bytes, timestamp: str, droppable: bool
+    ) -> None:
+        stream.seq += 1
+        frame = protocol.encode_push(kind, data_json, stream.seq, timestamp)
+        if self._history_size:
+            if stream.history is None:
+                stream.history = deque(maxlen=self._history_size)
+            stream.history.append((stream.seq, frame, droppable))
+        for session in stream.sessions:
+            session.deliver(frame, droppable)
+            self.deliveries += 1
+
+    def missed_since(self, user_id: str, last_seq: int) -> list[bytes] | None:
+        """Frames after ``last_seq`` in order, or None when the gap is older than the history
+        (or the server restarted): the client must then fetch the state (``get_state``)."""
+        stream = self._streams.get(user_id)
+        if stream is None:
+            return None if last_seq > 0 else []
+        if last_seq > stream.seq:
+            return None
+        if last_seq == stream.seq:
+            return []
+        history = stream.history or deque()
+        if not history or history[0][0] > last_seq + 1:
+            return None
+        return [frame for seq, frame, _ in history if seq > last_seq]
+
+    def current_seq(self, user_id: str) -> int:
+        stream = self._streams.get(user_id)
+        return stream.seq if stream is not None else 0

@@ -1,0 +1,95 @@
+"""Every app message's ``data``, as typed models, keyed by ``type``.
+
+Requests are validated strictly (a connectorId of ``"1"`` is a VALIDATION_ERROR, not a guess);
+unknown fields are ignored so that clients written for the seed keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class AuthRequest(_Data):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
+    userId: Ident | None = None
+
+
+class StartChargingRequest(_Data):
+    chargePointId: Ident
+    connectorId: Annotated[StrictInt, Field(ge=1, le=255)]
+    idTag: IdTagText | None = None
+    userId: Ident | None = None
+
+
+class StopChargingRequest(_Data):
+    transactionId: StrictInt
+    chargePointId: Ident | None = None
+    userId: Ident | None = None
+    reason: Annotated[StrictStr, Field(max_length=64)] | None = None
+
+
+class HeartbeatRequest(_Data):
+    pass
+
+
+class ResumeRequest(_Data):
+    lastSeq: Annotated[StrictInt, Field(ge=0)]
+
+
+class GetStateRequest(_Data):
+    pass
+
+
+class SubscribeRequest(_Data):
+    chargePointIds: list[Ident] | Literal["*"]
+
+
+class UnsubscribeRequest(_Data):
+    chargePointIds: list[Ident] | Literal["*"] = "*"
+
+
+class GetTransactionsRequest(_Data):
+    limit: Annotated[StrictInt, Field(ge=1, le=500)] | None = None
+
+
+class GetMeterValuesRequest(_Data):
+    transactionId: StrictInt
+
+
+#: request type -> (data model, response type). Requests with no ``*_response`` twin answer
+#: with the type given here.
+REQUESTS: dict[str, tuple[type[_Data], str]] = {
+    "auth_request": (AuthRequest, "auth_response"),
+    "start_charging_request": (StartChargingRequest, "start_charging_response"),
+    "stop_charging_request": (StopChargingRequest, "stop_charging_response"),
+    "heartbeat": (HeartbeatRequest, "heartbeat"),
+    "resume": (ResumeRequest, "resume_response"),
+    "get_state": (GetStateRequest, "state"),
+    "subscribe": (SubscribeRequest, "subscribe_response"),
+    "unsubscribe": (UnsubscribeRequest, "unsubscribe_response"),
+    "get_transactions": (GetTransactionsRequest, "transactions"),
+    "get_meter_values": (GetMeterValuesRequest, "meter_values"),
+}
+
+#: Types a client may send before authenticating.
+PUBLIC_TYPES = frozenset({"auth_request", "heartbeat"})
+
+#: Pushes the server sends on its own.
+PUSH_TYPES = frozenset(
+    {
+        "charging_status_update",
+        "meter_values_update",
+        "transaction_update",
+        "session_expiring",
+        "server_shutdown",
+    }
+)

@@ -1,0 +1,226 @@
+"""Composition root: builds storage, bus, core and both doors from Settings and runs them.
+
+The only module that knows every concrete adapter. ``serve`` runs until SIGTERM/SIGINT and then
+drains: stop accepting, tell app clients and close them with 1001, close charge point sockets
+so they reconnect (to another node if there is one), flush storage, return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from charging_api import __version__
+from charging_api.api.auth import TokenVerifier, issue_token
+from charging_api.api.hub import UpdateHub
+from charging_api.api.server import AppLimits, AppServer
+from charging_api.bus.memory import MemoryBus
+from charging_api.config import Settings
+from charging_api.domain import access
+from charging_api.domain.charging import ChargingPolicy, ChargingService
+from charging_api.domain.models import IdTag, IdTagStatus
+from charging_api.http.routes import HttpConfig, HttpRoutes
+from charging_api.ocpp.gateway import OcppGateway
+from charging_api.ocpp.server import OcppServer
+from charging_api.storage.sql import SqlStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPorts:
+    app: int
+    ocpp: int
+
+
+def _tls(cert: Any, key: Any) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
+class Application:
+    """Everything one ``charging-api serve`` process runs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = SqlStore(settings.database_url)
+        self.bus = MemoryBus()
+        self.gateway = OcppGateway(call_timeout=settings.ocpp_call_timeout)
+        self.service = ChargingService(
+            self.store,
+            self.gateway,
+            self.bus,
+            policy=ChargingPolicy(
+                start_transaction_timeout=settings.start_transaction_timeout,
+                meter_live_window=settings.meter_live_window,
+                heartbeat_interval_s=settings.ocpp_heartbeat_interval,
+                accept_unknown_charge_points=not settings.production,
+            ),
+        )
+        self.verifier = TokenVerifier(
+            settings.jwt_secret, settings.jwt_algorithm, settings.jwt_issuer, settings.jwt_audience
+        )
+        self.hub = UpdateHub(history_size=settings.history_size)
+        origins = tuple(settings.frontend_url)
+        self.app_server = AppServer(
+            self.service,
+            self.verifier,
+            self.hub,
+            AppLimits(
+                max_connections=settings.max_connections,
+                max_frame_size=settings.max_frame_size,
+                auth_timeout=settings.auth_timeout,
+                idle_timeout=settings.connection_timeout,
+                session_timeout=settings.session_timeout,
+                heartbeat_interval=settings.heartbeat_interval,
+                send_queue_size=settings.send_queue_size,
+                max_pending_requests=settings.max_pending_requests,
+                allowed_origins=origins,
+            ),
+            http_handler=None,
+            debug=settings.debug_websocket,
+        )
+        self.routes = HttpRoutes(
+            HttpConfig(__version__, origins, settings.stats_api_key),
+            self._websocket_stats,
+            self._system_stats,
+            self.verifier.verify,
+        )
+        self.app_server.set_http_handler(self.routes)
+        self.ocpp_server = OcppServer(
+            self.service,
+            self.gateway,
+            max_frame_size=settings.ocpp_max_frame_size,
+        )
+        self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+
+    def _websocket_stats(self) -> dict[str, int]:
+        stats = self.app_server.stats()
+        stats["gatewayConnections"] = self.gateway.online_count()
+        return stats
+
+    def _system_stats(self) -> dict[str, Any]:
+        return {
+            "ocpp": {
+                "connectedChargePoints": self.gateway.online_count(),
+                "activeTransactions": self.service.live_transaction_count(),
+            },
+            "bus": {"published": self.bus.published},
+        }
+
+    async def start(self) -> BoundPorts:
+        await self.store.start()
+        await self.bus.start()
+        await self.service.load()
+        s = self.settings
+        ocpp_port = await self.ocpp_server.start(
+            s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)
+        )
+        app_port = await self.app_server.start(
+            s.ws_api_host, s.ws_api_port, _tls(s.ws_api_tls_cert, s.ws_api_tls_key)
+        )
+        log.info(
+            "serving app API on %s:%d (/ws, /health, /api/stats) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
+            s.ws_api_host, app_port, s.ocpp_host, ocpp_port,
+        )
+        return BoundPorts(app_port, ocpp_port)
+
+    async def stop(self) -> None:
+        await self.app_server.shutdown()
+        await self.ocpp_server.shutdown()
+        self._unsubscribe()
+        await self.bus.close()
+        await self.store.close()
+        log.info("stopped")
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    application = Application(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await application.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await application.stop()
+
+
+async def add_id_tag(settings: Settings, tag: str, user_id: str | None, status: str) -> None:
+    store = SqlStore(settings.database_url)
+    await store.start()
+    try:
+        await store.put_id_tag(IdTag(tag, user_id, IdTagStatus(status)))
+    finally:
+        await store.close()
+
+
+async def list_id_tags(settings: Settings, user_id: str) -> list[IdTag]:
+    store = SqlStore(settings.database_url)
+    await store.start()
+    try:
+        return await store.id_tags_of(user_id)
+    finally:
+        await store.close()
+
+
+async def add_charge_point(settings: Settings, charge_point_id: str, password: str | None) -> None:
+    store = SqlStore(settings.database_url)
+    await store.start()
+    try:
+        hashed = access.hash_password(password) if password else None
+        await store.add_charge_point(charge_point_id, hashed)
+    finally:
+        await store.close()
+
+
+def make_token(
+    settings: Settings, user_id: str, id_tag: str | None, role: str | None, expires_in: float | None
+) -> str:
+    return issue_token(
+        settings.jwt_secret,
+        user_id,
+        expires_in=expires_in or settings.jwt_expires_in,
+        id_tag=id_tag,
+        role=role,
+        algorithm=settings.jwt_algorithm,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+
+
+async def simulate(url: str, count: int, prefix: str, meter_interval: float, connectors: int) -> None:
+    from charging_api.simulator.fleet import run_fleet
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await run_fleet(
+        url, count, prefix=prefix, meter_interval=meter_interval, connectors=connectors, stop=stop
+    )
+
+
+def run(coro: Any) -> Any:
+    """Run a coroutine on uvloop where available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)
+    return uvloop.run(coro)

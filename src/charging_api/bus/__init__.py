@@ -1,0 +1,1 @@
+"""Event buses: in-process (default) and, later, Redis for several processes."""

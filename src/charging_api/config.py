@@ -1,0 +1,173 @@
+"""Settings from the environment or a ``.env`` file, with the seed's keys and units.
+
+The seed's keys keep their meaning and units (HEARTBEAT_INTERVAL, SESSION_TIMEOUT and
+CONNECTION_TIMEOUT in milliseconds, JWT_EXPIRES_IN as ``24h``). Keys this service adds are in
+seconds unless their name says otherwise. A bad value stops start-up with one line naming the key
+(:func:`load_settings` raises :class:`ConfigError`), and production mode refuses the example secret.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Secrets that ship in docs and examples; production refuses to start with them.
+EXAMPLE_SECRETS = frozenset(
+    {"your-super-secret-jwt-key", "your-secure-production-secret", "change-me-dev-secret"}
+)
+DEV_SECRET = "change-me-dev-secret"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot run with; the message names the key."""
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+    TEST = "test"
+
+
+def parse_duration(value: Any, default_unit: str = "s") -> float:
+    """``24h`` / ``30m`` / ``90`` (in ``default_unit``) -> seconds, as the seed's JWT_EXPIRES_IN."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value) * _UNIT_SECONDS[default_unit]
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 3600, 30m, 24h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or default_unit]
+    if seconds <= 0:
+        raise ValueError("must be positive")
+    return seconds
+
+
+def _millis(value: Any) -> float:
+    """A seed timeout in milliseconds -> seconds; must be positive."""
+    return parse_duration(value, "ms")
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names are the environment keys, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Server (seed keys)
+    ws_api_port: int = Field(8082, ge=0, le=65535)
+    ws_api_host: str = "localhost"
+    app_env: Environment = Field(
+        Environment.DEVELOPMENT, validation_alias=AliasChoices("APP_ENV", "NODE_ENV")
+    )
+    # Security (seed keys)
+    jwt_secret: str = DEV_SECRET
+    jwt_expires_in: float = 24 * 3600.0
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    # Connection settings (seed keys, milliseconds on the wire, seconds here)
+    heartbeat_interval: float = 30.0
+    session_timeout: float = 3600.0
+    connection_timeout: float = 300.0
+    max_connections: int = Field(1000, ge=1)
+    frontend_url: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+    debug_websocket: bool = False
+    # The split deployment (a later issue); accepted and reported, not used.
+    ws_gateway_url: str | None = None
+    ws_gateway_api_key: str | None = None
+
+    # TLS (WSS) for either door, and a key for /api/stats without a JWT
+    ws_api_tls_cert: Path | None = None
+    ws_api_tls_key: Path | None = None
+    ocpp_tls_cert: Path | None = None
+    ocpp_tls_key: Path | None = None
+    stats_api_key: str | None = None
+
+    # OCPP central system
+    ocpp_host: str = "localhost"
+    ocpp_port: int = Field(8081, ge=0, le=65535)
+    ocpp_heartbeat_interval: int = Field(300, ge=1)
+    ocpp_call_timeout: float = Field(10.0, gt=0)
+    start_transaction_timeout: float = Field(20.0, gt=0)
+    meter_live_window: float = Field(120.0, gt=0)
+    ocpp_max_frame_size: int = Field(65536, ge=1024)
+
+    # App door limits
+    max_frame_size: int = Field(65536, ge=1024)
+    auth_timeout: float = Field(10.0, gt=0)
+    send_queue_size: int = Field(256, ge=8)
+    max_pending_requests: int = Field(16, ge=1)
+    history_size: int = Field(500, ge=0)
+
+    # Storage and logs
+    database_url: str = "sqlite+aiosqlite:///./data/charging-api.db"
+    log_level: str = "INFO"
+    log_file: Path | None = None
+
+    @field_validator("jwt_expires_in", mode="before")
+    @classmethod
+    def _jwt_expiry(cls, value: Any) -> float:
+        return parse_duration(value, "s")
+
+    @field_validator("heartbeat_interval", "session_timeout", "connection_timeout", mode="before")
+    @classmethod
+    def _seed_millis(cls, value: Any) -> float:
+        return _millis(value)
+
+    @field_validator("frontend_url", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> str:
+        level = str(value).upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return level
+
+    @field_validator("jwt_algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, value: Any) -> str:
+        alg = str(value).upper()
+        if alg not in {"HS256", "HS384", "HS512"}:
+            raise ValueError("must be HS256, HS384 or HS512")
+        return alg
+
+    @model_validator(mode="after")
+    def _production_guard(self) -> Settings:
+        if self.app_env is Environment.PRODUCTION:
+            if self.jwt_secret in EXAMPLE_SECRETS:
+                raise ValueError("JWT_SECRET is the example secret; set a real one in production")
+            if len(self.jwt_secret.encode()) < 32:
+                raise ValueError("JWT_SECRET must be at least 32 bytes in production")
+        return self
+
+    @property
+    def production(self) -> bool:
+        return self.app_env is Environment.PRODUCTION
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings; a bad value becomes one ConfigError line naming the key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [str(part) for part in first.get("loc", ())]
+        key = loc[0].upper() if loc else "configuration"
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if key == "CONFIGURATION" or not loc:
+            raise ConfigError(f"invalid configuration: {message}") from None
+        raise ConfigError(f"invalid configuration: {key}: {message}") from None

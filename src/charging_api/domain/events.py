@@ -1,0 +1,73 @@
+"""Domain events: what happened, and to whose session.
+
+Each event names the user who owns the session it concerns (``user_id``, None when nobody
+does), so the app door can route it without a lookup, and a bus between processes only has
+to carry these fields. They are frozen; the codec in :mod:`charging_api.bus.codec` turns them
+into bytes and back for buses that cross processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from charging_api.domain.models import MeterSample
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorStatusChanged:
+    charge_point_id: str
+    connector_id: int
+    status: str
+    error_code: str
+    timestamp: datetime
+    transaction_id: int | None
+    user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterValuesReceived:
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int | None
+    user_id: str | None
+    sample: MeterSample
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionStarted:
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int
+    user_id: str | None
+    id_tag: str
+    meter_start_wh: int
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionStopped:
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int
+    user_id: str | None
+    meter_stop_wh: int
+    energy_kwh: float
+    reason: str | None
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChargePointConnectionChanged:
+    charge_point_id: str
+    online: bool
+    timestamp: datetime
+
+
+DomainEvent = (
+    ConnectorStatusChanged
+    | MeterValuesReceived
+    | TransactionStarted
+    | TransactionStopped
+    | ChargePointConnectionChanged
+)

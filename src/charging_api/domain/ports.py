@@ -1,0 +1,144 @@
+"""What the core needs from the outside world, as Protocols.
+
+Adapters (``ocpp.gateway``, ``bus.*``, ``storage.*``) implement these; the core is tested
+with in-memory fakes of the same shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from charging_api.domain.events import DomainEvent
+from charging_api.domain.models import (
+    ChargePoint,
+    ChargePointInfo,
+    ConnectorState,
+    IdTag,
+    IdTagStatus,
+    StoredMeterSample,
+    Transaction,
+)
+
+
+class ChargerGateway(Protocol):
+    """Sends CALLs to connected charge points.
+
+    Errors: ``ChargePointOffline`` (no session), ``ChargePointTimeout`` (no CALLRESULT in time),
+    ``ChargePointError`` (a CALLERROR came back).
+    """
+
+    def is_online(self, charge_point_id: str) -> bool: ...
+
+    def online_count(self) -> int: ...
+
+    async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
+        """RemoteStartTransaction; returns the charge point's status (Accepted/Rejected)."""
+        ...
+
+    async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
+        """RemoteStopTransaction; returns the charge point's status (Accepted/Rejected)."""
+        ...
+
+
+EventHandler = Callable[[DomainEvent], Awaitable[None] | None]
+
+
+class EventBus(Protocol):
+    """Carries domain events from the core to every subscriber (in this process or, for a
+    cross-process bus, in every process)."""
+
+    async def publish(self, event: DomainEvent) -> None: ...
+
+    def subscribe(self, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler`` for each event from now on; returns the function that unsubscribes."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Persistent state. Writes that return are durable (committed), except
+    :meth:`add_meter_samples`, which may batch; :meth:`flush` makes those durable too."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    # charge points
+    async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None: ...
+
+    async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None: ...
+
+    async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
+        """Create the charge point if unknown, and remember what it reported."""
+        ...
+
+    async def count_charge_points(self) -> int: ...
+
+    # connectors
+    async def set_connector_status(self, state: ConnectorState) -> None: ...
+
+    async def connector_states(self, charge_point_id: str) -> list[ConnectorState]: ...
+
+    # id tags
+    async def get_id_tag(self, tag: str) -> IdTag | None: ...
+
+    async def put_id_tag(self, tag: IdTag) -> None: ...
+
+    async def id_tags_of(self, user_id: str) -> list[IdTag]: ...
+
+    # transactions
+    async def create_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> Transaction:
+        """Insert and commit; the returned id is the new OCPP transactionId."""
+        ...
+
+    async def find_transaction_start(
+        self, charge_point_id: str, connector_id: int, id_tag: str, meter_start_wh: int,
+        started_at: datetime,
+    ) -> Transaction | None:
+        """The transaction this exact StartTransaction created before, if it is a replay."""
+        ...
+
+    async def get_transaction(self, transaction_id: int) -> Transaction | None: ...
+
+    async def set_transaction_user(self, transaction_id: int, user_id: str) -> None: ...
+
+    async def stop_transaction(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Transaction | None:
+        """Close and commit; returns the closed transaction, or None if it was unknown."""
+        ...
+
+    async def active_transactions(self) -> list[Transaction]: ...
+
+    async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
+        """Newest first; ``None`` means everyone's (admin)."""
+        ...
+
+    # meter samples
+    def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
+        """Queue samples for the next batch write; never blocks the caller."""
+        ...
+
+    async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Timezone-aware UTC now."""
+        ...

@@ -1,0 +1,166 @@
+"""One error tree for the whole service.
+
+Every error a user can meet is a subclass of :class:`ChargingApiError` with a stable ``code``.
+The app door turns them into ``error`` objects on the wire (``{code, message, details}``);
+the charge point door never sees them (OCPP has its own error names, see ``ocpp.framing``).
+Library exceptions are translated into these once, at the edge that imports the library.
+
+::
+
+    ChargingApiError
+    ├── ProtocolViolation            the request itself is wrong (answered with an ``error`` message)
+    │   ├── InvalidMessage           INVALID_MESSAGE: not JSON, not an object, bad envelope
+    │   ├── UnknownMessageType       UNKNOWN_MESSAGE_TYPE
+    │   ├── ValidationFailed         VALIDATION_ERROR: a field is missing or has the wrong type
+    │   ├── NotAuthenticated         NOT_AUTHENTICATED
+    │   ├── RateLimited              RATE_LIMITED
+    │   ├── TooManyPending           TOO_MANY_PENDING
+    │   └── ResyncRequired           RESYNC_REQUIRED
+    ├── AuthenticationFailed         AUTHENTICATION_FAILED (bad signature, wrong algorithm, no user claim)
+    │   └── TokenExpired             TOKEN_EXPIRED
+    ├── Forbidden                    FORBIDDEN: not your id tag, not your transaction, not your user id
+    ├── NoIdTag                      NO_ID_TAG: the user has no id tag to charge with
+    ├── ChargePointNotFound          CHARGE_POINT_NOT_FOUND
+    ├── ConnectorNotFound            CONNECTOR_NOT_FOUND
+    ├── ConnectorBusy                CONNECTOR_BUSY: a start is already under way on that connector
+    ├── TransactionNotFound          TRANSACTION_NOT_FOUND
+    ├── TransactionNotActive         TRANSACTION_NOT_ACTIVE: already stopped
+    ├── ChargePointOffline           CHARGE_POINT_OFFLINE
+    ├── ChargePointTimeout           CHARGE_POINT_TIMEOUT: no answer, or no StartTransaction, in time
+    ├── ChargePointRejected          CHARGE_POINT_REJECTED: the charge point answered Rejected
+    ├── ChargePointError             CHARGE_POINT_ERROR: the charge point answered a CALLERROR
+    ├── ChargePointBusy              CHARGE_POINT_BUSY: too many commands queued for one charge point
+    └── InternalError                INTERNAL_ERROR: a bug; logged with a trace, never leaked
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ChargingApiError(Exception):
+    """Root of every error the service reports to a user."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``error`` object of the app protocol."""
+        wire: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            wire["details"] = self.details
+        return wire
+
+
+class ProtocolViolation(ChargingApiError):
+    """The request is not one we can act on; answered with an ``error`` message."""
+
+    code = "INVALID_MESSAGE"
+
+
+class InvalidMessage(ProtocolViolation):
+    code = "INVALID_MESSAGE"
+
+
+class UnknownMessageType(ProtocolViolation):
+    code = "UNKNOWN_MESSAGE_TYPE"
+
+
+class ValidationFailed(ProtocolViolation):
+    code = "VALIDATION_ERROR"
+
+
+class NotAuthenticated(ProtocolViolation):
+    code = "NOT_AUTHENTICATED"
+
+    def __init__(self, message: str = "Client not authenticated") -> None:
+        super().__init__(
+            message, {"requiredAction": "Send auth_request with valid JWT token"}
+        )
+
+
+class RateLimited(ProtocolViolation):
+    code = "RATE_LIMITED"
+
+
+class TooManyPending(ProtocolViolation):
+    code = "TOO_MANY_PENDING"
+
+
+class ResyncRequired(ProtocolViolation):
+    code = "RESYNC_REQUIRED"
+
+
+class AuthenticationFailed(ChargingApiError):
+    code = "AUTHENTICATION_FAILED"
+
+
+class TokenExpired(AuthenticationFailed):
+    code = "TOKEN_EXPIRED"
+
+
+class Forbidden(ChargingApiError):
+    code = "FORBIDDEN"
+
+
+class NoIdTag(ChargingApiError):
+    code = "NO_ID_TAG"
+
+
+class ChargePointNotFound(ChargingApiError):
+    code = "CHARGE_POINT_NOT_FOUND"
+
+
+class ConnectorNotFound(ChargingApiError):
+    code = "CONNECTOR_NOT_FOUND"
+
+
+class ConnectorBusy(ChargingApiError):
+    code = "CONNECTOR_BUSY"
+
+
+class TransactionNotFound(ChargingApiError):
+    code = "TRANSACTION_NOT_FOUND"
+
+
+class TransactionNotActive(ChargingApiError):
+    code = "TRANSACTION_NOT_ACTIVE"
+
+
+class ChargePointOffline(ChargingApiError):
+    code = "CHARGE_POINT_OFFLINE"
+
+
+class ChargePointTimeout(ChargingApiError):
+    code = "CHARGE_POINT_TIMEOUT"
+
+
+class ChargePointRejected(ChargingApiError):
+    code = "CHARGE_POINT_REJECTED"
+
+
+class ChargePointError(ChargingApiError):
+    code = "CHARGE_POINT_ERROR"
+
+
+class ChargePointBusy(ChargingApiError):
+    code = "CHARGE_POINT_BUSY"
+
+
+class InternalError(ChargingApiError):
+    code = "INTERNAL_ERROR"
+
+
+def all_error_codes() -> dict[str, type[ChargingApiError]]:
+    """Every code on the wire, for docs and the test that keeps docs/protocol.md true."""
+    found: dict[str, type[ChargingApiError]] = {}
+    stack: list[type[ChargingApiError]] = [ChargingApiError]
+    while stack:
+        cls = stack.pop()
+        found.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,1 @@
+"""Plain HTTP routes served beside ``/ws``: ``/health``, ``/api/stats``."""

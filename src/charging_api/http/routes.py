@@ -1,0 +1,106 @@
+"""``GET /health`` (public, the seed's shape, nothing sensitive) and ``GET /api/stats``
+(admin only: a Bearer JWT with role admin, or the configured stats key).
+
+No server library here: a route takes the path and headers and returns
+``(status, headers, body)``; the app door's server sends it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from charging_api.domain.models import Principal
+from charging_api.timefmt import utc_now_text
+
+HttpReply = tuple[int, list[tuple[str, str]], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    version: str
+    allowed_origins: tuple[str, ...]
+    stats_key: str | None = None
+
+
+class HttpRoutes:
+    def __init__(
+        self,
+        config: HttpConfig,
+        websocket_stats: Callable[[], dict[str, int]],
+        system_stats: Callable[[], dict[str, Any]],
+        verify_bearer: Callable[[str], Principal],
+    ) -> None:
+        self._config = config
+        self._websocket_stats = websocket_stats
+        self._system_stats = system_stats
+        self._verify = verify_bearer
+        self._started = time.monotonic()
+
+    async def __call__(self, path: str, headers: Mapping[str, str]) -> HttpReply | None:
+        cors = self._cors(headers)
+        if path == "/health":
+            ws = self._websocket_stats()
+            body = {
+                "status": "healthy",
+                "timestamp": utc_now_text(),
+                "version": self._config.version,
+                "uptime": round(time.monotonic() - self._started, 3),
+                "websocket": {
+                    "totalConnections": ws["totalConnections"],
+                    "authenticatedConnections": ws["authenticatedConnections"],
+                    "totalUsers": ws["totalUsers"],
+                    "gatewayConnections": ws["gatewayConnections"],
+                },
+            }
+            return _json(200, body, cors)
+        if path == "/api/stats":
+            denied = self._require_admin(headers)
+            if denied is not None:
+                return _json(denied[0], {"success": False, "error": denied[1]}, cors)
+            data = {"websocket": self._websocket_stats(), **self._system_stats(),
+                    "uptime": round(time.monotonic() - self._started, 3)}
+            return _json(200, {"success": True, "data": data}, cors)
+        return None
+
+    def _require_admin(self, headers: Mapping[str, str]) -> tuple[int, dict[str, str]] | None:
+        value = headers.get("Authorization") or ""
+        if not value.lower().startswith("bearer "):
+            return 401, {"code": "NOT_AUTHENTICATED", "message": "Bearer token required"}
+        credential = value[7:].strip()
+        key = self._config.stats_key
+        if key and hmac.compare_digest(credential.encode(), key.encode()):
+            return None
+        try:
+            principal = self._verify(credential)
+        except Exception:
+            return 401, {"code": "AUTHENTICATION_FAILED", "message": "Invalid token"}
+        if not principal.is_admin:
+            return 403, {"code": "FORBIDDEN", "message": "Admin role required"}
+        return None
+
+    def _cors(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
+        origin = (headers.get("Origin") or "").rstrip("/")
+        if origin and origin in self._config.allowed_origins:
+            return [
+                ("Access-Control-Allow-Origin", origin),
+                ("Vary", "Origin"),
+                ("Access-Control-Allow-Headers", "Authorization"),
+            ]
+        return []
+
+
+def _json(status: int, body: dict[str, Any], extra: list[tuple[str, str]]) -> HttpReply:
+    payload = orjson.dumps(body)
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(payload))),
+        ("Cache-Control", "no-store"),
+        *extra,
+    ]
+    return status, headers, payload

@@ -1,0 +1,309 @@
+"""OCPP 1.6 ``MeterValue`` objects -> :class:`~charging_api.domain.models.MeterSample` and back.
+
+Pure functions, no I/O: text and dicts in, values out. The charge point door calls
+:func:`meter_value_to_sample` once per ``MeterValue`` of a ``MeterValues`` or ``StopTransaction``
+request; the app door calls :func:`sample_to_wire` to build the seed's ``meterValue`` object.
+
+Reading a ``SampledValue`` (OCPP 1.6 rules)
+-------------------------------------------
+* ``value`` is a string (a bare JSON number is accepted too); a value that does not parse as a
+  finite number is skipped, never raised.
+* ``format: SignedData`` values are skipped (they are not numbers).
+* ``measurand`` defaults to ``Energy.Active.Import.Register``.
+* An absent ``unit`` takes the measurand's natural unit: energy Wh, power W, voltage V,
+  current A, SoC Percent. Units are compared case-insensitively; a unit that does not fit the
+  measurand (say ``varh`` on an energy register) skips the value.
+* Wh -> kWh and W -> kW are divided by 1000; kWh and kW are kept. Converted and aggregated values
+  are rounded to 6 decimals so ``1234.5 / 1000`` is ``1.2345``, not ``1.2345000000000002``.
+* Headline fields: ``Energy.Active.Import.Register`` -> ``energy_import_kwh``,
+  ``Power.Active.Import`` -> ``power_kw``, ``Voltage`` -> ``voltage``, ``Current.Import`` ->
+  ``current``, ``SoC`` -> ``state_of_charge``. Other measurands are ignored.
+* Several values for the same measurand and phase that differ only in ``location``: the best
+  location wins, ``Outlet`` (the default) > ``Inlet`` > ``Cable`` > ``EV`` > ``Body``; for SoC,
+  ``EV`` comes first. Among equal locations the first value wins.
+* A ``MeterValue`` without a parsable ``timestamp`` gives None.
+
+Phase rule
+----------
+For each headline field the unphased value (no ``phase``) is used when present. Otherwise:
+
+* energy and power: the SUM over the lines L1, L2, L3 of the per-line values, taking ``Ln``
+  and falling back to ``Ln-N`` for each line; lines that were not reported are left out;
+* voltage: the MEAN of the phase-to-neutral voltages of the lines reported, taking ``Ln-N`` and
+  falling back to ``Ln``; phase-to-phase values (``L1-L2``, ``L2-L3``, ``L3-L1``) never feed
+  the headline (no voltage headline when only those are reported);
+* current: the MAXIMUM of the line currents (``Ln``, falling back to ``Ln-N``): the limiting
+  phase; the neutral current (``N``) never feeds the headline;
+* state of charge: only an unphased value counts.
+
+Every phased value is kept in ``phases``, keyed by the OCPP phase name and then by the seed's
+camelCase field name, e.g. ``{"L1": {"voltage": 230.1, "current": 16.0, "powerKw": 3.7,
+"energyImportKWh": 1.2}, "L1-L2": {"voltage": 400.0}}``. Unknown phase names are skipped.
+
+Timestamps
+----------
+:func:`parse_ocpp_datetime` reads RFC 3339 / ISO 8601 (offsets, ``Z``, fractional seconds of any
+length, naive taken as UTC) and returns an aware UTC datetime. :func:`format_ocpp_datetime` writes
+RFC 3339 UTC with milliseconds and ``Z`` (``2024-01-15T10:31:00.000Z``): strict peers reject
+timestamps without a timezone.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from charging_api.domain.models import MeterSample
+
+__all__ = [
+    "format_ocpp_datetime",
+    "meter_value_to_sample",
+    "parse_ocpp_datetime",
+    "sample_to_wire",
+]
+
+# --- timestamps ----------------------------------------------------------------------------
+
+
+def parse_ocpp_datetime(text: str) -> datetime:
+    """Parse an RFC 3339 / ISO 8601 timestamp into an aware UTC datetime.
+
+    Naive input is taken as UTC. Raises :class:`ValueError` on anything that is not a timestamp.
+    """
+    # Fast path: the common "2024-01-15T10:31:00.000Z" form parses straight to UTC.
+    if text.endswith("Z"):
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
+            return _to_utc(parsed)
+    cleaned = text.strip().upper()  # RFC 3339 allows "t" and "z"
+    if not cleaned:
+        raise ValueError("empty timestamp")
+    try:
+        parsed = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from None
+    return _to_utc(parsed)
+
+
+def _to_utc(parsed: datetime) -> datetime:
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp out of range: {parsed.isoformat()}") from None
+
+
+def format_ocpp_datetime(dt: datetime) -> str:
+    """Format as RFC 3339 UTC with milliseconds and ``Z``; a naive datetime is taken as UTC.
+
+    Sub-millisecond digits are truncated, not rounded (rounding could carry into the seconds).
+    """
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    elif dt.utcoffset():
+        dt = dt.astimezone(UTC)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
+    )
+
+
+# --- sampled values ------------------------------------------------------------------------
+
+_ENERGY: Final = "Energy.Active.Import.Register"
+_POWER: Final = "Power.Active.Import"
+_VOLTAGE: Final = "Voltage"
+_CURRENT: Final = "Current.Import"
+_SOC: Final = "SoC"
+
+#: measurand -> the seed's camelCase field name.
+_FIELD: Final[dict[str, str]] = {
+    _ENERGY: "energyImportKWh",
+    _POWER: "powerKw",
+    _VOLTAGE: "voltage",
+    _CURRENT: "current",
+    _SOC: "stateOfCharge",
+}
+
+#: measurand -> unit absent on the wire.
+_DEFAULT_UNIT: Final[dict[str, str]] = {
+    _ENERGY: "Wh",
+    _POWER: "W",
+    _VOLTAGE: "V",
+    _CURRENT: "A",
+    _SOC: "Percent",
+}
+
+#: measurand -> {lower-cased unit: factor to the seed's unit}.
+_UNIT_FACTOR: Final[dict[str, dict[str, float]]] = {
+    _ENERGY: {"wh": 0.001, "kwh": 1.0},
+    _POWER: {"w": 0.001, "kw": 1.0},
+    _VOLTAGE: {"v": 1.0},
+    _CURRENT: {"a": 1.0},
+    _SOC: {"percent": 1.0},
+}
+
+_PHASES: Final = frozenset(
+    {"L1", "L2", "L3", "N", "L1-N", "L2-N", "L3-N", "L1-L2", "L2-L3", "L3-L1"}
+)
+
+#: location -> rank (lower is better); unknown locations rank last.
+_LOCATION_RANK: Final[dict[str, int]] = {"Outlet": 0, "Inlet": 1, "Cable": 2, "EV": 3, "Body": 4}
+_SOC_LOCATION_RANK: Final[dict[str, int]] = {
+    "EV": 0,
+    "Outlet": 1,
+    "Inlet": 2,
+    "Cable": 3,
+    "Body": 4,
+}
+_UNKNOWN_RANK: Final = 99
+
+_LINES: Final = (("L1", "L1-N"), ("L2", "L2-N"), ("L3", "L3-N"))
+_LINES_TO_NEUTRAL_FIRST: Final = (("L1-N", "L1"), ("L2-N", "L2"), ("L3-N", "L3"))
+
+
+def _number(raw: object) -> float | None:
+    """A finite float from a SampledValue ``value``, or None."""
+    if isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = float(raw)
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
+    """Turn one OCPP 1.6 ``MeterValue`` (wire, camelCase) into a :class:`MeterSample`.
+
+    Returns None when the timestamp is missing or unparsable. Bad sampled values are skipped.
+    See the module docstring for units, locations and the phase rule.
+    """
+    if not isinstance(meter_value, dict):
+        return None
+    raw_ts = meter_value.get("timestamp")
+    if not isinstance(raw_ts, str):
+        return None
+    try:
+        timestamp = parse_ocpp_datetime(raw_ts)
+    except ValueError:
+        return None
+
+    # (measurand, phase or None) -> (location rank, value); first value of the best rank wins.
+    best: dict[tuple[str, str | None], tuple[int, float]] = {}
+    sampled = meter_value.get("sampledValue")
+    if isinstance(sampled, list):
+        for item in sampled:
+            if not isinstance(item, dict) or item.get("format") == "SignedData":
+                continue
+            measurand = item.get("measurand") or _ENERGY
+            factors = _UNIT_FACTOR.get(measurand) if isinstance(measurand, str) else None
+            if factors is None:
+                continue
+            phase = item.get("phase")
+            if phase is not None and not (isinstance(phase, str) and phase in _PHASES):
+                continue
+            unit = item.get("unit") or _DEFAULT_UNIT[measurand]
+            factor = factors.get(unit.lower()) if isinstance(unit, str) else None
+            if factor is None:
+                continue
+            number = _number(item.get("value"))
+            if number is None:
+                continue
+            location = item.get("location") or "Outlet"
+            ranks = _SOC_LOCATION_RANK if measurand == _SOC else _LOCATION_RANK
+            rank = (
+                ranks.get(location, _UNKNOWN_RANK) if isinstance(location, str) else _UNKNOWN_RANK
+            )
+            key = (measurand, phase)
+            current = best.get(key)
+            if current is None or rank < current[0]:
+                best[key] = (rank, _round(number * factor))
+
+    values = {key: value for key, (_, value) in best.items()}
+    phases: dict[str, dict[str, float]] = {}
+    for (measurand, phase), value in values.items():
+        if phase is not None:
+            phases.setdefault(phase, {})[_FIELD[measurand]] = value
+
+    return MeterSample(
+        timestamp=timestamp,
+        energy_import_kwh=_headline_sum(values, _ENERGY),
+        power_kw=_headline_sum(values, _POWER),
+        voltage=_headline_mean_voltage(values),
+        current=_headline_max_current(values),
+        state_of_charge=values.get((_SOC, None)),
+        phases=phases,
+    )
+
+
+def _round(value: float) -> float:
+    # round() may return -0.0; normalise it so the wire never says "-0.0".
+    return round(value, 6) + 0.0
+
+
+def _per_line(
+    values: dict[tuple[str, str | None], float],
+    measurand: str,
+    lines: tuple[tuple[str, str], ...],
+) -> list[float]:
+    picked: list[float] = []
+    for first, fallback in lines:
+        value = values.get((measurand, first))
+        if value is None:
+            value = values.get((measurand, fallback))
+        if value is not None:
+            picked.append(value)
+    return picked
+
+
+def _headline_sum(values: dict[tuple[str, str | None], float], measurand: str) -> float | None:
+    unphased = values.get((measurand, None))
+    if unphased is not None:
+        return unphased
+    per_line = _per_line(values, measurand, _LINES)
+    return _round(math.fsum(per_line)) if per_line else None
+
+
+def _headline_mean_voltage(values: dict[tuple[str, str | None], float]) -> float | None:
+    unphased = values.get((_VOLTAGE, None))
+    if unphased is not None:
+        return unphased
+    per_line = _per_line(values, _VOLTAGE, _LINES_TO_NEUTRAL_FIRST)
+    return _round(math.fsum(per_line) / len(per_line)) if per_line else None
+
+
+def _headline_max_current(values: dict[tuple[str, str | None], float]) -> float | None:
+    unphased = values.get((_CURRENT, None))
+    if unphased is not None:
+        return unphased
+    per_line = _per_line(values, _CURRENT, _LINES)
+    return max(per_line) if per_line else None
+
+
+# --- out to the app protocol -------------------------------------------------------------
+
+
+def sample_to_wire(sample: MeterSample) -> dict[str, Any]:
+    """The seed's ``meterValue`` object; unmeasured fields are null, ``phases`` only when known."""
+    wire: dict[str, Any] = {
+        "energyImportKWh": sample.energy_import_kwh,
+        "powerKw": sample.power_kw,
+        "voltage": sample.voltage,
+        "current": sample.current,
+        "timestamp": format_ocpp_datetime(sample.timestamp),
+        "stateOfCharge": sample.state_of_charge,
+    }
+    if sample.phases:
+        wire["phases"] = {phase: dict(fields) for phase, fields in sample.phases.items()}
+    return wire

@@ -1,0 +1,27 @@
+"""OCPP 1.6-J charge point simulator: ``charging-api simulate``, the end-to-end tests and the bench.
+
+:func:`run_fleet` runs N charge points with reconnects; :class:`SimulatedChargePoint` is one of
+them on one connection, with events a test can await.
+"""
+
+from charging_api.simulator.charge_point import (
+    SimConnector,
+    SimulatedChargePoint,
+    new_connectors,
+)
+from charging_api.simulator.fleet import (
+    backoff_delay,
+    charge_point_ids,
+    run_charge_point,
+    run_fleet,
+)
+
+__all__ = [
+    "SimConnector",
+    "SimulatedChargePoint",
+    "backoff_delay",
+    "charge_point_ids",
+    "new_connectors",
+    "run_charge_point",
+    "run_fleet",
+]

@@ -1,0 +1,5 @@
+"""Storage adapters for the core's ``Store`` port."""
+
+from charging_api.storage.sql import SqlStore
+
+__all__ = ["SqlStore"]

@@ -1,0 +1,149 @@
+"""Table definitions (SQLAlchemy Core) for :class:`charging_api.storage.sql.SqlStore`.
+
+Core rather than ORM: the hot paths (meter samples, status updates) are plain INSERTs and
+UPSERTs, and skipping the unit of work keeps them cheap.
+
+There are deliberately no foreign keys between tables: a charge point may report a status or a
+meter value for a transaction we never saw (firmware bugs, replays after a data loss), and a
+constraint failure in a batched meter write would poison the whole batch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+#: Bump together with a migration step in ``SqlStore.start`` when the schema changes.
+SCHEMA_VERSION = 1
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend.
+
+    SQLite has no time zone type and returns naive values; PostgreSQL returns them in the
+    session's zone. Normalising here means the rest of the code never sees a naive datetime,
+    and storing UTC in SQLite keeps text order equal to time order. Naive input is refused:
+    guessing its zone would silently shift times.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: datetime | None, dialect: Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(
+                f"naive datetime {value!r}: the store only takes aware datetimes"
+            )
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# SQLite only aliases ROWID (and so auto-increments) for a column typed exactly INTEGER.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+)
+
+charge_points = Table(
+    "charge_points",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("vendor", String, nullable=False, default=""),
+    Column("model", String, nullable=False, default=""),
+    Column("serial_number", String),
+    Column("firmware_version", String),
+    Column("password_hash", String),
+    Column("registered_at", UtcDateTime),
+    Column("last_boot_at", UtcDateTime),
+)
+
+connectors = Table(
+    "connectors",
+    metadata,
+    Column("charge_point_id", String, primary_key=True),
+    Column("connector_id", Integer, primary_key=True, autoincrement=False),
+    Column("status", String, nullable=False),
+    Column("error_code", String, nullable=False, default="NoError"),
+    Column("updated_at", UtcDateTime),
+)
+
+id_tags = Table(
+    "id_tags",
+    metadata,
+    Column("tag", String, primary_key=True),
+    Column("user_id", String, index=True),
+    Column("status", String, nullable=False),
+    Column("expiry", UtcDateTime),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    # The OCPP transactionId (an int32 on the wire). AUTOINCREMENT on SQLite so an id is never
+    # handed out twice, even after the newest row is deleted.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("charge_point_id", String, nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("id_tag", String, nullable=False),
+    Column("user_id", String),
+    Column("id_tag_status", String, nullable=False),
+    Column("meter_start_wh", BigInteger, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("meter_stop_wh", BigInteger),
+    Column("stopped_at", UtcDateTime),
+    Column("stop_reason", String),
+    # find_transaction_start (replayed StartTransaction) looks up by these.
+    Index("ix_transactions_start", "charge_point_id", "connector_id", "started_at"),
+    Index("ix_transactions_user_started", "user_id", "started_at"),
+    Index("ix_transactions_started", "started_at"),
+    sqlite_autoincrement=True,
+)
+
+meter_samples = Table(
+    "meter_samples",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("transaction_id", Integer),
+    Column("charge_point_id", String, nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("timestamp", UtcDateTime, nullable=False),
+    Column("energy_import_kwh", Double),
+    Column("power_kw", Double),
+    Column("voltage", Double),
+    Column("current", Double),
+    Column("state_of_charge", Double),
+    Column("phases", Text, nullable=False, default="{}"),
+    Index("ix_meter_samples_tx_time", "transaction_id", "timestamp"),
+)

@@ -1,0 +1,72 @@
+"""Backends for the storage contract suite: every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from charging_api.storage import SqlStore
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+OpenStore = Callable[..., Awaitable[SqlStore]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OpenStore]:
+    """``await open_store(**kwargs)`` gives a started store; every call in one test opens
+    the same database (so close + reopen can be tested).
+
+    PostgreSQL gets a fresh schema per test. It is created inside the test body, so an
+    unreachable server FAILs the test instead of skipping or erroring it.
+    """
+    backend: str = request.param
+    schema = f"store_test_{uuid.uuid4().hex}"
+    opened: list[SqlStore] = []
+    created = False
+
+    async def open_(**kwargs: Any) -> SqlStore:
+        nonlocal created
+        if backend == "sqlite":
+            # A missing parent directory is part of the contract: start() creates it.
+            store = SqlStore(
+                f"sqlite+aiosqlite:///{tmp_path / 'data' / 'store.db'}", **kwargs
+            )
+        else:
+            if not created:
+                try:
+                    conn = await asyncpg.connect(PG_DSN)
+                except (OSError, asyncpg.PostgresError) as exc:
+                    pytest.fail(
+                        f"PostgreSQL at {PG_DSN} is required for this suite: {exc}"
+                    )
+                try:
+                    await conn.execute(f'CREATE SCHEMA "{schema}"')
+                finally:
+                    await conn.close()
+                created = True
+            server_settings = {"server_settings": {"search_path": schema}}
+            store = SqlStore(
+                PG_URL, engine_kwargs={"connect_args": server_settings}, **kwargs
+            )
+        await store.start()
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        await store.close()
+    if created:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        finally:
+            await conn.close()

@@ -1,0 +1,389 @@
+"""Contract tests for ``SqlStore``: what the core relies on from any ``Store``.
+
+Each test runs once per backend (see ``conftest.py``); ``asyncio_mode = "auto"`` is assumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import func, select, text
+
+from charging_api.domain.models import (
+    ChargePointInfo,
+    ConnectorState,
+    IdTag,
+    IdTagStatus,
+    MeterSample,
+    StoredMeterSample,
+)
+from charging_api.storage import SqlStore
+from charging_api.storage.tables import meter_samples, schema_version
+
+OpenStore = Callable[..., Awaitable[SqlStore]]  # the conftest fixture
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+async def start_tx(
+    store: SqlStore,
+    *,
+    at: datetime = T0,
+    cp: str = "CP1",
+    user: str | None = "u1",
+    meter: int = 1000,
+    connector: int = 1,
+    tag: str = "TAG1",
+) -> Any:
+    return await store.create_transaction(
+        cp, connector, tag, user, meter, at, IdTagStatus.ACCEPTED
+    )
+
+
+def sample(tx: int | None, at: datetime, **fields: Any) -> StoredMeterSample:
+    return StoredMeterSample("CP1", 1, tx, MeterSample(timestamp=at, **fields))
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 5.0
+) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_transaction_ids_unique_increasing_and_stable_across_reopen(
+    open_store: OpenStore,
+) -> None:
+    """OCPP transactionIds come from the database: unique, increasing, never reused after restart."""
+    store = await open_store()
+    first = [await start_tx(store, at=T0 + timedelta(minutes=i)) for i in range(3)]
+    ids = [t.id for t in first]
+    assert ids == sorted(set(ids))
+    await store.close()
+
+    reopened = await open_store()
+    assert await reopened.get_transaction(ids[0]) == first[0]
+    later = await start_tx(reopened, at=T0 + timedelta(hours=1))
+    assert later.id > ids[-1]
+
+
+async def test_find_transaction_start_detects_replay(open_store: OpenStore) -> None:
+    """A replayed StartTransaction finds the transaction it created, even in another time zone."""
+    store = await open_store()
+    tx = await start_tx(store)
+    same_instant = T0.astimezone(timezone(timedelta(hours=2)))
+    assert (
+        await store.find_transaction_start("CP1", 1, "TAG1", 1000, same_instant) == tx
+    )
+    assert await store.find_transaction_start("CP1", 1, "TAG1", 1001, T0) is None
+    assert await store.find_transaction_start("CP1", 2, "TAG1", 1000, T0) is None
+    assert (
+        await store.find_transaction_start(
+            "CP1", 1, "TAG1", 1000, T0 + timedelta(seconds=1)
+        )
+        is None
+    )
+
+
+async def test_datetimes_come_back_aware_utc(open_store: OpenStore) -> None:
+    """Stored datetimes are returned timezone-aware in UTC on every backend."""
+    store = await open_store()
+    tx = await start_tx(store, at=T0.astimezone(timezone(timedelta(hours=-5))))
+    got = await store.get_transaction(tx.id)
+    assert got is not None and got.started_at == T0 and got.started_at.tzinfo == UTC
+
+
+async def test_stop_twice_keeps_first_stop(open_store: OpenStore) -> None:
+    """A repeated StopTransaction returns the first stop and does not overwrite it."""
+    store = await open_store()
+    tx = await start_tx(store)
+    stopped = await store.stop_transaction(
+        tx.id, 5000, T0 + timedelta(hours=1), "Local"
+    )
+    assert stopped is not None and not stopped.active
+    assert (stopped.meter_stop_wh, stopped.stopped_at, stopped.stop_reason) == (
+        5000,
+        T0 + timedelta(hours=1),
+        "Local",
+    )
+    again = await store.stop_transaction(tx.id, 9999, T0 + timedelta(hours=2), "Remote")
+    assert again == stopped
+    assert await store.get_transaction(tx.id) == stopped
+
+
+async def test_stop_unknown_transaction_returns_none(open_store: OpenStore) -> None:
+    """Stopping a transaction id we never issued returns None rather than raising."""
+    store = await open_store()
+    assert await store.stop_transaction(424242, 1, T0, None) is None
+
+
+async def test_transaction_queries(open_store: OpenStore) -> None:
+    """active_transactions, transactions_of (newest first, per user or all) and set_transaction_user."""
+    store = await open_store()
+    a = await start_tx(store, at=T0, user="u1")
+    b = await start_tx(store, at=T0 + timedelta(minutes=5), user=None, connector=2)
+    c = await start_tx(store, at=T0 + timedelta(minutes=10), user="u2", cp="CP2")
+    await store.stop_transaction(a.id, 2000, T0 + timedelta(minutes=20), None)
+    assert [t.id for t in await store.active_transactions()] == [b.id, c.id]
+    assert [t.id for t in await store.transactions_of(None, 10)] == [c.id, b.id, a.id]
+    assert [t.id for t in await store.transactions_of(None, 2)] == [c.id, b.id]
+    assert [t.id for t in await store.transactions_of("u1", 10)] == [a.id]
+    await store.set_transaction_user(b.id, "u1")
+    assert [t.id for t in await store.transactions_of("u1", 10)] == [b.id, a.id]
+
+
+async def test_meter_samples_batch_flush_and_read_back(open_store: OpenStore) -> None:
+    """Buffered samples are written by flush() and read back in timestamp order, phases intact."""
+    store = await open_store(meter_flush_interval=60, meter_batch_size=1000)
+    tx = await start_tx(store)
+    phases = {"L1": {"voltage": 230.1, "current": 15.5}, "L2": {"voltage": 229.8}}
+    store.add_meter_samples(
+        [
+            sample(tx.id, T0 + timedelta(seconds=20), energy_import_kwh=1.2),
+            sample(
+                tx.id,
+                T0,
+                energy_import_kwh=1.0,
+                power_kw=11.0,
+                voltage=230.0,
+                current=16.0,
+                state_of_charge=40.0,
+                phases=phases,
+            ),
+            sample(None, T0 + timedelta(seconds=5)),
+        ]
+    )
+    store.add_meter_samples([sample(tx.id, T0 + timedelta(seconds=10), power_kw=7.5)])
+    assert await store.meter_samples_of(tx.id) == []  # nothing written before the flush
+    await store.flush()
+    got = await store.meter_samples_of(tx.id)
+    assert [s.sample.timestamp for s in got] == [
+        T0 + timedelta(seconds=s) for s in (0, 10, 20)
+    ]
+    assert got[0] == sample(
+        tx.id,
+        T0,
+        energy_import_kwh=1.0,
+        power_kw=11.0,
+        voltage=230.0,
+        current=16.0,
+        state_of_charge=40.0,
+        phases=phases,
+    )
+    assert got[1].sample.energy_import_kwh is None and got[1].sample.phases == {}
+    assert all(s.sample.timestamp.tzinfo == UTC for s in got)
+
+
+async def test_full_batch_is_written_without_waiting_for_the_interval(
+    open_store: OpenStore,
+) -> None:
+    """Reaching meter_batch_size wakes the flusher at once, long before the interval."""
+    store = await open_store(meter_flush_interval=60, meter_batch_size=3)
+    store.add_meter_samples([sample(7, T0 + timedelta(seconds=i)) for i in range(3)])
+
+    async def written() -> bool:
+        return len(await store.meter_samples_of(7)) == 3
+
+    await eventually(written)
+
+
+async def test_flusher_writes_after_the_interval(open_store: OpenStore) -> None:
+    """A partial batch is written by the background flusher after meter_flush_interval."""
+    store = await open_store(meter_flush_interval=0.05, meter_batch_size=1000)
+    store.add_meter_samples([sample(7, T0)])
+
+    async def written() -> bool:
+        return len(await store.meter_samples_of(7)) == 1
+
+    await eventually(written)
+
+
+async def test_close_without_flush_writes_buffered_samples(
+    open_store: OpenStore,
+) -> None:
+    """close() is durable: samples still in the buffer are written before the engine goes."""
+    store = await open_store(meter_flush_interval=60, meter_batch_size=1000)
+    store.add_meter_samples([sample(7, T0 + timedelta(seconds=i)) for i in range(5)])
+    await store.close()
+    reopened = await open_store()
+    assert len(await reopened.meter_samples_of(7)) == 5
+
+
+async def test_failed_batch_is_logged_kept_and_retried(
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing batch write is logged, the flusher survives, and the samples are written later."""
+    store = await open_store(meter_flush_interval=0.02, meter_batch_size=1000)
+    async with store._engine.begin() as conn:
+        await conn.execute(
+            text("ALTER TABLE meter_samples RENAME TO meter_samples_away")
+        )
+    caplog.set_level(logging.ERROR, logger="charging_api.storage.sql")
+    store.add_meter_samples([sample(7, T0), sample(7, T0 + timedelta(seconds=1))])
+
+    async def failure_logged() -> bool:
+        return any("meter samples failed" in r.getMessage() for r in caplog.records)
+
+    await eventually(failure_logged)
+    async with store._engine.begin() as conn:
+        await conn.execute(
+            text("ALTER TABLE meter_samples_away RENAME TO meter_samples")
+        )
+
+    async def written() -> bool:
+        return len(await store.meter_samples_of(7)) == 2
+
+    await eventually(written)
+
+
+async def test_refused_sample_is_dropped_and_the_rest_written(
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One sample the database refuses (a NOT NULL violation) does not block its batch forever."""
+    store = await open_store(meter_flush_interval=60, meter_batch_size=1000)
+    bad = StoredMeterSample(
+        cast(str, None), 1, 7, MeterSample(T0 + timedelta(seconds=1))
+    )
+    store.add_meter_samples([sample(7, T0), bad, sample(7, T0 + timedelta(seconds=2))])
+    with caplog.at_level(logging.ERROR, logger="charging_api.storage.sql"):
+        await store.flush()
+    assert [s.sample.timestamp for s in await store.meter_samples_of(7)] == [
+        T0,
+        T0 + timedelta(seconds=2),
+    ]
+    assert any("refuses" in r.getMessage() for r in caplog.records)
+
+
+async def test_meter_buffer_is_bounded(
+    open_store: OpenStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beyond max_buffered_samples the oldest samples are dropped with a warning."""
+    store = await open_store(
+        meter_flush_interval=60, meter_batch_size=1000, max_buffered_samples=5
+    )
+    with caplog.at_level(logging.WARNING, logger="charging_api.storage.sql"):
+        store.add_meter_samples(
+            [sample(7, T0 + timedelta(seconds=i)) for i in range(8)]
+        )
+    assert any("dropping 3 oldest" in r.getMessage() for r in caplog.records)
+    await store.flush()
+    got = await store.meter_samples_of(7)
+    assert [s.sample.timestamp for s in got] == [
+        T0 + timedelta(seconds=i) for i in range(3, 8)
+    ]
+
+
+async def test_naive_timestamps_are_refused(open_store: OpenStore) -> None:
+    """Naive datetimes are rejected at the call, not silently stored in an unknown zone."""
+    store = await open_store()
+    with pytest.raises(ValueError):
+        store.add_meter_samples([sample(7, T0.replace(tzinfo=None))])
+    with pytest.raises(Exception, match="naive"):
+        await start_tx(store, at=T0.replace(tzinfo=None))
+
+
+async def test_id_tag_upsert_and_id_tags_of(open_store: OpenStore) -> None:
+    """put_id_tag inserts or replaces; id_tags_of lists a user's tags."""
+    store = await open_store()
+    assert await store.get_id_tag("A") is None
+    await store.put_id_tag(IdTag("A", "u1"))
+    await store.put_id_tag(IdTag("B", "u1", IdTagStatus.BLOCKED, T0))
+    await store.put_id_tag(IdTag("C", None))
+    assert await store.get_id_tag("B") == IdTag("B", "u1", IdTagStatus.BLOCKED, T0)
+    assert [t.tag for t in await store.id_tags_of("u1")] == ["A", "B"]
+    await store.put_id_tag(IdTag("A", "u2", IdTagStatus.EXPIRED))
+    assert await store.get_id_tag("A") == IdTag("A", "u2", IdTagStatus.EXPIRED)
+    assert [t.tag for t in await store.id_tags_of("u1")] == ["B"]
+
+
+async def test_connector_status_upsert(open_store: OpenStore) -> None:
+    """set_connector_status keeps one row per connector, holding the latest status."""
+    store = await open_store()
+    await store.set_connector_status(
+        ConnectorState("CP1", 2, "Available", updated_at=T0)
+    )
+    await store.set_connector_status(
+        ConnectorState("CP1", 1, "Available", updated_at=T0)
+    )
+    await store.set_connector_status(
+        ConnectorState("CP1", 1, "Faulted", "GroundFailure", T0 + timedelta(1))
+    )
+    await store.set_connector_status(ConnectorState("CP2", 1, "Offline"))
+    assert await store.connector_states("CP1") == [
+        ConnectorState("CP1", 1, "Faulted", "GroundFailure", T0 + timedelta(1)),
+        ConnectorState("CP1", 2, "Available", "NoError", T0),
+    ]
+    assert await store.connector_states("CP3") == []
+
+
+async def test_record_boot_does_not_clobber_registration(open_store: OpenStore) -> None:
+    """BootNotification updates what the charge point reports but keeps password and registered_at."""
+    store = await open_store()
+    await store.add_charge_point("CP1", "hash1")
+    registered = await store.get_charge_point("CP1")
+    assert registered is not None and registered.registered_at is not None
+    info = ChargePointInfo("ACME", "X1", "SN1", "1.0")
+    await store.record_boot("CP1", info, T0)
+    await store.record_boot(
+        "CP1", ChargePointInfo("ACME", "X1", "SN1", "1.1"), T0 + timedelta(1)
+    )
+    cp = await store.get_charge_point("CP1")
+    assert cp is not None
+    assert (cp.password_hash, cp.registered_at) == ("hash1", registered.registered_at)
+    assert cp.info == ChargePointInfo("ACME", "X1", "SN1", "1.1")
+
+    await store.record_boot("CP2", info, T0)  # unknown: created, not registered
+    cp2 = await store.get_charge_point("CP2")
+    assert cp2 is not None and (cp2.info, cp2.password_hash, cp2.registered_at) == (
+        info,
+        None,
+        None,
+    )
+    await store.add_charge_point("CP2", "hash2")  # registering keeps what it reported
+    cp2 = await store.get_charge_point("CP2")
+    assert cp2 is not None and (cp2.info, cp2.password_hash) == (info, "hash2")
+    assert cp2.registered_at is not None
+    await store.add_charge_point(
+        "CP2", None
+    )  # re-key keeps the first registration time
+    again = await store.get_charge_point("CP2")
+    assert again is not None and (again.password_hash, again.registered_at) == (
+        None,
+        cp2.registered_at,
+    )
+    assert await store.count_charge_points() == 2
+    assert await store.get_charge_point("nope") is None
+
+
+async def test_schema_version_is_recorded_once(open_store: OpenStore) -> None:
+    """start() records schema version 1, and a restart does not add another row."""
+    await (await open_store()).close()
+    store = await open_store()
+    async with store._engine.connect() as conn:
+        rows = (await conn.execute(select(schema_version.c.version))).scalars().all()
+        count = (
+            await conn.execute(select(func.count()).select_from(meter_samples))
+        ).scalar_one()
+    assert rows == [1] and count == 0
+
+
+async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
+    """SQLite runs in WAL mode with synchronous=FULL, foreign keys and a busy timeout."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
+    await store.start()
+    try:
+        async with store._engine.connect() as conn:
+            pragmas = [
+                (await conn.execute(text(f"PRAGMA {p}"))).scalar()
+                for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+            ]
+        assert pragmas == ["wal", 2, 1, 5000]
+    finally:
+        await store.close()
