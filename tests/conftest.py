@@ -27,8 +27,14 @@ class RunningServer:
     ocpp_url: str
     http_url: str
 
-    def token(self, user: str, *, id_tag: str | None = None, role: str | None = None,
-              expires_in: float = 3600) -> str:
+    def token(
+        self,
+        user: str,
+        *,
+        id_tag: str | None = None,
+        role: str | None = None,
+        expires_in: float = 3600,
+    ) -> str:
         from charging_api.api.auth import issue_token
 
         return issue_token(SECRET, user, expires_in=expires_in, id_tag=id_tag, role=role)
@@ -96,15 +102,23 @@ class AppClient:
                 else:
                     self.unsolicited.put_nowait(message)
 
-    async def request(self, kind: str, data: dict[str, Any] | None = None,
-                      message_id: Any = None, timeout: float = 15) -> dict[str, Any]:
+    async def request(
+        self,
+        kind: str,
+        data: dict[str, Any] | None = None,
+        message_id: Any = None,
+        timeout: float = 15,
+    ) -> dict[str, Any]:
         if message_id is None:
             self._next += 1
             message_id = f"m-{self._next}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[message_id] = future
-        envelope: dict[str, Any] = {"id": message_id, "type": kind,
-                                    "timestamp": "2024-01-15T10:30:00.000Z"}
+        envelope: dict[str, Any] = {
+            "id": message_id,
+            "type": kind,
+            "timestamp": "2024-01-15T10:30:00.000Z",
+        }
         if data is not None:
             envelope["data"] = data
         await self.ws.send(orjson.dumps(envelope).decode())
@@ -116,8 +130,9 @@ class AppClient:
         await self.ws.send(text)
         return await asyncio.wait_for(future, 10)
 
-    async def push(self, kind: str, timeout: float = 10,
-                   where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    async def push(
+        self, kind: str, timeout: float = 10, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
         """The next push of ``kind`` (skipping others) matching ``where``."""
         async with asyncio.timeout(timeout):
             while True:
@@ -133,8 +148,9 @@ class AppClient:
 
 
 @contextlib.asynccontextmanager
-async def app_client(server: RunningServer, token: str | None = None,
-                     **connect_kwargs: Any) -> AsyncIterator[AppClient]:
+async def app_client(
+    server: RunningServer, token: str | None = None, **connect_kwargs: Any
+) -> AsyncIterator[AppClient]:
     ws = await websockets.connect(server.app_url, **connect_kwargs)
     client = AppClient(ws)
     try:

@@ -130,7 +130,10 @@ class Application:
         )
         log.info(
             "serving app API on %s:%d (/ws, /health, /api/stats) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
-            s.ws_api_host, app_port, s.ocpp_host, ocpp_port,
+            s.ws_api_host,
+            app_port,
+            s.ocpp_host,
+            ocpp_port,
         )
         return BoundPorts(app_port, ocpp_port)
 
@@ -204,7 +207,9 @@ def make_token(
     )
 
 
-async def simulate(url: str, count: int, prefix: str, meter_interval: float, connectors: int) -> None:
+async def simulate(
+    url: str, count: int, prefix: str, meter_interval: float, connectors: int
+) -> None:
     from charging_api.simulator.fleet import run_fleet
 
     stop = asyncio.Event()

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int, default=1, help="number of charge points (default 1)")
     sim.add_argument("--url", default="ws://localhost:8081/ocpp", help="central system base URL")
     sim.add_argument("--prefix", default="SIM-", help="charge point id prefix (default SIM-)")
-    sim.add_argument("--meter-interval", type=float, default=10.0, help="seconds between MeterValues")
+    sim.add_argument(
+        "--meter-interval", type=float, default=10.0, help="seconds between MeterValues"
+    )
     sim.add_argument("--connectors", type=int, default=1, help="connectors per charge point")
 
     tok = sub.add_parser("token", help="print a JWT signed with JWT_SECRET")
@@ -36,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--role", choices=["user", "admin"], help="role claim")
     tok.add_argument("--expires-in", type=float, help="seconds (default JWT_EXPIRES_IN)")
 
-    tags = sub.add_parser("idtags", help="manage id tags").add_subparsers(dest="action", required=True)
+    tags = sub.add_parser("idtags", help="manage id tags").add_subparsers(
+        dest="action", required=True
+    )
     add_tag = tags.add_parser("add", help="register an id tag to a user")
     add_tag.add_argument("tag")
     add_tag.add_argument("--user", help="owner user id")
@@ -74,7 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.run(app.serve(settings))
         return 0
     if args.command == "simulate":
-        app.run(app.simulate(args.url, args.count, args.prefix, args.meter_interval, args.connectors))
+        app.run(
+            app.simulate(args.url, args.count, args.prefix, args.meter_interval, args.connectors)
+        )
         return 0
     if args.command == "token":
         print(app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in))

@@ -78,9 +78,7 @@ class NotAuthenticated(ProtocolViolation):
     code = "NOT_AUTHENTICATED"
 
     def __init__(self, message: str = "Client not authenticated") -> None:
-        super().__init__(
-            message, {"requiredAction": "Send auth_request with valid JWT token"}
-        )
+        super().__init__(message, {"requiredAction": "Send auth_request with valid JWT token"})
 
 
 class RateLimited(ProtocolViolation):

@@ -46,7 +46,7 @@ class KeyValueFormatter(logging.Formatter):
         message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         line = (
             f"time={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}Z "
-            f"level={record.levelname} logger={record.name} msg=\"{message}\""
+            f'level={record.levelname} logger={record.name} msg="{message}"'
         )
         if record.exc_info and record.levelno >= logging.ERROR:
             trace = self.formatException(record.exc_info).replace("\n", "\\n")

@@ -15,7 +15,8 @@ async def test_auth_start_status_meter_stop_as_in_the_seed(server: RunningServer
     async with connected_charge_point(server.ocpp_url, CP) as cp, app_client(server) as app:
         await cp.status(1, "Available")
         auth = await app.request(
-            "auth_request", {"token": server.token("user-123", id_tag="USER_123"), "userId": "user-123"}
+            "auth_request",
+            {"token": server.token("user-123", id_tag="USER_123"), "userId": "user-123"},
         )
         assert auth["id"] == "m-1"
         assert auth["type"] == "auth_response"
@@ -51,22 +52,35 @@ async def test_auth_start_status_meter_stop_as_in_the_seed(server: RunningServer
         await cp.status(1, "Charging")
         charging = await app.push("charging_status_update")
         assert charging["data"] == {
-            "chargePointId": CP, "connectorId": 1, "status": "Charging",
+            "chargePointId": CP,
+            "connectorId": 1,
+            "status": "Charging",
             "transactionId": started.transaction_id,
         }
-        await cp.meter(1, started.transaction_id, [
-            {"value": "15234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-            {"value": "7.5", "measurand": "Power.Active.Import", "unit": "kW"},
-            {"value": "230.1", "measurand": "Voltage", "unit": "V"},
-            {"value": "32.6", "measurand": "Current.Import", "unit": "A"},
-            {"value": "75", "measurand": "SoC", "unit": "Percent", "location": "EV"},
-        ], timestamp="2099-01-15T10:31:00.000Z")
+        await cp.meter(
+            1,
+            started.transaction_id,
+            [
+                {"value": "15234", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "7.5", "measurand": "Power.Active.Import", "unit": "kW"},
+                {"value": "230.1", "measurand": "Voltage", "unit": "V"},
+                {"value": "32.6", "measurand": "Current.Import", "unit": "A"},
+                {"value": "75", "measurand": "SoC", "unit": "Percent", "location": "EV"},
+            ],
+            timestamp="2099-01-15T10:31:00.000Z",
+        )
         meter = await app.push("meter_values_update")
         assert meter["data"] == {
-            "chargePointId": CP, "connectorId": 1, "transactionId": started.transaction_id,
+            "chargePointId": CP,
+            "connectorId": 1,
+            "transactionId": started.transaction_id,
             "meterValue": {
-                "energyImportKWh": 15.234, "powerKw": 7.5, "voltage": 230.1, "current": 32.6,
-                "timestamp": "2099-01-15T10:31:00.000Z", "stateOfCharge": 75,
+                "energyImportKWh": 15.234,
+                "powerKw": 7.5,
+                "voltage": 230.1,
+                "current": 32.6,
+                "timestamp": "2099-01-15T10:31:00.000Z",
+                "stateOfCharge": 75,
             },
         }
         assert meter["seq"] > charging["seq"] > preparing["seq"]
@@ -76,7 +90,9 @@ async def test_auth_start_status_meter_stop_as_in_the_seed(server: RunningServer
             {"chargePointId": CP, "transactionId": started.transaction_id, "reason": "UserStop"},
         )
         assert stop["data"] == {
-            "success": True, "transactionId": started.transaction_id, "status": "Accepted",
+            "success": True,
+            "transactionId": started.transaction_id,
+            "status": "Accepted",
             "message": "Charging stopped successfully",
         }
         assert (await cp.remote_stops.get()) == {"transaction_id": started.transaction_id}
@@ -143,10 +159,11 @@ async def test_garbage_gets_defined_errors_and_the_connection_lives(server: Runn
         assert raw["type"] == "error" and raw["error"]["code"] == "INVALID_MESSAGE"
         unknown = await app.request("teleport_request", {})
         assert unknown["error"]["code"] == "UNKNOWN_MESSAGE_TYPE"
-        wrong = await app.request("start_charging_request", {"chargePointId": CP, "connectorId": "1"})
+        wrong = await app.request(
+            "start_charging_request", {"chargePointId": CP, "connectorId": "1"}
+        )
         assert wrong["type"] == "error"
         assert wrong["error"]["code"] == "VALIDATION_ERROR"
         assert "connectorId" in wrong["error"]["message"]
         ok = await app.request("heartbeat")
         assert ok["type"] == "heartbeat"
-

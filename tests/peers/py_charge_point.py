@@ -51,7 +51,10 @@ class LibraryChargePoint(ChargePoint):  # type: ignore[misc]
     async def status(self, connector_id: int, status: str, error_code: str = "NoError") -> Any:
         return await self.call(
             call.StatusNotification(
-                connector_id=connector_id, error_code=error_code, status=status, timestamp=now_text()
+                connector_id=connector_id,
+                error_code=error_code,
+                status=status,
+                timestamp=now_text(),
             ),
             suppress=False,
         )
@@ -73,8 +76,12 @@ class LibraryChargePoint(ChargePoint):  # type: ignore[misc]
         )
 
     async def stop_tx(
-        self, transaction_id: int, meter_stop: int, reason: str | None = None,
-        id_tag: str | None = None, timestamp: str | None = None,
+        self,
+        transaction_id: int,
+        meter_stop: int,
+        reason: str | None = None,
+        id_tag: str | None = None,
+        timestamp: str | None = None,
     ) -> Any:
         return await self.call(
             call.StopTransaction(
@@ -88,7 +95,10 @@ class LibraryChargePoint(ChargePoint):  # type: ignore[misc]
         )
 
     async def meter(
-        self, connector_id: int, transaction_id: int | None, sampled: list[dict[str, Any]],
+        self,
+        connector_id: int,
+        transaction_id: int | None,
+        sampled: list[dict[str, Any]],
         timestamp: str | None = None,
     ) -> Any:
         return await self.call(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+import jwt.types
 
 from charging_api.domain.models import Principal, Role
 from charging_api.errors import AuthenticationFailed, TokenExpired
@@ -36,7 +37,7 @@ class TokenVerifier:
         """The token's principal, or AuthenticationFailed/TokenExpired saying why not."""
         if not isinstance(token, str) or not token:
             raise AuthenticationFailed("A JWT is required in data.token")
-        options: dict[str, Any] = {"require": ["exp"], "verify_aud": self._audience is not None}
+        options: jwt.types.Options = {"require": ["exp"], "verify_aud": self._audience is not None}
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -89,8 +89,8 @@ class ClientSession:
         "closing",
         "connected_at",
         "expires_at",
-        "last_seen",
         "last_refill",
+        "last_seen",
         "pending",
         "principal",
         "session_id",
@@ -249,7 +249,7 @@ class AppServer:
                 ),
                 False,
             )
-        drains = [s._writer for s in self.sessions if s._writer is not None]  # noqa: SLF001
+        drains = [s._writer for s in self.sessions if s._writer is not None]
         if drains:
             await asyncio.wait(drains, timeout=timeout / 2)
         for session in list(self.sessions):
@@ -262,7 +262,9 @@ class AppServer:
 
     # ------------------------------------------------------------ upgrade/http
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path = request.path.split("?", 1)[0]
         if path == "/ws":
             origin = request.headers.get("Origin")
@@ -300,9 +302,7 @@ class AppServer:
     async def _on_frame(self, session: ClientSession, frame: str | bytes) -> None:
         if not session.take_token():
             session.deliver(
-                protocol.encode_error(
-                    _peek_id(frame), RateLimited("Too many messages; slow down")
-                ),
+                protocol.encode_error(_peek_id(frame), RateLimited("Too many messages; slow down")),
                 False,
             )
             return
@@ -333,7 +333,9 @@ class AppServer:
         if request.type in ("start_charging_request", "stop_charging_request"):
             if session.pending >= self.limits.max_pending_requests:
                 session.deliver(
-                    protocol.encode_error(request.id, TooManyPending("Too many requests in flight")),
+                    protocol.encode_error(
+                        request.id, TooManyPending("Too many requests in flight")
+                    ),
                     False,
                 )
                 return
@@ -362,12 +364,16 @@ class AppServer:
             )
         else:
             if data is not None:
-                session.deliver(protocol.encode_reply(request.id, request.response_type, data), False)
+                session.deliver(
+                    protocol.encode_reply(request.id, request.response_type, data), False
+                )
         finally:
             if request.type in ("start_charging_request", "stop_charging_request"):
                 session.pending -= 1
 
-    async def _answer(self, session: ClientSession, request: protocol.Request) -> dict[str, Any] | None:
+    async def _answer(
+        self, session: ClientSession, request: protocol.Request
+    ) -> dict[str, Any] | None:
         data = request.data
         if isinstance(data, m.AuthRequest):
             return self._authenticate(session, data)
@@ -390,7 +396,11 @@ class AppServer:
                 "message": started.message,
             }
         if isinstance(data, m.StopChargingRequest):
-            if data.userId is not None and data.userId != principal.user_id and not principal.is_admin:
+            if (
+                data.userId is not None
+                and data.userId != principal.user_id
+                and not principal.is_admin
+            ):
                 raise Forbidden("userId does not match the authenticated user")
             stopped = await self.service.stop(principal, data.chargePointId, data.transactionId)
             return {
@@ -408,8 +418,11 @@ class AppServer:
                 )
             for frame in frames:
                 session.deliver(frame, False)
-            return {"success": True, "replayed": len(frames),
-                    "currentSeq": self.hub.current_seq(principal.user_id)}
+            return {
+                "success": True,
+                "replayed": len(frames),
+                "currentSeq": self.hub.current_seq(principal.user_id),
+            }
         if isinstance(data, m.GetStateRequest):
             state = await self.service.state_of(principal)
             return {
@@ -552,7 +565,7 @@ def _peek_id(frame: str | bytes) -> protocol.MessageId | None:
 
 def _plain(status: http.HTTPStatus, text: str) -> Response:
     body = text.encode()
-    headers = Headers([("Content-Type", "text/plain; charset=utf-8"),
-                       ("Content-Length", str(len(body)))])
+    headers = Headers(
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
     return Response(status.value, status.phrase, headers, body)
-

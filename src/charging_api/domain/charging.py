@@ -145,7 +145,9 @@ class ChargingService:
         self._live_on_connector: dict[ConnectorKey, int] = {}
         self._pending: dict[ConnectorKey, _PendingStart] = {}
         self._followers: dict[ConnectorKey, str] = {}
-        self._starts_by_request: dict[tuple[str, str], tuple[float, asyncio.Future[StartOutcome]]] = {}
+        self._starts_by_request: dict[
+            tuple[str, str], tuple[float, asyncio.Future[StartOutcome]]
+        ] = {}
 
     async def load(self) -> None:
         """Rebuild the live picture from storage (after a restart, a crash included)."""
@@ -337,15 +339,18 @@ class ChargingService:
             for state in await self._store.connector_states(cp_id):
                 if (cp_id, state.connector_id) in wanted:
                     if not online:
-                        state = ConnectorState(cp_id, state.connector_id, OFFLINE, "NoError",
-                                               state.updated_at)
+                        state = ConnectorState(
+                            cp_id, state.connector_id, OFFLINE, "NoError", state.updated_at
+                        )
                     connectors.append(state)
         return UserState(txs, connectors)
 
     async def history_of(self, principal: Principal, limit: int | None = None) -> list[Transaction]:
         """Transactions, newest first: the user's own, or everyone's for an admin."""
         n = min(limit or self.policy.history_limit, self.policy.history_limit)
-        return await self._store.transactions_of(None if principal.is_admin else principal.user_id, n)
+        return await self._store.transactions_of(
+            None if principal.is_admin else principal.user_id, n
+        )
 
     async def meter_samples_of(
         self, principal: Principal, transaction_id: int
@@ -482,12 +487,16 @@ class ChargingService:
             return verdict
         if transaction_data:
             self._store.add_meter_samples(
-                [StoredMeterSample(charge_point_id, tx.connector_id, tx.id, s)
-                 for s in transaction_data]
+                [
+                    StoredMeterSample(charge_point_id, tx.connector_id, tx.id, s)
+                    for s in transaction_data
+                ]
             )
         if not tx.active:
             return verdict
-        closed = await self._store.stop_transaction(transaction_id, meter_stop_wh, timestamp, reason)
+        closed = await self._store.stop_transaction(
+            transaction_id, meter_stop_wh, timestamp, reason
+        )
         if closed is None:
             return verdict
         self._forget_live(transaction_id)
@@ -524,7 +533,9 @@ class ChargingService:
         if user is None and tx_id is not None:
             user = self._live[tx_id].user_id
         await self._bus.publish(
-            ConnectorStatusChanged(charge_point_id, connector_id, status, error_code, at, tx_id, user)
+            ConnectorStatusChanged(
+                charge_point_id, connector_id, status, error_code, at, tx_id, user
+            )
         )
         if status == "Available" and tx_id is None and key not in self._pending:
             self._followers.pop(key, None)

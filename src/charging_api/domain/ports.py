@@ -108,7 +108,11 @@ class Store(Protocol):
         ...
 
     async def find_transaction_start(
-        self, charge_point_id: str, connector_id: int, id_tag: str, meter_start_wh: int,
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        meter_start_wh: int,
         started_at: datetime,
     ) -> Transaction | None:
         """The transaction this exact StartTransaction created before, if it is a replay."""

@@ -63,8 +63,11 @@ class HttpRoutes:
             denied = self._require_admin(headers)
             if denied is not None:
                 return _json(denied[0], {"success": False, "error": denied[1]}, cors)
-            data = {"websocket": self._websocket_stats(), **self._system_stats(),
-                    "uptime": round(time.monotonic() - self._started, 3)}
+            data = {
+                "websocket": self._websocket_stats(),
+                **self._system_stats(),
+                "uptime": round(time.monotonic() - self._started, 3),
+            }
             return _json(200, {"success": True, "data": data}, cors)
         return None
 

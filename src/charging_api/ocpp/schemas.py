@@ -50,7 +50,8 @@ def validator(name: str) -> Validator:
     raw = importlib.resources.files("ocpp.v16").joinpath("schemas", f"{name}.json").read_bytes()
     schema = orjson.loads(raw)
     schema.pop("$schema", None)
-    return fastjsonschema.compile(schema, use_formats=True)  # type: ignore[no-any-return]
+    compiled: Validator = fastjsonschema.compile(schema, use_formats=True)
+    return compiled
 
 
 def validate(name: str, payload: dict[str, Any], unique_id: str) -> None:

@@ -1,0 +1,269 @@
+"""An async Python client for the app protocol: what the seed's JavaScript ``ChargingClient``
+does, plus what it promises and does not do (automatic reconnection).
+
+- request/response matched by ``id``; an ``error`` reply raises :class:`RequestFailed`;
+- one supervisor task owns the socket: when it drops, it reconnects with capped exponential
+  backoff and full jitter, re-authenticates (the token may be a callable, so a fresh one can be
+  fetched), and sends ``resume`` with the last ``seq`` seen, so missed pushes arrive in order;
+  if the server answers ``RESYNC_REQUIRED``, :meth:`updates` yields a ``resync_required`` item
+  and the app should call :meth:`get_state`;
+- pushes are de-duplicated by ``seq``;
+- ``start_charging`` keeps its message id across a reconnect and retries once, which the server
+  answers idempotently (no second transaction).
+
+Uses only ``websockets`` and ``orjson``: no server code, so apps can vendor it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+log = logging.getLogger(__name__)
+
+TokenSource = str | Callable[[], str | Awaitable[str]]
+
+
+class RequestFailed(Exception):
+    """The server answered with an error (``error`` message or ``success: false``)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        error = reply.get("error") or {}
+        super().__init__(f"{error.get('code', 'ERROR')}: {error.get('message', '')}")
+        self.code: str = error.get("code", "ERROR")
+        self.reply = reply
+
+
+class ConnectionLost(Exception):
+    """The socket closed before the reply came; the request may or may not have run."""
+
+
+class ChargingClient:
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        reconnect: bool = True,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        request_timeout: float = 30.0,
+        connect_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self._token = token
+        self._reconnect = reconnect
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self.request_timeout = request_timeout
+        self._connect_kwargs = connect_kwargs or {}
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._updates: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._ws: ClientConnection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connected = asyncio.Event()
+        self.last_seq = 0
+        self.session: dict[str, Any] = {}
+        self.reconnects = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def connect(self) -> dict[str, Any]:
+        """Open, authenticate, and keep the connection alive in the background."""
+        ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(ready))
+        return await ready
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        self._fail_pending(ConnectionLost("client closed"))
+
+    async def __aenter__(self) -> ChargingClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _supervise(self, ready: asyncio.Future[dict[str, Any]]) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                async with connect(self.url, **self._connect_kwargs) as ws:
+                    self._ws = ws
+                    reader = asyncio.create_task(self._read(ws))
+                    try:
+                        session = await self._open_session()
+                        attempt = 0
+                        self.connected.set()
+                        if not ready.done():
+                            ready.set_result(session)
+                        await reader
+                    finally:
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await reader
+            except (OSError, ConnectionClosed, ConnectionLost, TimeoutError) as exc:
+                log.info("connection to %s lost: %s", self.url, exc)
+            except RequestFailed as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                    return
+                log.warning("re-authentication failed: %s", exc)
+            finally:
+                self._ws = None
+                self.connected.clear()
+                self._fail_pending(ConnectionLost("connection lost"))
+            if self._closing or not self._reconnect:
+                if not ready.done():
+                    ready.set_exception(ConnectionLost("could not connect"))
+                return
+            attempt += 1
+            self.reconnects += 1
+            ceiling = min(self._backoff_max, self._backoff_initial * 2 ** min(attempt, 16))
+            await asyncio.sleep(random.uniform(0, ceiling))  # full jitter
+
+    async def _open_session(self) -> dict[str, Any]:
+        token = self._token() if callable(self._token) else self._token
+        if inspect.isawaitable(token):
+            token = await token
+        reply = await self._request_now("auth_request", {"token": token})
+        self.session = reply["data"]
+        if self.last_seq:
+            try:
+                await self._request_now("resume", {"lastSeq": self.last_seq})
+            except RequestFailed as exc:
+                if exc.code != "RESYNC_REQUIRED":
+                    raise
+                self.last_seq = int(
+                    exc.reply.get("error", {}).get("details", {}).get("currentSeq", 0)
+                )
+                self._updates.put_nowait({"type": "resync_required", "data": {}})
+        else:
+            self.last_seq = int(self.session.get("seq", 0))
+        return self.session
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            message = orjson.loads(raw)
+            future = self._pending.pop(str(message.get("id")), None)
+            if future is not None:
+                if not future.done():
+                    future.set_result(message)
+                continue
+            seq = message.get("seq")
+            if isinstance(seq, int) and seq > 0:
+                if seq <= self.last_seq:
+                    continue  # already seen (a resume overlapping live pushes)
+                self.last_seq = seq
+            self._updates.put_nowait(message)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _request_now(
+        self, kind: str, data: dict[str, Any] | None, message_id: str | None = None
+    ) -> dict[str, Any]:
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost("not connected")
+        mid = message_id or f"py-{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[mid] = future
+        envelope: dict[str, Any] = {
+            "id": mid,
+            "type": kind,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        }
+        if data is not None:
+            envelope["data"] = data
+        try:
+            await ws.send(orjson.dumps(envelope).decode())
+            reply = await asyncio.wait_for(future, self.request_timeout)
+        except ConnectionClosed:
+            raise ConnectionLost("connection lost") from None
+        finally:
+            self._pending.pop(mid, None)
+        if reply.get("error") or (
+            isinstance(reply.get("data"), dict) and reply["data"].get("success") is False
+        ):
+            raise RequestFailed(reply)
+        return reply
+
+    async def request(
+        self,
+        kind: str,
+        data: dict[str, Any] | None = None,
+        *,
+        retries: int = 0,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and return the reply; with ``retries``, the same message id is
+        sent again after a reconnect (safe for requests the server treats idempotently)."""
+        mid = message_id or f"py-{next(self._ids)}"
+        for attempt in itertools.count():
+            if not self.connected.is_set():
+                await asyncio.wait_for(self.connected.wait(), self.request_timeout)
+            try:
+                return await self._request_now(kind, data, mid)
+            except ConnectionLost:
+                if attempt >= retries or not self._reconnect:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def start_charging(
+        self, charge_point_id: str, connector_id: int, id_tag: str | None = None
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = {"chargePointId": charge_point_id, "connectorId": connector_id}
+        if id_tag is not None:
+            data["idTag"] = id_tag
+        return _data(await self.request("start_charging_request", data, retries=1))
+
+    async def stop_charging(self, charge_point_id: str, transaction_id: int) -> dict[str, Any]:
+        data = {"chargePointId": charge_point_id, "transactionId": transaction_id}
+        return _data(await self.request("stop_charging_request", data))
+
+    async def get_state(self) -> dict[str, Any]:
+        return _data(await self.request("get_state"))
+
+    async def updates(self) -> AsyncIterator[dict[str, Any]]:
+        """Pushes in order, without duplicates, across reconnects."""
+        while True:
+            yield await self._updates.get()
+
+    async def next_update(self, kind: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """The next push (of ``kind``, skipping others), bounded by ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                update = await self._updates.get()
+                if kind is None or update.get("type") == kind:
+                    return update
+
+
+def _data(reply: dict[str, Any]) -> dict[str, Any]:
+    data = reply.get("data")
+    return data if isinstance(data, dict) else {}
