@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charging_api import __version__
-from charging_api.api.auth import TokenVerifier, issue_token
+from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
 from charging_api.api.hub import UpdateHub
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
@@ -67,7 +67,13 @@ class Application:
             ),
         )
         self.verifier = TokenVerifier(
-            settings.jwt_secret, settings.jwt_algorithm, settings.jwt_issuer, settings.jwt_audience
+            settings.jwt_secret,
+            settings.jwt_algorithm,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            settings.jwt_leeway,
+            public_key=read_key_file(settings.jwt_public_key_file),
+            jwks=read_key_file(settings.jwt_jwks_file),
         )
         self.hub = UpdateHub(history_size=settings.history_size)
         origins = tuple(settings.frontend_url)
@@ -85,6 +91,12 @@ class Application:
                 send_queue_size=settings.send_queue_size,
                 max_pending_requests=settings.max_pending_requests,
                 allowed_origins=origins,
+                max_connections_per_user=settings.max_connections_per_user,
+                rate_per_second=settings.rate_limit_per_second,
+                rate_burst=settings.rate_limit_burst,
+                expiry_warning=settings.token_expiry_warning,
+                expiry_grace=settings.token_expiry_grace,
+                open_timeout=settings.ws_open_timeout,
             ),
             http_handler=None,
             debug=settings.debug_websocket,
@@ -212,6 +224,7 @@ async def simulate(
 ) -> None:
     from charging_api.simulator.fleet import run_fleet
 
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # the library logs every frame at INFO
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

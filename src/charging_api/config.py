@@ -13,7 +13,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Secrets that ship in docs and examples; production refuses to start with them.
@@ -21,6 +28,12 @@ EXAMPLE_SECRETS = frozenset(
     {"your-super-secret-jwt-key", "your-secure-production-secret", "change-me-dev-secret"}
 )
 DEV_SECRET = "change-me-dev-secret"
+
+#: JWT_ALGORITHM values: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE).
+JWT_ALGORITHMS = frozenset(
+    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
+     "PS256", "PS384", "PS512"}
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -74,6 +87,12 @@ class Settings(BaseSettings):
     jwt_algorithm: str = "HS256"
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    # Asymmetric tokens (JWT_ALGORITHM RS*/ES*/PS*): the identity provider's public key as a PEM
+    # file, or a local JWKS file whose keys are picked by the token's ``kid``.
+    jwt_public_key_file: FilePath | None = None
+    jwt_jwks_file: FilePath | None = None
+    # Clock skew tolerated for exp/nbf/iat, seconds.
+    jwt_leeway: float = Field(0.0, ge=0, le=300)
     # Connection settings (seed keys, milliseconds on the wire, seconds here)
     heartbeat_interval: float = 30.0
     session_timeout: float = 3600.0
@@ -107,6 +126,14 @@ class Settings(BaseSettings):
     send_queue_size: int = Field(256, ge=8)
     max_pending_requests: int = Field(16, ge=1)
     history_size: int = Field(500, ge=0)
+    max_connections_per_user: int = Field(10, ge=1)
+    rate_limit_per_second: float = Field(20.0, gt=0)
+    rate_limit_burst: float = Field(50.0, ge=1)
+    # Token expiry on a live connection: warn this long before expiresAt, close this long after.
+    token_expiry_warning: float = Field(60.0, ge=0)
+    token_expiry_grace: float = Field(30.0, ge=0)
+    # Time allowed for the HTTP upgrade (a slow-loris request is dropped after it).
+    ws_open_timeout: float = Field(10.0, gt=0)
 
     # Storage and logs
     database_url: str = "sqlite+aiosqlite:///./data/charging-api.db"
@@ -141,9 +168,24 @@ class Settings(BaseSettings):
     @classmethod
     def _algorithm(cls, value: Any) -> str:
         alg = str(value).upper()
-        if alg not in {"HS256", "HS384", "HS512"}:
-            raise ValueError("must be HS256, HS384 or HS512")
+        if alg not in JWT_ALGORITHMS:
+            raise ValueError("must be one of " + ", ".join(sorted(JWT_ALGORITHMS)))
         return alg
+
+    @model_validator(mode="after")
+    def _jwt_keys(self) -> Settings:
+        if self.jwt_algorithm.startswith("HS"):
+            if self.jwt_public_key_file is not None or self.jwt_jwks_file is not None:
+                raise ValueError(
+                    f"JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE need an asymmetric JWT_ALGORITHM, "
+                    f"not {self.jwt_algorithm}"
+                )
+        elif (self.jwt_public_key_file is None) == (self.jwt_jwks_file is None):
+            raise ValueError(
+                f"JWT_ALGORITHM {self.jwt_algorithm} needs exactly one of JWT_PUBLIC_KEY_FILE "
+                "and JWT_JWKS_FILE"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:

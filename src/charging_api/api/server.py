@@ -75,6 +75,7 @@ class AppLimits:
     expiry_warning: float = 60.0
     expiry_grace: float = 30.0
     allowed_origins: tuple[str, ...] = ()
+    open_timeout: float = 10.0
 
 
 class ClientSession:
@@ -222,6 +223,7 @@ class AppServer:
             port,
             process_request=self._process_request,
             max_size=self.limits.max_frame_size,
+            open_timeout=self.limits.open_timeout,
             max_queue=4,
             compression=None,
             ping_interval=self.limits.heartbeat_interval,

@@ -45,7 +45,10 @@ class OcppSession:
         """Send one CALL and return its CALLRESULT payload (caller bounds the time)."""
         async with self._lock:
             if self.closed:
-                raise ChargePointOffline(f"Charge point {self.charge_point_id} disconnected")
+                raise ChargePointOffline(
+                    f"Charge point {self.charge_point_id} disconnected",
+                    {"chargePointId": self.charge_point_id},
+                )
             unique_id = str(uuid.uuid4())
             future: asyncio.Future[framing.CallResult | framing.CallError] = (
                 asyncio.get_running_loop().create_future()
@@ -83,7 +86,10 @@ class OcppSession:
         future = self._pending
         if future is not None and not future.done():
             future.set_exception(
-                ChargePointOffline(f"Charge point {self.charge_point_id} {reason}")
+                ChargePointOffline(
+                    f"Charge point {self.charge_point_id} {reason}",
+                    {"chargePointId": self.charge_point_id},
+                )
             )
 
 
@@ -120,7 +126,9 @@ class OcppGateway:
     def online_count(self) -> int:
         return len(self._sessions)
 
-    async def call(self, charge_point_id: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         session = self._sessions.get(charge_point_id)
         if session is None:
             raise ChargePointOffline(

@@ -6,6 +6,11 @@ Schema rule -> OCPP 1.6-J error code, as the spec's error table defines them:
 TypeConstraintViolation; ``enum``/``format``/``minimum``/... -> PropertyConstraintViolation;
 ``minItems``/``maxItems`` -> OccurenceConstraintViolation; ``additionalProperties`` and anything
 else -> FormationViolation.
+
+OCPP 1.6 defines ``integer`` as 32 bit, which the OCA schemas do not say: every integer gets
+``minimum``/``maximum`` of a signed 32-bit value at compile time (and ``connectorId`` a minimum
+of 0), so a hostile ``connectorId: 18446744073709551615`` is a PropertyConstraintViolation,
+not a database overflow.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ _RULE_CODES = {
 
 Validator = Callable[[Any], Any]
 
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
 #: Every action OCPP 1.6 defines (for NotImplemented vs NotSupported).
 ALL_ACTIONS = frozenset(
     entry.name.removesuffix(".json")
@@ -44,12 +52,31 @@ ALL_ACTIONS = frozenset(
 )
 
 
+def _bound_integers(node: Any, name: str | None = None) -> None:
+    """Give every ``integer`` of a schema the 32-bit range OCPP 1.6 defines (in place)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            node.setdefault("minimum", 0 if name == "connectorId" else INT32_MIN)
+            node.setdefault("maximum", INT32_MAX)
+        for key, value in node.items():
+            if key == "properties" and isinstance(value, dict):
+                for prop, sub in value.items():
+                    _bound_integers(sub, prop)
+            else:
+                _bound_integers(value)
+    elif isinstance(node, list):
+        for item in node:
+            _bound_integers(item)
+
+
 @cache
 def validator(name: str) -> Validator:
-    """The compiled validator for schema ``name`` (e.g. ``MeterValues``, ``RemoteStartTransactionResponse``)."""
+    """The compiled validator for schema ``name`` (``MeterValues``,
+    ``RemoteStartTransactionResponse``, ...)."""
     raw = importlib.resources.files("ocpp.v16").joinpath("schemas", f"{name}.json").read_bytes()
     schema = orjson.loads(raw)
     schema.pop("$schema", None)
+    _bound_integers(schema)
     compiled: Validator = fastjsonschema.compile(schema, use_formats=True)
     return compiled
 

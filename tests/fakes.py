@@ -1,0 +1,231 @@
+"""In-memory adapters for testing the core alone: a Store, a ChargerGateway, a manual Clock.
+
+They implement the core's Protocols (domain/ports.py), so the core runs without sockets or
+SQL and each test states exactly what the outside world does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from charging_api.domain.events import DomainEvent
+from charging_api.domain.models import (
+    ChargePoint,
+    ChargePointInfo,
+    ConnectorState,
+    IdTag,
+    IdTagStatus,
+    StoredMeterSample,
+    Transaction,
+)
+from charging_api.domain.ports import EventHandler
+from charging_api.errors import ChargePointOffline
+
+
+class ManualClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.moment = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.charge_points: dict[str, ChargePoint] = {}
+        self.connectors: dict[tuple[str, int], ConnectorState] = {}
+        self.id_tags: dict[str, IdTag] = {}
+        self.transactions: dict[int, Transaction] = {}
+        self.samples: list[StoredMeterSample] = []
+        self._ids = itertools.count(1)
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def flush(self) -> None: ...
+
+    async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None:
+        return self.charge_points.get(charge_point_id)
+
+    async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None:
+        self.charge_points[charge_point_id] = ChargePoint(
+            charge_point_id, password_hash=password_hash, registered_at=datetime.now(UTC)
+        )
+
+    async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
+        old = self.charge_points.get(charge_point_id)
+        self.charge_points[charge_point_id] = ChargePoint(
+            charge_point_id,
+            info,
+            old.password_hash if old else None,
+            old.registered_at if old else None,
+        )
+
+    async def count_charge_points(self) -> int:
+        return len(self.charge_points)
+
+    async def set_connector_status(self, state: ConnectorState) -> None:
+        self.connectors[(state.charge_point_id, state.connector_id)] = state
+
+    async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
+        return [s for (cp, _), s in sorted(self.connectors.items()) if cp == charge_point_id]
+
+    async def get_id_tag(self, tag: str) -> IdTag | None:
+        return self.id_tags.get(tag)
+
+    async def put_id_tag(self, tag: IdTag) -> None:
+        self.id_tags[tag.tag] = tag
+
+    async def id_tags_of(self, user_id: str) -> list[IdTag]:
+        return [t for t in self.id_tags.values() if t.user_id == user_id]
+
+    async def create_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> Transaction:
+        tx = Transaction(
+            next(self._ids),
+            charge_point_id,
+            connector_id,
+            id_tag,
+            user_id,
+            meter_start_wh,
+            started_at,
+            id_tag_status,
+        )
+        self.transactions[tx.id] = tx
+        return tx
+
+    async def find_transaction_start(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        meter_start_wh: int,
+        started_at: datetime,
+    ) -> Transaction | None:
+        for tx in self.transactions.values():
+            if (
+                tx.charge_point_id,
+                tx.connector_id,
+                tx.id_tag,
+                tx.meter_start_wh,
+                tx.started_at,
+            ) == (charge_point_id, connector_id, id_tag, meter_start_wh, started_at):
+                return tx
+        return None
+
+    async def get_transaction(self, transaction_id: int) -> Transaction | None:
+        return self.transactions.get(transaction_id)
+
+    async def set_transaction_user(self, transaction_id: int, user_id: str) -> None:
+        tx = self.transactions[transaction_id]
+        self.transactions[transaction_id] = Transaction(
+            tx.id,
+            tx.charge_point_id,
+            tx.connector_id,
+            tx.id_tag,
+            user_id,
+            tx.meter_start_wh,
+            tx.started_at,
+            tx.id_tag_status,
+            tx.meter_stop_wh,
+            tx.stopped_at,
+            tx.stop_reason,
+        )
+
+    async def stop_transaction(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Transaction | None:
+        tx = self.transactions.get(transaction_id)
+        if tx is None or not tx.active:
+            return tx
+        closed = Transaction(
+            tx.id,
+            tx.charge_point_id,
+            tx.connector_id,
+            tx.id_tag,
+            tx.user_id,
+            tx.meter_start_wh,
+            tx.started_at,
+            tx.id_tag_status,
+            meter_stop_wh,
+            stopped_at,
+            reason,
+        )
+        self.transactions[transaction_id] = closed
+        return closed
+
+    async def active_transactions(self) -> list[Transaction]:
+        return [tx for tx in self.transactions.values() if tx.active]
+
+    async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
+        txs = [t for t in self.transactions.values() if user_id is None or t.user_id == user_id]
+        return sorted(txs, key=lambda t: t.id, reverse=True)[:limit]
+
+    def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
+        self.samples.extend(samples)
+
+    async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
+        return [s for s in self.samples if s.transaction_id == transaction_id]
+
+
+class FakeGateway:
+    """Charge points as the test says they are; each CALL is recorded and answered from a queue."""
+
+    def __init__(self) -> None:
+        self.online: set[str] = set()
+        self.calls: asyncio.Queue[tuple[str, str, dict[str, object]]] = asyncio.Queue()
+        self.answers: dict[str, str] = {
+            "RemoteStartTransaction": "Accepted",
+            "RemoteStopTransaction": "Accepted",
+        }
+
+    def is_online(self, charge_point_id: str) -> bool:
+        return charge_point_id in self.online
+
+    def online_count(self) -> int:
+        return len(self.online)
+
+    async def _call(self, cp: str, action: str, payload: dict[str, object]) -> str:
+        if cp not in self.online:
+            raise ChargePointOffline(f"{cp} offline")
+        self.calls.put_nowait((cp, action, payload))
+        return self.answers[action]
+
+    async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
+        return await self._call(
+            charge_point_id,
+            "RemoteStartTransaction",
+            {"connectorId": connector_id, "idTag": id_tag},
+        )
+
+    async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
+        return await self._call(
+            charge_point_id, "RemoteStopTransaction", {"transactionId": transaction_id}
+        )
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.events: list[DomainEvent] = []
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def publish(self, event: DomainEvent) -> None:
+        self.events.append(event)
+
+    def subscribe(self, handler: EventHandler) -> object:
+        raise NotImplementedError

@@ -1,0 +1,297 @@
+"""The core alone: ChargingService with in-memory adapters, a manual clock, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from charging_api.domain.charging import ChargingPolicy, ChargingService
+from charging_api.domain.events import (
+    ConnectorStatusChanged,
+    MeterValuesReceived,
+    TransactionStarted,
+    TransactionStopped,
+)
+from charging_api.domain.models import IdTag, IdTagStatus, MeterSample, Principal, Role
+from charging_api.errors import (
+    ChargePointNotFound,
+    ChargePointOffline,
+    ChargePointRejected,
+    ChargePointTimeout,
+    ConnectorBusy,
+    Forbidden,
+    NoIdTag,
+    TransactionNotActive,
+    TransactionNotFound,
+)
+from tests.fakes import FakeGateway, ManualClock, MemoryStore, RecordingBus
+
+ALICE = Principal("alice", id_tags=frozenset({"TAG-A"}))
+BOB = Principal("bob", id_tags=frozenset({"TAG-B"}))
+ADMIN = Principal("ops", Role.ADMIN)
+
+
+class World:
+    def __init__(self, **policy: float) -> None:
+        self.store = MemoryStore()
+        self.gateway = FakeGateway()
+        self.bus = RecordingBus()
+        self.clock = ManualClock()
+        self.service = ChargingService(
+            self.store,
+            self.gateway,
+            self.bus,
+            self.clock,
+            ChargingPolicy(**policy),  # type: ignore[arg-type]
+        )
+
+    async def online(self, cp: str) -> None:
+        await self.store.add_charge_point(cp, None)
+        self.gateway.online.add(cp)
+
+    async def started(
+        self, principal: Principal = ALICE, cp: str = "CP1", key: str | None = None
+    ) -> int:
+        """Run a whole remote start: request, RemoteStart, StartTransaction, response."""
+        task = asyncio.create_task(self.service.start(principal, cp, 1, request_key=key))
+        _, action, payload = await self.gateway.calls.get()
+        assert action == "RemoteStartTransaction"
+        tx_id, verdict = await self.service.on_start_transaction(
+            cp, 1, str(payload["idTag"]), 1000, self.clock.now()
+        )
+        assert verdict.status is IdTagStatus.ACCEPTED
+        outcome = await task
+        assert outcome.transaction_id == tx_id
+        return tx_id
+
+
+async def test_start_uses_the_token_id_tag_and_registers_it_to_the_user() -> None:
+    """The token's idTag is sent in RemoteStart and becomes the user's for Authorize."""
+    world = World()
+    await world.online("CP1")
+    await world.started()
+    assert world.store.id_tags["TAG-A"].user_id == "alice"
+    verdict = await world.service.on_authorize("CP1", "TAG-A")
+    assert verdict.status is IdTagStatus.ACCEPTED
+
+
+async def test_foreign_id_tag_and_foreign_user_id_are_forbidden() -> None:
+    """A user can neither charge with another user's tag nor act as another user."""
+    world = World()
+    await world.online("CP1")
+    await world.store.put_id_tag(IdTag("TAG-B", "bob"))
+    with pytest.raises(Forbidden):
+        await world.service.start(ALICE, "CP1", 1, id_tag="TAG-B")
+    with pytest.raises(Forbidden):
+        await world.service.start(ALICE, "CP1", 1, user_id="bob")
+    with pytest.raises(Forbidden):
+        await world.service.start(ALICE, "CP1", 1, id_tag="NOT-MINE")
+    assert world.gateway.calls.empty()
+
+
+async def test_user_without_id_tag_gets_no_id_tag() -> None:
+    """No claim and nothing registered: NO_ID_TAG, nothing sent to the charge point."""
+    world = World()
+    await world.online("CP1")
+    with pytest.raises(NoIdTag):
+        await world.service.start(Principal("carol"), "CP1", 1)
+    assert world.gateway.calls.empty()
+
+
+async def test_registered_tag_is_used_when_the_token_has_none() -> None:
+    """A tag registered to the user is the default id tag."""
+    world = World()
+    await world.online("CP1")
+    await world.store.put_id_tag(IdTag("CARD-9", "carol"))
+    task = asyncio.create_task(world.service.start(Principal("carol"), "CP1", 1))
+    _, _, payload = await world.gateway.calls.get()
+    assert payload["idTag"] == "CARD-9"
+    task.cancel()
+
+
+async def test_unknown_and_offline_charge_points() -> None:
+    """Unknown id: CHARGE_POINT_NOT_FOUND; known but not connected: CHARGE_POINT_OFFLINE."""
+    world = World()
+    with pytest.raises(ChargePointNotFound):
+        await world.service.start(ALICE, "NOPE", 1)
+    await world.store.add_charge_point("CP1", None)
+    with pytest.raises(ChargePointOffline):
+        await world.service.start(ALICE, "CP1", 1)
+
+
+async def test_rejected_remote_start_frees_the_connector() -> None:
+    """Rejected: CHARGE_POINT_REJECTED, and a new start on the connector is possible."""
+    world = World()
+    await world.online("CP1")
+    world.gateway.answers["RemoteStartTransaction"] = "Rejected"
+    with pytest.raises(ChargePointRejected):
+        await world.service.start(ALICE, "CP1", 1)
+    world.gateway.answers["RemoteStartTransaction"] = "Accepted"
+    await world.gateway.calls.get()
+    await world.started()
+
+
+async def test_second_start_on_a_busy_connector_is_refused() -> None:
+    """While a start is pending or a transaction runs, another start gets CONNECTOR_BUSY."""
+    world = World()
+    await world.online("CP1")
+    await world.started()
+    with pytest.raises(ConnectorBusy):
+        await world.service.start(BOB, "CP1", 1)
+
+
+async def test_missing_start_transaction_times_out_and_a_late_one_is_attached() -> None:
+    """No StartTransaction in time: CHARGE_POINT_TIMEOUT; a late one still belongs to the user."""
+    world = World(start_transaction_timeout=0.05)
+    await world.online("CP1")
+    with pytest.raises(ChargePointTimeout):
+        await world.service.start(ALICE, "CP1", 1)
+    tx_id, _ = await world.service.on_start_transaction("CP1", 1, "TAG-A", 0, world.clock.now())
+    started = [e for e in world.bus.events if isinstance(e, TransactionStarted)]
+    assert started[-1].transaction_id == tx_id and started[-1].user_id == "alice"
+    assert world.store.transactions[tx_id].user_id == "alice"
+
+
+async def test_same_request_key_never_starts_twice() -> None:
+    """A retried start with the same message id gets the first outcome; one RemoteStart only."""
+    world = World()
+    await world.online("CP1")
+    first = asyncio.create_task(world.service.start(ALICE, "CP1", 1, request_key="m-1"))
+    retry = asyncio.create_task(world.service.start(ALICE, "CP1", 1, request_key="m-1"))
+    _, _, payload = await world.gateway.calls.get()
+    tx_id, _ = await world.service.on_start_transaction(
+        "CP1", 1, str(payload["idTag"]), 0, world.clock.now()
+    )
+    assert (await first).transaction_id == tx_id
+    assert (await retry).transaction_id == tx_id
+    again = await world.service.start(ALICE, "CP1", 1, request_key="m-1")
+    assert again.transaction_id == tx_id
+    assert world.gateway.calls.empty()
+    assert len(world.store.transactions) == 1
+
+
+async def test_replayed_start_transaction_gets_the_same_id() -> None:
+    """An identical StartTransaction (offline replay) returns the stored transaction id."""
+    world = World()
+    at = world.clock.now() - timedelta(hours=3)
+    first, _ = await world.service.on_start_transaction("CP1", 1, "TAG-X", 500, at)
+    second, verdict = await world.service.on_start_transaction("CP1", 1, "TAG-X", 500, at)
+    assert first == second
+    assert verdict.status is IdTagStatus.INVALID
+    assert len(world.store.transactions) == 1
+
+
+async def test_stop_rules() -> None:
+    """Only the owner or an admin stops; unknown and stopped transactions are refused clearly."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    with pytest.raises(Forbidden):
+        await world.service.stop(BOB, "CP1", tx_id)
+    with pytest.raises(TransactionNotFound):
+        await world.service.stop(ALICE, "CP2", tx_id)
+    with pytest.raises(TransactionNotFound):
+        await world.service.stop(ALICE, None, 999)
+    outcome = await world.service.stop(ADMIN, None, tx_id)
+    assert outcome.status == "Accepted"
+    await world.service.on_stop_transaction("CP1", tx_id, 5000, world.clock.now(), "Remote", None)
+    with pytest.raises(TransactionNotActive):
+        await world.service.stop(ALICE, "CP1", tx_id)
+
+
+async def test_stop_transaction_twice_or_unknown_is_acknowledged() -> None:
+    """Repeated or unknown StopTransaction: acknowledged, first stop kept, one event only."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    for _ in range(2):
+        await world.service.on_stop_transaction("CP1", tx_id, 5000, world.clock.now(), None, None)
+    await world.service.on_stop_transaction("CP1", 4242, 1, world.clock.now(), None, None)
+    stopped = [e for e in world.bus.events if isinstance(e, TransactionStopped)]
+    assert len(stopped) == 1 and stopped[0].energy_kwh == 4.0
+    assert world.store.transactions[tx_id].meter_stop_wh == 5000
+
+
+async def test_another_charge_point_cannot_stop_a_transaction() -> None:
+    """CP2's StopTransaction for CP1's transaction changes nothing."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_stop_transaction("CP2", tx_id, 9, world.clock.now(), None, None)
+    assert world.store.transactions[tx_id].active
+
+
+async def test_old_meter_values_are_stored_not_pushed() -> None:
+    """Samples older than the live window are stored; only fresh ones become events."""
+    world = World(meter_live_window=60)
+    await world.online("CP1")
+    tx_id = await world.started()
+    old = MeterSample(world.clock.now() - timedelta(minutes=10), energy_import_kwh=1.0)
+    fresh = MeterSample(world.clock.now(), energy_import_kwh=2.0)
+    await world.service.on_meter_values("CP1", 1, tx_id, [old, fresh])
+    pushed = [e for e in world.bus.events if isinstance(e, MeterValuesReceived)]
+    assert [e.sample for e in pushed] == [fresh]
+    assert pushed[0].user_id == "alice"
+    assert [s.sample for s in world.store.samples] == [old, fresh]
+
+
+async def test_disconnect_reports_offline_to_the_follower_and_keeps_the_transaction() -> None:
+    """A dropped charge point: Offline to the owner; the transaction stays open."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_disconnected("CP1")
+    offline = [
+        e
+        for e in world.bus.events
+        if isinstance(e, ConnectorStatusChanged) and e.status == "Offline"
+    ]
+    assert [(e.user_id, e.transaction_id) for e in offline] == [("alice", tx_id)]
+    assert world.store.transactions[tx_id].active
+
+
+async def test_status_follows_the_user_from_preparing_to_available() -> None:
+    """Preparing before the transaction and Available after the stop reach the starter."""
+    world = World()
+    await world.online("CP1")
+    task = asyncio.create_task(world.service.start(ALICE, "CP1", 1))
+    await world.gateway.calls.get()
+    await world.service.on_status("CP1", 1, "Preparing", "NoError", None)
+    tx_id, _ = await world.service.on_start_transaction("CP1", 1, "TAG-A", 0, world.clock.now())
+    await task
+    await world.service.on_stop_transaction("CP1", tx_id, 10, world.clock.now(), None, None)
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.service.on_status("CP1", 1, "Preparing", "NoError", None)  # someone else plugs in
+    statuses = [
+        (e.status, e.user_id) for e in world.bus.events if isinstance(e, ConnectorStatusChanged)
+    ]
+    assert statuses == [("Preparing", "alice"), ("Available", "alice"), ("Preparing", None)]
+
+
+async def test_restart_rebuilds_the_live_picture_from_storage() -> None:
+    """After a restart, meter values of an open transaction still reach its owner."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    reborn = ChargingService(world.store, world.gateway, world.bus, world.clock)
+    await reborn.load()
+    await reborn.on_meter_values("CP1", 1, None, [MeterSample(world.clock.now(), 3.0)])
+    event = world.bus.events[-1]
+    assert isinstance(event, MeterValuesReceived)
+    assert (event.transaction_id, event.user_id) == (tx_id, "alice")
+
+
+async def test_admission_rules() -> None:
+    """Development admits unknown ids; production only registered ones; passwords are checked."""
+    from charging_api.domain.access import hash_password
+
+    dev = World(accept_unknown_charge_points=True)
+    assert await dev.service.admit("NEW", None)
+    prod = World(accept_unknown_charge_points=False)
+    assert not await prod.service.admit("NEW", None)
+    await prod.store.add_charge_point("REG", hash_password("s3cret"))
+    assert await prod.service.admit("REG", "s3cret")
+    assert not await prod.service.admit("REG", "wrong")
+    assert not await prod.service.admit("REG", None)
