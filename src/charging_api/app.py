@@ -235,6 +235,54 @@ async def simulate(
     )
 
 
+async def demo(settings: Settings, app_url: str, ocpp_url: str, meter_updates: int) -> None:
+    """A newcomer's tour: one simulated charge point, one app user on the Python client,
+    against a running server. Prints what the app sees from start to stop."""
+    from charging_api.client import ChargingClient
+    from charging_api.simulator.charge_point import SimulatedChargePoint
+    from charging_api.simulator.fleet import run_charge_point
+
+    logging.getLogger("ocpp").setLevel(logging.WARNING)
+    cp_id = "DEMO-0001"
+    booted = asyncio.Event()
+
+    def connected(cp: SimulatedChargePoint) -> None:
+        cp_booted = cp.booted
+
+        async def relay() -> None:
+            await cp_booted.wait()
+            booted.set()
+
+        tasks.add(asyncio.ensure_future(relay()))
+
+    tasks: set[asyncio.Future[None]] = set()
+    stop = asyncio.Event()
+    charger = asyncio.create_task(
+        run_charge_point(ocpp_url, cp_id, meter_interval=2.0, stop=stop, on_connect=connected)
+    )
+    try:
+        await asyncio.wait_for(booted.wait(), 15)
+        token = make_token(settings, "demo-user", "DEMO_TAG", None, 600)
+        async with ChargingClient(app_url, token) as client:
+            print(f"authenticated as demo-user; starting a charge on {cp_id} connector 1")
+            started = await client.start_charging(cp_id, 1)
+            print(f"start_charging_response: {started}")
+            seen = 0
+            while seen < meter_updates:
+                update = await client.next_update(timeout=30)
+                print(f"push seq={update.get('seq')} {update['type']}: {update['data']}")
+                seen += update["type"] == "meter_values_update"
+            stopped = await client.stop_charging(cp_id, started["transactionId"])
+            print(f"stop_charging_response: {stopped}")
+            ended = await client.next_update("transaction_update", timeout=30)
+            print(f"push {ended['type']}: {ended['data']}")
+    finally:
+        stop.set()
+        await asyncio.wait_for(charger, 10)
+        for task in tasks:
+            task.cancel()
+
+
 def run(coro: Any) -> Any:
     """Run a coroutine on uvloop where available."""
     try:

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--connectors", type=int, default=1, help="connectors per charge point")
 
+    demo = sub.add_parser(
+        "demo", help="against a running server: one simulated charge point, one app user, start to stop"
+    )
+    demo.add_argument("--url", default="ws://localhost:8082/ws", help="app API WebSocket URL")
+    demo.add_argument("--ocpp-url", default="ws://localhost:8081/ocpp", help="OCPP base URL")
+    demo.add_argument("--meter-updates", type=int, default=3, help="meter pushes to show")
+
     tok = sub.add_parser("token", help="print a JWT signed with JWT_SECRET")
     tok.add_argument("--user", required=True, help="user id (claim sub)")
     tok.add_argument("--id-tag", help="id tag the user charges with (claim idTag)")
@@ -81,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.run(
             app.simulate(args.url, args.count, args.prefix, args.meter_interval, args.connectors)
         )
+        return 0
+    if args.command == "demo":
+        app.run(app.demo(settings, args.url, args.ocpp_url, args.meter_updates))
         return 0
     if args.command == "token":
         print(app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in))

@@ -25,9 +25,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Secrets that ship in docs and examples; production refuses to start with them.
 EXAMPLE_SECRETS = frozenset(
-    {"your-super-secret-jwt-key", "your-secure-production-secret", "change-me-dev-secret"}
+    {"your-super-secret-jwt-key", "your-secure-production-secret", "change-me-dev-secret-not-for-production"}
 )
-DEV_SECRET = "change-me-dev-secret"
+DEV_SECRET = "change-me-dev-secret-not-for-production"
 
 #: JWT_ALGORITHM values: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE).
 JWT_ALGORITHMS = frozenset(
@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     # Clock skew tolerated for exp/nbf/iat, seconds.
     jwt_leeway: float = Field(0.0, ge=0, le=300)
     # Connection settings (seed keys, milliseconds on the wire, seconds here)
-    heartbeat_interval: float = 30.0
-    session_timeout: float = 3600.0
-    connection_timeout: float = 300.0
+    # Defaults are written in the seed's milliseconds: Settings validates defaults too.
+    heartbeat_interval: float = 30_000
+    session_timeout: float = 3_600_000
+    connection_timeout: float = 300_000
     max_connections: int = Field(1000, ge=1)
     frontend_url: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
     debug_websocket: bool = False

@@ -11,6 +11,16 @@ pump tasks per accepted connection:
   would. The proxy keeps listening: a client that reconnects gets through.
 * :meth:`TcpProxy.resume` lets the bytes flow again.
 
+``stall``/``resume`` take a direction: ``"up"`` (client to server), ``"down"`` (server to
+client) or ``"both"``. :meth:`TcpProxy.stall_up_after` arms a trigger: the first chunk from the
+server that contains a pattern stalls the upstream direction *before* that chunk is forwarded,
+so whatever the client sends in answer to it is held (a deterministic way to make something
+happen on the server between two client frames; client frames are masked, server frames are not).
+
+Everything the server sends is recorded (``downstream``, bounded) whether it was forwarded yet
+or not: :meth:`TcpProxy.wait_for_down` returns once a pattern went past, which tells a test
+"the server has sent X" without sleeping. A stalled direction still reads one chunk and holds it.
+
 ``upstream_rcvbuf`` shrinks the receive buffer of the proxy's upstream sockets (and the proxy
 reads in small chunks), so that a stalled connection fills after a few tens of kilobytes
 instead of megabytes: that is what makes a "client that stops reading" quick to provoke.
@@ -51,8 +61,12 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self._rcvbuf = upstream_rcvbuf
         self._chunk = chunk if upstream_rcvbuf is None else min(chunk, upstream_rcvbuf)
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._flow = {"up": asyncio.Event(), "down": asyncio.Event()}
+        for event in self._flow.values():
+            event.set()
+        self._stall_up_pattern: bytes | None = None
+        self.downstream = bytearray()
+        self._down_seen = asyncio.Event()
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -86,13 +100,29 @@ class TcpProxy:
 
     # ----------------------------------------------------------------- faults
 
-    def stall(self) -> None:
-        """Stop forwarding both ways; every connection stays open and silent."""
-        self._flowing.clear()
+    def stall(self, direction: str = "both") -> None:
+        """Stop forwarding (both ways by default); every connection stays open and silent."""
+        for name in _directions(direction):
+            self._flow[name].clear()
 
-    def resume(self) -> None:
+    def resume(self, direction: str = "both") -> None:
         """Forward again (what was held back is delivered, in order)."""
-        self._flowing.set()
+        for name in _directions(direction):
+            self._flow[name].set()
+
+    def stall_up_after(self, pattern: bytes) -> None:
+        """Stall client->server as soon as the server sends a chunk containing ``pattern``."""
+        self._stall_up_pattern = pattern
+
+    async def wait_for_down(self, pattern: bytes, start: int = 0) -> int:
+        """Wait until the server has sent ``pattern`` (at or after offset ``start`` of
+        :attr:`downstream`); returns the offset just past it. Bound it with a timeout."""
+        while True:
+            found = self.downstream.find(pattern, start)
+            if found >= 0:
+                return found + len(pattern)
+            self._down_seen.clear()
+            await self._down_seen.wait()
 
     def cut(self) -> None:
         """Abort every current connection at both ends; keep accepting new ones."""
@@ -117,8 +147,8 @@ class TcpProxy:
         self.accepted += 1
         self.new_connection.set()
         link.pumps = [
-            asyncio.create_task(self._pump(reader, up_writer, link)),
-            asyncio.create_task(self._pump(up_reader, writer, link)),
+            asyncio.create_task(self._pump(reader, up_writer, link, "up")),
+            asyncio.create_task(self._pump(up_reader, writer, link, "down")),
         ]
         await asyncio.gather(*link.pumps, return_exceptions=True)
         self._links.discard(link)
@@ -140,15 +170,22 @@ class TcpProxy:
         return await asyncio.open_connection(sock=sock, limit=self._chunk)
 
     async def _pump(
-        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link, direction: str
     ) -> None:
+        flowing = self._flow[direction]
         try:
             while True:
-                await self._flowing.wait()
-                data = await source.read(self._chunk)
+                try:
+                    data = await source.read(self._chunk)
+                except (ConnectionError, OSError):
+                    await flowing.wait()  # a stalled link hides the failure until resumed
+                    link.abort()
+                    return
+                if direction == "down" and data:
+                    self._record_down(data)
+                await flowing.wait()
                 if not data:
                     break
-                await self._flowing.wait()
                 sink.write(data)
                 await sink.drain()
             # Orderly end from one side: pass the FIN on, keep the other direction going.
@@ -156,6 +193,27 @@ class TcpProxy:
                 sink.write_eof()
         except (ConnectionError, OSError, RuntimeError):
             link.abort()
+
+    def _record_down(self, data: bytes) -> None:
+        pattern = self._stall_up_pattern
+        if pattern is not None and pattern in data:
+            self._stall_up_pattern = None
+            self._flow["up"].clear()
+        self.downstream += data
+        if len(self.downstream) > _DOWNSTREAM_LIMIT:
+            del self.downstream[: len(self.downstream) - _DOWNSTREAM_LIMIT]
+        self._down_seen.set()
+
+
+_DOWNSTREAM_LIMIT = 4 * 1024 * 1024
+
+
+def _directions(direction: str) -> tuple[str, ...]:
+    if direction == "both":
+        return ("up", "down")
+    if direction in ("up", "down"):
+        return (direction,)
+    raise ValueError(f"direction must be up, down or both, not {direction!r}")
 
 
 @contextlib.asynccontextmanager

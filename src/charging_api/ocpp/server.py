@@ -1,14 +1,34 @@
 """The OCPP 1.6-J central system's WebSocket server: ``/ocpp/{chargePointId}``.
 
-At the upgrade: the path names the charge point; Basic auth (Security Profile 1, and 2 over
-TLS) is checked by the core's ``admit``; subprotocol ``ocpp1.6`` is chosen when offered, a client
-offering only other protocols is refused, and a client offering none is accepted as 1.6 (some
-real chargers send no ``Sec-WebSocket-Protocol``). A second connection with the same id replaces
-the first: the old socket is closed and its outstanding CALL fails at once.
+At the upgrade (all of it bounded by ``open_timeout``, so a slow-loris client that never finishes
+its HTTP request is dropped):
+
+- the path names the charge point (``/ocpp/{id}``, one segment, at most 48 printable
+  characters; anything else is HTTP 404);
+- Basic auth (Security Profile 1, and Profile 2 over TLS) is checked by the core's ``admit``:
+  a charge point registered with a password must present ``{id}:{password}``, and the Basic-auth
+  user must be the path's id, so credentials of one charge point never open another's session;
+  production mode refuses ids that are not registered. A refusal is HTTP 401;
+- subprotocol ``ocpp1.6`` is chosen when offered, a client offering only other protocols is
+  refused (HTTP 400), and a client offering none is accepted as 1.6 (some real chargers send no
+  ``Sec-WebSocket-Protocol``).
+
+A second connection with the same id **replaces** the first (rather than being refused: a
+charger that rebooted or lost its link often reconnects while its old socket is still
+half-open, and refusing it would lock it out until the old socket times out). The new session
+takes over at once; the old socket is closed (1000, "replaced by a new connection") in the
+background, and the CALL outstanding on it fails at once with CHARGE_POINT_OFFLINE, so the app
+that asked still gets its response.
 
 After the upgrade, CALLs from the charge point are handled one at a time, in order (OCPP-J's one
-outstanding CALL per direction); CALLRESULT/CALLERROR frames answer our own CALLs or are logged
-and ignored.
+outstanding CALL per direction): each malformed frame gets its CALLERROR and the connection lives
+on; CALLRESULT/CALLERROR frames answer our own CALLs or are logged and ignored. A frame over
+``max_frame_size`` closes the connection with 1009. ``rate_limit`` (messages per second per
+connection, 0 = off, the default) paces a charge point that sends faster: a token bucket with a
+burst of one second's worth; over it, the server stops reading that socket until a token is due,
+so TCP back-pressure slows the sender and nothing is dropped or refused (an offline replay only
+slows down). The server never sends a CALL on its own initiative (OCTT fails a central system
+that does): only an app's start/stop request causes one.
 """
 
 from __future__ import annotations
@@ -30,7 +50,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from charging_api.domain.charging import ChargingService
-from charging_api.errors import ChargingApiError
+from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.ocpp import framing, schemas
 from charging_api.ocpp.gateway import OcppGateway, OcppSession
 from charging_api.ocpp.handlers import HANDLERS
@@ -65,6 +85,30 @@ def basic_auth(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+class RateLimiter:
+    """Token bucket: ``rate`` messages per second, bursts of ``max(1, rate)`` messages."""
+
+    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._stamp = now
+
+    def take(self, now: float) -> float:
+        """Take one token; the seconds to wait before acting on the message (0.0: none)."""
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+
+#: Bad frames logged at WARNING per connection; the rest at DEBUG (a hostile peer cannot flood
+#: the log).
+MAX_LOGGED_BAD_FRAMES = 20
+
+
 class OcppServer:
     def __init__(
         self,
@@ -72,13 +116,18 @@ class OcppServer:
         gateway: OcppGateway,
         max_frame_size: int = 65536,
         ping_interval: float | None = None,
+        rate_limit: float = 0.0,
+        open_timeout: float = 10.0,
     ) -> None:
         self.service = service
         self.gateway = gateway
         self._max_frame_size = max_frame_size
         self._ping_interval = ping_interval
+        self._rate_limit = rate_limit
+        self._open_timeout = open_timeout
         self._server: Server | None = None
         self._connections: dict[str, ServerConnection] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int, ssl: Any = None) -> int:
         self._server = await serve(
@@ -93,6 +142,7 @@ class OcppServer:
             compression=None,
             ping_interval=self._ping_interval,
             ping_timeout=self._ping_interval,
+            open_timeout=self._open_timeout,
             close_timeout=5,
             ssl=ssl,
             server_header=None,
@@ -106,17 +156,24 @@ class OcppServer:
         self._server.close(close_connections=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), timeout)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout)
 
-    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         cp_id = charge_point_id_from_path(request.path)
         if cp_id is None:
             return _plain(http.HTTPStatus.NOT_FOUND, "Use /ocpp/{chargePointId}\n")
-        credentials = basic_auth(request.headers)
         password: str | None = None
-        if credentials is not None:
+        if "Authorization" in request.headers:
+            credentials = basic_auth(request.headers)
+            if credentials is None:
+                log.warning("charge point %s sent an unreadable Authorization header", cp_id)
+                return _unauthorized()
             user, password = credentials
             if user != cp_id:
-                log.warning("charge point %s presented credentials of %s", cp_id, user[:48])
+                log.warning("charge point %s presented credentials of another id", cp_id)
                 return _unauthorized()
         if not await self.service.admit(cp_id, password):
             log.warning("charge point %s refused at upgrade", cp_id)
@@ -129,22 +186,37 @@ class OcppServer:
             log.info("charge point %s offered no subprotocol; speaking OCPP 1.6", cp_id)
 
         async def send(frame: bytes) -> None:
-            await ws.send(frame, text=True)
+            try:
+                await ws.send(frame, text=True)
+            except ConnectionClosed:
+                raise ChargePointOffline(
+                    f"Charge point {cp_id} disconnected", {"chargePointId": cp_id}
+                ) from None
 
         session = OcppSession(cp_id, send)
-        replaced = self.gateway.register(session)
-        if replaced is not None:
+        if self.gateway.register(session) is not None:
             log.info("charge point %s reconnected; old connection replaced", cp_id)
-        old_ws = self._connections.pop(cp_id, None)
+        old_ws = self._connections.get(cp_id)
         self._connections[cp_id] = ws
         if old_ws is not None:
-            with contextlib.suppress(Exception):
-                await old_ws.close(1000, "replaced by a new connection")
+            self._close_in_background(old_ws)
         log.info("charge point %s connected", cp_id)
         await self.service.on_connected(cp_id)
+        loop = asyncio.get_running_loop()
+        limiter = RateLimiter(self._rate_limit, loop.time()) if self._rate_limit > 0 else None
+        throttled = False
+        connection = _Connection(session, ws)
         try:
             async for message in ws:
-                await self._on_message(session, ws, message)
+                if limiter is not None:
+                    delay = limiter.take(loop.time())
+                    if delay > 0:
+                        if not throttled:
+                            throttled = True
+                            log.warning("charge point %s exceeds %g messages/s; pacing it",
+                                        cp_id, self._rate_limit)
+                        await asyncio.sleep(delay)
+                await self._on_message(connection, message)
         except ConnectionClosed:
             pass
         finally:
@@ -154,29 +226,40 @@ class OcppServer:
                 log.info("charge point %s disconnected", cp_id)
                 await self.service.on_disconnected(cp_id)
 
-    async def _on_message(self, session: OcppSession, ws: ServerConnection, message: str | bytes) -> None:
+    def _close_in_background(self, ws: ServerConnection) -> None:
+        """Close a replaced socket without holding up its successor (a half-open peer would
+        make ``close`` wait for ``close_timeout``)."""
+
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await ws.close(1000, "replaced by a new connection")
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _on_message(self, connection: _Connection, message: str | bytes) -> None:
+        cp_id = connection.session.charge_point_id
         try:
             frame = framing.parse(message)
         except framing.FrameError as exc:
-            log.warning("charge point %s sent a bad frame: %s", session.charge_point_id, exc.description)
+            connection.log_bad_frame(exc.description)
             if exc.answer:
-                await ws.send(exc.to_frame(), text=True)
+                await connection.ws.send(exc.to_frame(), text=True)
             return
         if isinstance(frame, framing.Call):
-            await ws.send(await self._answer(session.charge_point_id, frame), text=True)
-        elif not session.on_reply(frame):
-            log.warning(
-                "charge point %s answered no pending CALL (id %s); ignored",
-                session.charge_point_id,
-                frame.unique_id,
-            )
+            await connection.ws.send(await self._answer(cp_id, frame), text=True)
+        elif not connection.session.on_reply(frame):
+            connection.log_bad_frame(f"a reply to no pending CALL (id {frame.unique_id})")
 
     async def _answer(self, cp_id: str, call: framing.Call) -> bytes:
         handler = HANDLERS.get(call.action)
         if handler is None:
             if call.action in schemas.ALL_ACTIONS:
                 return framing.encode_error(
-                    call.unique_id, "NotSupported", f"{call.action} is not supported by a central system"
+                    call.unique_id,
+                    "NotSupported",
+                    f"{call.action} is not supported by a central system",
                 )
             return framing.encode_error(
                 call.unique_id, "NotImplemented", f"Unknown action {call.action[:64]}"
@@ -189,12 +272,36 @@ class OcppServer:
         except ChargingApiError as exc:
             log.warning("charge point %s %s failed: %s", cp_id, call.action, exc.message)
             return framing.encode_error(call.unique_id, "GenericError", exc.message)
-        except ValueError as exc:
-            return framing.encode_error(call.unique_id, "PropertyConstraintViolation", str(exc)[:200])
+        except (ValueError, OverflowError) as exc:
+            return framing.encode_error(
+                call.unique_id, "PropertyConstraintViolation", str(exc)[:200]
+            )
         except Exception:
             log.exception("charge point %s %s failed", cp_id, call.action)
             return framing.encode_error(call.unique_id, "InternalError", "Internal error")
         return framing.encode_result(call.unique_id, reply)
+
+
+class _Connection:
+    """One socket's session and its count of bad frames (for bounded logging)."""
+
+    __slots__ = ("bad_frames", "session", "ws")
+
+    def __init__(self, session: OcppSession, ws: ServerConnection) -> None:
+        self.session = session
+        self.ws = ws
+        self.bad_frames = 0
+
+    def log_bad_frame(self, what: str) -> None:
+        self.bad_frames += 1
+        cp_id = self.session.charge_point_id
+        if self.bad_frames < MAX_LOGGED_BAD_FRAMES:
+            log.warning("charge point %s sent a bad frame: %s; ignored", cp_id, what)
+        elif self.bad_frames == MAX_LOGGED_BAD_FRAMES:
+            log.warning("charge point %s sent %d bad frames; logging the rest at DEBUG",
+                        cp_id, self.bad_frames)
+        else:
+            log.debug("charge point %s sent a bad frame: %s; ignored", cp_id, what)
 
 
 def _select_subprotocol(
@@ -207,9 +314,13 @@ def _select_subprotocol(
     raise NegotiationError(f"unsupported subprotocols: {', '.join(subprotocols)[:100]}")
 
 
-def _plain(status: http.HTTPStatus, text: str, extra: list[tuple[str, str]] | None = None) -> Response:
+def _plain(
+    status: http.HTTPStatus, text: str, extra: list[tuple[str, str]] | None = None
+) -> Response:
     body = text.encode()
-    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    headers = Headers(
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
     for name, value in extra or ():
         headers[name] = value
     return Response(status.value, status.phrase, headers, body)
