@@ -112,6 +112,7 @@ class Application:
             self.service,
             self.gateway,
             max_frame_size=settings.ocpp_max_frame_size,
+            ping_interval=settings.ocpp_ping_interval or None,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
 

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     start_transaction_timeout: float = Field(20.0, gt=0)
     meter_live_window: float = Field(120.0, gt=0)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
+    ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
 
     # App door limits
     max_frame_size: int = Field(65536, ge=1024)
