@@ -5,9 +5,12 @@ does, plus what it promises and does not do (automatic reconnection).
 - one supervisor task owns the socket: when it drops, it reconnects with capped exponential
   backoff and full jitter, re-authenticates (the token may be a callable, so a fresh one can be
   fetched), and sends ``resume`` with the last ``seq`` seen, so missed pushes arrive in order;
-  if the server answers ``RESYNC_REQUIRED``, :meth:`updates` yields a ``resync_required`` item
-  and the app should call :meth:`get_state`;
-- pushes are de-duplicated by ``seq``;
+  if the server answers ``RESYNC_REQUIRED`` (or the server says it is another instance than
+  before: a different ``epoch`` in ``auth_response``), :meth:`updates` yields a
+  ``resync_required`` item and the app should call :meth:`get_state`;
+- pushes are de-duplicated by ``seq`` and handed over in ``seq`` order: pushes that arrive
+  while a ``resume`` is under way (live ones can overtake the replay) are held until its
+  answer, then sorted;
 - ``start_charging`` keeps its message id across a reconnect and retries once, which the server
   answers idempotently (no second transaction).
 
@@ -78,6 +81,8 @@ class ChargingClient:
         self.last_seq = 0
         self.session: dict[str, Any] = {}
         self.reconnects = 0
+        self._had_session = False
+        self._holding: list[dict[str, Any]] | None = None  # pushes held during a resume
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -146,21 +151,40 @@ class ChargingClient:
         token = self._token() if callable(self._token) else self._token
         if inspect.isawaitable(token):
             token = await token
-        reply = await self._request_now("auth_request", {"token": token})
-        self.session = reply["data"]
-        if self.last_seq:
-            try:
-                await self._request_now("resume", {"lastSeq": self.last_seq})
-            except RequestFailed as exc:
-                if exc.code != "RESYNC_REQUIRED":
-                    raise
-                self.last_seq = int(
-                    exc.reply.get("error", {}).get("details", {}).get("currentSeq", 0)
-                )
-                self._updates.put_nowait({"type": "resync_required", "data": {}})
-        else:
-            self.last_seq = int(self.session.get("seq", 0))
+        previous = self.session
+        # Pushes may follow the auth reply at once (and overtake a resume's replay): hold them.
+        self._holding = []
+        try:
+            reply = await self._request_now("auth_request", {"token": token})
+            self.session = reply["data"]
+            current = int(self.session.get("seq", 0))
+            if not self._had_session:
+                self.last_seq = current  # a first connection starts from now
+            elif previous.get("epoch") != self.session.get("epoch"):
+                self._resync(current)  # another server instance: its seq is another stream
+            else:
+                try:
+                    await self._request_now("resume", {"lastSeq": self.last_seq})
+                except RequestFailed as exc:
+                    if exc.code != "RESYNC_REQUIRED":
+                        raise
+                    details = exc.reply.get("error", {}).get("details", {})
+                    self._resync(int(details.get("currentSeq", current)))
+            self._had_session = True
+        except BaseException:
+            # Whatever was held will be replayed by the next resume: handing it over now would
+            # move last_seq past pushes that never arrived.
+            self._holding = None
+            raise
+        held, self._holding = self._holding, None
+        for push in sorted(held, key=lambda p: p["seq"]):
+            self._hand_over(push)
         return self.session
+
+    def _resync(self, current_seq: int) -> None:
+        """Missed pushes are gone: tell the app to fetch the state; continue after ``current_seq``."""
+        self.last_seq = current_seq
+        self._updates.put_nowait({"type": "resync_required", "data": {"currentSeq": current_seq}})
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
@@ -171,11 +195,19 @@ class ChargingClient:
                     future.set_result(message)
                 continue
             seq = message.get("seq")
-            if isinstance(seq, int) and seq > 0:
-                if seq <= self.last_seq:
-                    continue  # already seen (a resume overlapping live pushes)
-                self.last_seq = seq
-            self._updates.put_nowait(message)
+            if isinstance(seq, int) and seq > 0 and self._holding is not None:
+                self._holding.append(message)
+                continue
+            self._hand_over(message)
+
+    def _hand_over(self, message: dict[str, Any]) -> None:
+        """Pass a push to the app once: a ``seq`` at or below the last one seen is a repeat."""
+        seq = message.get("seq")
+        if isinstance(seq, int) and seq > 0:
+            if seq <= self.last_seq:
+                return  # already seen (a resume overlapping live pushes)
+            self.last_seq = seq
+        self._updates.put_nowait(message)
 
     def _fail_pending(self, exc: Exception) -> None:
         pending, self._pending = self._pending, {}

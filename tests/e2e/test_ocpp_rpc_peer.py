@@ -56,7 +56,7 @@ class NodePeer:
                 raw = await self.proc.stdout.readline()
                 if not raw:
                     raise AssertionError(f"peer ended before {event!r}\n{self.explain()}")
-                line = orjson.loads(raw)
+                line: dict[str, Any] = orjson.loads(raw)
                 self.events.append(line)
                 if line["event"] == event:
                     return line

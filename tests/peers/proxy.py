@@ -184,7 +184,7 @@ class TcpProxy:
                 if direction == "down" and data:
                     self._record_down(data)
                 await flowing.wait()
-                if not data:
+                if not data or sink.is_closing():  # ended, or cut while this chunk was held
                     break
                 sink.write(data)
                 await sink.drain()

@@ -28,7 +28,7 @@ def ago(seconds: float) -> str:
 def db_path(database_url: str) -> str:
     prefix = "sqlite+aiosqlite:///"
     assert database_url.startswith(prefix), database_url
-    return database_url[len(prefix):]
+    return database_url[len(prefix) :]
 
 
 def db_rows(database_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -75,13 +75,21 @@ async def app_at(url: str, token: str | None = None, **kwargs: Any) -> AsyncIter
 
 
 async def start_charge(
-    app: AppClient, cp: LibraryChargePoint, cp_id: str, connector: int, tag: str,
-    meter_start: int = 0, message_id: str | None = None,
+    app: AppClient,
+    cp: LibraryChargePoint,
+    cp_id: str,
+    connector: int,
+    tag: str,
+    meter_start: int = 0,
+    message_id: str | None = None,
 ) -> int:
     """The user asks, the charge point is asked and starts: the new transaction id."""
     request = asyncio.create_task(
-        app.request("start_charging_request", {"chargePointId": cp_id, "connectorId": connector},
-                    message_id=message_id)
+        app.request(
+            "start_charging_request",
+            {"chargePointId": cp_id, "connectorId": connector},
+            message_id=message_id,
+        )
     )
     asked = await asyncio.wait_for(cp.remote_starts.get(), 10)
     assert asked == {"id_tag": tag, "connector_id": connector}
@@ -112,3 +120,18 @@ def summary(push: dict[str, Any]) -> tuple[Any, ...]:
     if push["type"] == "meter_values_update":
         return (push["type"], data["meterValue"]["energyImportKWh"])
     return (push["type"], data.get("status"))
+
+
+async def meter_batch(
+    cp: LibraryChargePoint, connector: int, transaction_id: int, first_wh: int, count: int
+) -> int:
+    """One MeterValues with ``count`` fresh samples (``count`` live pushes); the next Wh."""
+    from ocpp.v16 import call
+
+    stamp = ocpp_time(datetime.now(UTC))
+    values = [{"timestamp": stamp, "sampled_value": energy(first_wh + i)} for i in range(count)]
+    await cp.call(
+        call.MeterValues(connector_id=connector, transaction_id=transaction_id, meter_value=values),
+        suppress=False,
+    )
+    return first_wh + count

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
+#: OCPP 1.6 transaction ids are JSON integers that fit 32 bits; bigger ones cannot exist here
+#: (and would overflow the database's INTEGER into an INTERNAL_ERROR).
+TransactionId = Annotated[StrictInt, Field(ge=-(2**31), le=2**31 - 1)]
 
 
 class _Data(BaseModel):
@@ -31,7 +34,7 @@ class StartChargingRequest(_Data):
 
 
 class StopChargingRequest(_Data):
-    transactionId: StrictInt
+    transactionId: TransactionId
     chargePointId: Ident | None = None
     userId: Ident | None = None
     reason: Annotated[StrictStr, Field(max_length=64)] | None = None
@@ -62,7 +65,7 @@ class GetTransactionsRequest(_Data):
 
 
 class GetMeterValuesRequest(_Data):
-    transactionId: StrictInt
+    transactionId: TransactionId
 
 
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer

@@ -55,6 +55,8 @@ HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[HttpReply | None]]
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
+#: Seconds a close handshake may take before the socket is dropped.
+CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +156,16 @@ class ClientSession:
         if not self.closing:
             self.closing = True
             self._queue.clear()
-            self._app.spawn(self.ws.close(code, reason))
+            self._app.spawn(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        """The close handshake, bounded: a peer that stopped reading cannot take our close
+        frame (its socket buffer is full), so after CLOSE_TIMEOUT the socket is dropped."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code, reason)
+        except TimeoutError:
+            self.ws.transport.abort()
 
     # ----------------------------------------------------------------- limits
 
@@ -228,7 +239,7 @@ class AppServer:
             compression=None,
             ping_interval=self.limits.heartbeat_interval,
             ping_timeout=self.limits.heartbeat_interval,
-            close_timeout=5,
+            close_timeout=CLOSE_TIMEOUT,
             ssl=ssl,
             server_header=None,
         )

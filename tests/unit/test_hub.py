@@ -1,0 +1,229 @@
+"""api/hub.py without sockets: who gets which event, with which seq, and what resume replays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from charging_api.api.hub import UpdateHub
+from charging_api.domain.events import (
+    ChargePointConnectionChanged,
+    ConnectorStatusChanged,
+    MeterValuesReceived,
+    TransactionStarted,
+)
+from charging_api.domain.models import MeterSample
+
+WHEN = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+
+
+class Inbox:
+    """A session as the hub sees one: something frames are delivered to."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[dict[str, Any], bool]] = []
+
+    def deliver(self, frame: bytes, droppable: bool) -> None:
+        self.frames.append((orjson.loads(frame), droppable))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [message for message, _ in self.frames]
+
+
+def status(cp: str = "CP-1", user: str | None = "alice", state: str = "Charging",
+           tx: int | None = 7) -> ConnectorStatusChanged:
+    return ConnectorStatusChanged(cp, 1, state, "NoError", WHEN, tx, user)
+
+
+def meter(cp: str = "CP-1", user: str | None = "alice", kwh: float = 1.0) -> MeterValuesReceived:
+    return MeterValuesReceived(cp, 1, 7, user, MeterSample(WHEN, energy_import_kwh=kwh))
+
+
+def hub_with(*users: str, **kwargs: Any) -> tuple[UpdateHub, dict[str, Inbox]]:
+    hub = UpdateHub(**kwargs)
+    inboxes = {user: Inbox() for user in users}
+    for user, inbox in inboxes.items():
+        hub.attach(user, inbox)
+    return hub, inboxes
+
+
+def test_the_owner_gets_the_event_and_nobody_else() -> None:
+    """An event about alice's session reaches alice, not bob nor a non-subscribed admin."""
+    hub, inbox = hub_with("alice", "bob", "admin")
+    hub.on_event(status())
+    assert [m["type"] for m in inbox["alice"].messages] == ["charging_status_update"]
+    assert inbox["alice"].messages[0]["data"] == {
+        "chargePointId": "CP-1", "connectorId": 1, "status": "Charging", "transactionId": 7,
+    }
+    assert inbox["bob"].frames == []
+    assert inbox["admin"].frames == []
+
+
+def test_an_event_nobody_owns_reaches_only_watchers() -> None:
+    """user_id None: no user stream gets it unless an admin watches that charge point."""
+    hub, inbox = hub_with("alice", "admin")
+    hub.on_event(status(user=None, tx=None, state="Available"))
+    assert inbox["alice"].frames == [] and inbox["admin"].frames == []
+    hub.subscribe("admin", ["CP-1"])
+    hub.on_event(status(user=None, tx=None, state="Available"))
+    assert [m["data"]["status"] for m in inbox["admin"].messages] == ["Available"]
+
+
+def test_admin_watchers_get_their_charge_points_or_everything() -> None:
+    """A subscription to CP-1 sees CP-1 only; ``None`` (``*``) sees all; unsubscribe ends it."""
+    hub, inbox = hub_with("alice", "ops", "root")
+    assert hub.subscribe("ops", ["CP-1"]) == ["CP-1"]
+    assert hub.subscribe("root", None) == "*"
+    hub.on_event(status(cp="CP-1"))
+    hub.on_event(status(cp="CP-2"))
+    assert [m["data"]["chargePointId"] for m in inbox["ops"].messages] == ["CP-1"]
+    assert [m["data"]["chargePointId"] for m in inbox["root"].messages] == ["CP-1", "CP-2"]
+    assert [m["data"]["chargePointId"] for m in inbox["alice"].messages] == ["CP-1", "CP-2"]
+    assert hub.unsubscribe("ops", ["CP-1"]) == []
+    assert hub.unsubscribe("root", None) == []
+    hub.on_event(status(cp="CP-1"))
+    assert len(inbox["ops"].frames) == 1 and len(inbox["root"].frames) == 2
+
+
+def test_an_owner_who_also_watches_gets_the_event_once() -> None:
+    """Owner and watcher at once: one frame, not two."""
+    hub, inbox = hub_with("admin")
+    hub.subscribe("admin", None)
+    hub.subscribe("admin", ["CP-1"])
+    hub.on_event(status(user="admin"))
+    assert len(inbox["admin"].frames) == 1
+
+
+def test_seq_counts_per_user_and_the_data_is_shared() -> None:
+    """Each user's seq runs 1, 2, 3 ... on its own; recipients get the same data."""
+    hub, inbox = hub_with("alice", "ops")
+    hub.subscribe("ops", None)
+    hub.on_event(status(cp="CP-9", user=None))
+    hub.on_event(status())
+    hub.on_event(meter())
+    assert [m["seq"] for m in inbox["alice"].messages] == [1, 2]
+    assert [m["seq"] for m in inbox["ops"].messages] == [1, 2, 3]
+    assert inbox["alice"].messages[1]["data"] == inbox["ops"].messages[2]["data"]
+    assert [m["id"] for m in inbox["alice"].messages] == ["evt-1", "evt-2"]
+    assert hub.current_seq("alice") == 2 and hub.current_seq("ops") == 3
+    assert hub.current_seq("nobody") == 0
+
+
+def test_every_session_of_a_user_gets_the_same_frame() -> None:
+    """Two connections of alice: both get seq 1."""
+    hub, inbox = hub_with("alice")
+    phone = Inbox()
+    hub.attach("alice", phone)
+    hub.on_event(status())
+    assert inbox["alice"].messages == phone.messages
+    assert phone.messages[0]["seq"] == 1
+    assert hub.session_count_of("alice") == 2
+    assert hub.user_count() == 1
+
+
+def test_only_meter_updates_may_be_dropped() -> None:
+    """Meter values are droppable under back-pressure; status and transaction updates are not."""
+    hub, inbox = hub_with("alice")
+    hub.on_event(meter())
+    hub.on_event(status())
+    hub.on_event(TransactionStarted("CP-1", 1, 7, "alice", "TAG", 0, WHEN))
+    assert [(m["type"], d) for m, d in inbox["alice"].frames] == [
+        ("meter_values_update", True),
+        ("charging_status_update", False),
+        ("transaction_update", False),
+    ]
+
+
+def test_connection_changes_are_not_pushed() -> None:
+    """ChargePointConnectionChanged reaches nobody (Offline arrives as a status update)."""
+    hub, inbox = hub_with("admin")
+    hub.subscribe("admin", None)
+    hub.on_event(ChargePointConnectionChanged("CP-1", False, WHEN))
+    assert inbox["admin"].frames == []
+
+
+def test_push_to_user_is_numbered_and_private() -> None:
+    """A server push to alice takes her next seq and reaches only her."""
+    hub, inbox = hub_with("alice", "bob")
+    hub.on_event(status())
+    hub.push_to_user("alice", "session_expiring", {"sessionId": "s"})
+    hub.push_to_user("nobody", "session_expiring", {"sessionId": "s"})
+    assert [(m["type"], m["seq"]) for m in inbox["alice"].messages] == [
+        ("charging_status_update", 1), ("session_expiring", 2),
+    ]
+    assert inbox["bob"].frames == []
+
+
+def test_missed_since_replays_what_came_after() -> None:
+    """Frames after lastSeq in order; nothing when up to date; None when ahead of the server."""
+    hub, inbox = hub_with("alice")
+    for kwh in (1.0, 2.0, 3.0):
+        hub.on_event(meter(kwh=kwh))
+    missed = hub.missed_since("alice", 1)
+    assert missed is not None
+    assert [orjson.loads(f) for f in missed] == inbox["alice"].messages[1:]
+    everything = hub.missed_since("alice", 0)
+    assert everything is not None
+    assert [orjson.loads(f) for f in everything] == inbox["alice"].messages
+    assert hub.missed_since("alice", 3) == []
+    assert hub.missed_since("alice", 4) is None
+
+
+def test_missed_since_is_none_when_the_gap_is_older_than_the_history() -> None:
+    """History of 3: after 5 pushes, lastSeq 2 can be served, lastSeq 1 cannot."""
+    hub, _ = hub_with("alice", history_size=3)
+    for kwh in range(5):
+        hub.on_event(meter(kwh=float(kwh)))
+    served = hub.missed_since("alice", 2)
+    assert served is not None
+    assert [orjson.loads(f)["seq"] for f in served] == [3, 4, 5]
+    assert hub.missed_since("alice", 1) is None
+    assert hub.missed_since("alice", 0) is None
+
+
+def test_without_history_any_gap_needs_a_resync() -> None:
+    """history_size 0: nothing is kept, so being behind at all answers None."""
+    hub, _ = hub_with("alice", history_size=0)
+    hub.on_event(status())
+    assert hub.missed_since("alice", 0) is None
+    assert hub.missed_since("alice", 1) == []
+
+
+def test_unknown_users_resume_from_zero_only() -> None:
+    """A user the hub never saw: lastSeq 0 is up to date, anything else needs get_state."""
+    hub = UpdateHub()
+    assert hub.missed_since("ghost", 0) == []
+    assert hub.missed_since("ghost", 5) is None
+
+
+def test_a_stream_outlives_its_last_session_for_resume() -> None:
+    """After a disconnect the seq and history stay, so a reconnect can resume."""
+    hub, inbox = hub_with("alice")
+    hub.on_event(status())
+    hub.detach("alice", inbox["alice"])
+    assert hub.session_count_of("alice") == 0 and hub.user_count() == 0
+    hub.on_event(status(state="Finishing"))
+    again = Inbox()
+    hub.attach("alice", again)
+    missed = hub.missed_since("alice", 1)
+    assert missed is not None
+    assert [orjson.loads(f)["data"]["status"] for f in missed] == ["Finishing"]
+    assert again.frames == []
+
+
+def test_idle_streams_are_bounded_oldest_first() -> None:
+    """Past ``idle_streams`` disconnected users the oldest stream (and its watch) is dropped."""
+    hub, inbox = hub_with("old", "new", idle_streams=1)
+    hub.subscribe("old", None)
+    hub.on_event(status(user="old"))
+    hub.detach("old", inbox["old"])
+    hub.detach("new", inbox["new"])
+    assert hub.current_seq("old") == 0
+    assert hub.missed_since("old", 1) is None
+    comeback = Inbox()
+    hub.attach("old", comeback)
+    hub.on_event(status(cp="CP-7", user=None))
+    assert comeback.frames == []  # the dropped stream's subscription went with it
