@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     auth_timeout: float = Field(10.0, gt=0)
     send_queue_size: int = Field(256, ge=8)
     max_pending_requests: int = Field(16, ge=1)
-    history_size: int = Field(500, ge=0)
+    history_size: int = Field(200, ge=0)
     max_connections_per_user: int = Field(10, ge=1)
     rate_limit_per_second: float = Field(20.0, gt=0)
     rate_limit_burst: float = Field(50.0, ge=1)

@@ -33,6 +33,10 @@ from tests.reliability.helpers import (
     transactions_in_db,
 )
 
+#: websockets' close_timeout on the OCPP door: how long a failed connection may wait for a peer
+#: that does not answer the closing handshake before the socket is aborted.
+CLOSE_TIMEOUT = 5.0
+
 
 async def next_push(app: AppClient, timeout: float = 5) -> dict[str, Any]:
     return await asyncio.wait_for(app.pushes.get(), timeout)
@@ -314,3 +318,35 @@ async def test_late_start_transaction_is_attached_to_the_user(tmp_path: Path) ->
         assert ended["data"]["energyKWh"] == 4.0
         assert await drain_pushes(app) == []
         assert transactions_in_db(url) == [(late.transaction_id, cp_id, 1, "late", 500, 4500, 1)]
+
+
+async def test_half_open_charge_point_is_found_by_ping_and_reported_offline(
+    tmp_path: Path,
+) -> None:
+    """A charge point whose link goes silent without any close (half-open) is dropped by the
+    WebSocket ping within 2 x OCPP_PING_INTERVAL + the 5 s close timeout: its user sees
+    Offline, the transaction stays open, and it can come back."""
+    cp_id, tag, interval = "CP-PING", "TAG-PING", 0.5
+    async with (
+        server_and_ocpp_proxy(tmp_path, ocpp_ping_interval=interval) as (server, proxy),
+        app_at(server.app_url, server.token("driver", id_tag=tag)) as app,
+    ):
+        async with connected_charge_point(proxy.url("ws", "/ocpp"), cp_id) as cp:
+            tx = await start_charge(app, cp, cp_id, 1, tag)
+            assert summary(await next_push(app)) == ("transaction_update", "Started")
+            proxy.stall()
+            began = time.monotonic()
+            bound = interval * 2 + CLOSE_TIMEOUT
+            offline = await next_push(app, timeout=bound + 3)
+            found = time.monotonic() - began
+            assert offline["data"]["status"] == "Offline"
+            assert offline["data"]["transactionId"] == tx
+            assert found < bound + 1, f"half-open socket dropped after {found:.1f}s"
+            assert not server.app.gateway.is_online(cp_id)
+            proxy.cut()
+        assert transactions_in_db(server.settings.database_url) == [
+            (tx, cp_id, 1, "driver", 0, None, 0)
+        ]
+        async with connected_charge_point(server.ocpp_url, cp_id, boot=False) as cp:
+            await cp.status(1, "Charging")
+            assert summary(await next_push(app)) == ("charging_status_update", "Charging")

@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import websockets
-
 from tests.conftest import AppClient
 from tests.peers.proxy import proxy_to
 from tests.peers.py_charge_point import connected_charge_point
@@ -154,13 +152,6 @@ async def test_sigterm_drains_tells_apps_closes_everyone_and_flushes(tmp_path: P
             assert await proc.wait(10) == 0
             elapsed = time.monotonic() - began
             assert elapsed < 5, f"drain took {elapsed:.1f}s"
-            # The doors are shut: a new connection is refused.
-            try:
-                await websockets.connect(proc.app_url, open_timeout=2)
-            except OSError:
-                pass
-            else:  # pragma: no cover - the assertion message says it
-                raise AssertionError("the app door still accepts connections after exit")
 
     assert transactions_in_db(url) == [(tx, CP, 1, "owner", 0, None, 0)]
     assert energy_samples_in_db(url, tx) == [round(i / 1000, 6) for i in range(1, 201)]

@@ -473,8 +473,7 @@ async def closed(client: AppClient, timeout: float = 10) -> tuple[int | None, st
 async def test_session_expiring_comes_before_expiry_and_a_fresh_token_keeps_the_session(
     tmp_path: Path,
 ) -> None:
-    """The warning precedes expiresAt; after auth_request with a new token the session outlives
-    the old token while a same-user connection that did not refresh is closed."""
+    """session_expiring precedes expiresAt; a refreshed session outlives the old token."""
     settings = make_settings(tmp_path, token_expiry_warning=2, token_expiry_grace=1)
     async with running_server(settings) as server:
         short = server.token("alice", expires_in=3)
@@ -502,8 +501,7 @@ async def test_session_expiring_comes_before_expiry_and_a_fresh_token_keeps_the_
 async def test_after_expiry_requests_get_token_expired_then_the_grace_ends_it(
     tmp_path: Path,
 ) -> None:
-    """Once expiresAt passes: TOKEN_EXPIRED per request, heartbeats still answered, 1008 after
-    TOKEN_EXPIRY_GRACE."""
+    """After expiresAt: TOKEN_EXPIRED per request, then close 1008 after TOKEN_EXPIRY_GRACE."""
     settings = make_settings(tmp_path, token_expiry_warning=0, token_expiry_grace=2)
     async with running_server(settings) as server, app_client(
         server, server.token("alice", expires_in=2)

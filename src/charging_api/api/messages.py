@@ -46,6 +46,7 @@ class HeartbeatRequest(_Data):
 
 class ResumeRequest(_Data):
     lastSeq: Annotated[StrictInt, Field(ge=0)]
+    epoch: Annotated[StrictStr, Field(max_length=64)] | None = None
 
 
 class GetStateRequest(_Data):

@@ -86,6 +86,7 @@ class ClientSession:
     __slots__ = (
         "_app",
         "_queue",
+        "_replayed",
         "_writer",
         "allowance",
         "authenticated_at",
@@ -116,7 +117,10 @@ class ClientSession:
         self.allowance = app.limits.rate_burst
         self.last_refill = now
         self.pending = 0
-        self._queue: deque[tuple[bytes, bool]] = deque()
+        # (frame, droppable, replayed): frames replayed for a ``resume`` do not count against
+        # send_queue_size (there are at most history_size of them and the client asked).
+        self._queue: deque[tuple[bytes, bool, bool]] = deque()
+        self._replayed = 0
         self._writer: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- sending
@@ -126,10 +130,11 @@ class ClientSession:
         if self.closing:
             return
         queue = self._queue
-        if len(queue) >= self._app.limits.send_queue_size:
-            for index, (_, can_drop) in enumerate(queue):
+        if len(queue) - self._replayed >= self._app.limits.send_queue_size:
+            for index, (_, can_drop, replayed) in enumerate(queue):
                 if can_drop:
                     del queue[index]
+                    self._replayed -= replayed
                     self._app.dropped_frames += 1
                     break
             else:
@@ -138,17 +143,30 @@ class ClientSession:
                     return
                 self.close(CLOSE_TRY_AGAIN_LATER, "send queue overflow")
                 return
-        queue.append((frame, droppable))
+        queue.append((frame, droppable, False))
+        if self._writer is None:
+            self._writer = self._app.spawn(self._drain())
+
+    def replay(self, frames: list[bytes]) -> None:
+        """Queue a resume's frames in order, exempt from send_queue_size: a replay longer than
+        the queue must not trip the overflow policy (or a client closed for overflow could
+        never catch up)."""
+        if self.closing or not frames:
+            return
+        self._queue.extend((frame, False, True) for frame in frames)
+        self._replayed += len(frames)
         if self._writer is None:
             self._writer = self._app.spawn(self._drain())
 
     async def _drain(self) -> None:
         try:
             while self._queue:
-                frame, _ = self._queue.popleft()
+                frame, _, replayed = self._queue.popleft()
+                self._replayed -= replayed
                 await self.ws.send(frame, text=True)
         except ConnectionClosed:
             self._queue.clear()
+            self._replayed = 0
         finally:
             self._writer = None
 
@@ -156,6 +174,7 @@ class ClientSession:
         if not self.closing:
             self.closing = True
             self._queue.clear()
+            self._replayed = 0
             self._app.spawn(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
@@ -423,14 +442,17 @@ class AppServer:
                 "message": stopped.message,
             }
         if isinstance(data, m.ResumeRequest):
-            frames = self.hub.missed_since(principal.user_id, data.lastSeq)
+            frames = (
+                self.hub.missed_since(principal.user_id, data.lastSeq)
+                if data.epoch is None or data.epoch == self.epoch
+                else None  # another server process numbered those pushes
+            )
             if frames is None:
                 raise ResyncRequired(
                     "Missed updates are no longer available; send get_state",
                     {"currentSeq": self.hub.current_seq(principal.user_id)},
                 )
-            for frame in frames:
-                session.deliver(frame, False)
+            session.replay(frames)
             return {
                 "success": True,
                 "replayed": len(frames),
@@ -508,6 +530,7 @@ class AppServer:
             "message": "Authentication successful",
             "role": principal.role.value,
             "seq": self.hub.current_seq(principal.user_id),
+            "epoch": self.epoch,
         }
 
     # ---------------------------------------------------------------- sweeper
