@@ -254,6 +254,19 @@ def render(results: dict[str, Any]) -> str:
                 + (f", last: {con['lastConnectError']}" if con.get("lastConnectError") else "")
                 + ")"
             )
+            kinds = con.get("byKind", {})
+            for kind, label in (("app", "app clients"), ("cp", "charge points")):
+                k = kinds.get(kind)
+                if k:
+                    lines.append(
+                        f"     {label}: {_n(k['done'])} in {_n(k['acceptSeconds'], 1)} s, "
+                        f"{_n(k['retries'])} retries, {k['failed']} failed"
+                        + (f" ({k['lastError']})" if k.get("lastError") else "")
+                    )
+            lines.append(
+                f"     server CPU during the storm {con['stormServerCpu']:.2f}, generators "
+                f"{con['stormGeneratorCpu']:.2f}, other {con['stormOtherCpu']:.2f}"
+            )
             lines.append(
                 f"   RSS {con['rssBeforeKiB'] / 1024:.0f} → {con['rssAfterKiB'] / 1024:.0f} MiB = "
                 f"{con['rssPerConnectionKiB']:.1f} KiB per connection; idle CPU "

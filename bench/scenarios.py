@@ -521,8 +521,13 @@ async def connections(ctx: Context) -> dict[str, Any]:
         at = now_us() + 300_000
         await group.broadcast({"cmd": "go", "atUs": at})
         await _sleep_until(at)
+        storm_cpu = CpuWindow({"server": [server.pid], "generators": group.pids})
+        storm_cpu.start()
         await start_profile(ctx, server.pid, "crowd-storm", min(p.crowd_deadline_s, 30))
-        connected = await group.all("connected", p.crowd_deadline_s + 90)
+        waiting = asyncio.ensure_future(group.all("connected", p.crowd_deadline_s + 90))
+        timeline = await _watch_health(server, waiting, at)
+        connected = await waiting
+        storm = storm_cpu.stop()
         accept_seconds = (max(c["lastDoneUs"] for c in connected) - at) / 1e6
         await asyncio.sleep(p.crowd_settle_s)
         rss_after = rss_kib(server.pid)
@@ -541,6 +546,22 @@ async def connections(ctx: Context) -> dict[str, Any]:
         server.stop()
     total = p.crowd_apps + p.crowd_cps
     failed = _sum(connected, "failed")
+    kinds: dict[str, Any] = {}
+    for kind in ("app", "cp"):
+        parts = [c["kinds"][kind] for c in connected]
+        done_at = max((k["lastDoneUs"] for k in parts if k["done"]), default=None)
+        curve: dict[int, int] = {}
+        for k in parts:
+            for second, n in k["curve"].items():
+                curve[int(second)] = curve.get(int(second), 0) + int(n)
+        kinds[kind] = {
+            "done": sum(k["done"] for k in parts),
+            "failed": sum(k["failed"] for k in parts),
+            "retries": sum(k["retries"] for k in parts),
+            "acceptSeconds": round((done_at - at) / 1e6, 2) if done_at else None,
+            "lastError": next((k["lastError"] for k in parts if k["lastError"]), None),
+            "donePerSecond": [curve.get(i, 0) for i in range(max(curve, default=-1) + 1)],
+        }
     accepted = total - failed
     grown = max(rss_after, rss_idle) - rss_before
     ws_health = health.get("websocket", {})
@@ -553,6 +574,11 @@ async def connections(ctx: Context) -> dict[str, Any]:
         "failed": failed,
         "lastError": next((c["lastError"] for c in connected if c.get("lastError")), None),
         "connectRetries": _sum(connected, "connectFailures"),
+        "byKind": kinds,
+        "stormServerCpu": round(storm["server"], 3),
+        "stormGeneratorCpu": round(storm["generators"], 3),
+        "stormOtherCpu": round(storm["other"], 3),
+        "stormTimeline": timeline,
         "lastConnectError": next(
             (c["lastConnectError"] for c in connected if c.get("lastConnectError")), None
         ),
@@ -572,6 +598,27 @@ async def connections(ctx: Context) -> dict[str, Any]:
         "heartbeatsAnsweredIdle": _sum(results, "heartbeatsAnsweredIdle"),
         "unexpectedCloses": _sum(results, "unexpectedCloses"),
     }
+
+
+async def _watch_health(
+    server: ServerProcess, until: asyncio.Future[Any], at: int
+) -> list[dict[str, Any]]:
+    """What the server says it holds, once a second, while the crowd connects."""
+    timeline: list[dict[str, Any]] = []
+    while not until.done():
+        try:
+            body = await asyncio.wait_for(http_get(server.ports["app"], "/health"), 5)
+            ws = body.get("websocket", {})
+            timeline.append({
+                "t": round((now_us() - at) / 1e6, 1),
+                "app": ws.get("totalConnections"),
+                "authenticated": ws.get("authenticatedConnections"),
+                "chargePoints": ws.get("gatewayConnections"),
+            })
+        except (OSError, TimeoutError, ValueError):
+            timeline.append({"t": round((now_us() - at) / 1e6, 1), "error": "no /health answer"})
+        await asyncio.wait([until], timeout=1.0)
+    return timeline
 
 
 # ----------------------------------------------------------------------- 4 command

@@ -120,7 +120,7 @@ function openSocket(url, protocol, timeoutMs) {
 }
 
 /** Connect, retrying with jittered backoff (as a real client would) until the deadline. */
-async function connect(url, protocol, deadlineUs) {
+async function connect(url, protocol, deadlineUs, tally = null) {
   let delay = 200;
   for (;;) {
     try {
@@ -128,6 +128,7 @@ async function connect(url, protocol, deadlineUs) {
     } catch (err) {
       counters.connectFailures++;
       counters.lastConnectError = String((err && err.message) || err);
+      if (tally) tally.retries++;
       if (nowUs() + delay * 1000 > deadlineUs) throw err;
       await sleep(delay * (0.5 + Math.random()));
       delay = Math.min(delay * 2, 2000);
@@ -190,8 +191,8 @@ class ChargePoint {
     this.heartbeatInterval = 60;
   }
 
-  async connect(deadlineUs) {
-    this.ws = await connect(this.url, 'ocpp1.6', deadlineUs);
+  async connect(deadlineUs, tally = null) {
+    this.ws = await connect(this.url, 'ocpp1.6', deadlineUs, tally);
     this.ws.on('message', (data) => this._onMessage(data));
     this.ws.on('close', () => {
       if (!this.stopping) this.closedUnexpectedly = true;
@@ -360,8 +361,8 @@ class AppClient {
     this.stopping = false;
   }
 
-  async connect(deadlineUs) {
-    this.ws = await connect(this.url, null, deadlineUs);
+  async connect(deadlineUs, tally = null) {
+    this.ws = await connect(this.url, null, deadlineUs, tally);
     this.ws.on('message', (data) => this._onMessage(data));
     this.ws.on('close', () => {
       if (!this.stopping) this.closedUnexpectedly = true;
@@ -768,29 +769,30 @@ async function runCrowd(job) {
   const go = await nextCommand();
   await sleepUntilUs(go.atUs);
   const deadlineUs = go.atUs + job.connectDeadlineMs * 1000;
-  let lastDoneUs = 0;
-  let failed = 0;
-  let lastError = null;
+  const tally = () => ({ done: 0, failed: 0, retries: 0, lastDoneUs: 0, lastError: null, doneAtUs: [] });
+  const kinds = { app: tally(), cp: tally() };
   let heartbeatsSent = 0;
   let heartbeatsAnswered = 0;
   let heartbeatErrors = 0;
   let holding = true;
   const timers = [];
-  const finish = () => {
+  const finish = (kind) => {
     const t = nowUs();
-    if (t > lastDoneUs) lastDoneUs = t;
+    kind.done++;
+    if (t > kind.lastDoneUs) kind.lastDoneUs = t;
+    kind.doneAtUs.push(t - go.atUs);
   };
-  const onFailure = (err) => {
-    failed++;
-    lastError = String((err && err.message) || err);
+  const onFailure = (kind, err) => {
+    kind.failed++;
+    kind.lastError = String((err && err.message) || err);
   };
   const appTasks = apps.map(async (app) => {
     try {
-      await app.connect(deadlineUs);
+      await app.connect(deadlineUs, kinds.app);
       await app.auth();
-      finish();
+      finish(kinds.app);
     } catch (err) {
-      onFailure(err);
+      onFailure(kinds.app, err);
     }
   });
   const heartbeat = (cp) => {
@@ -808,22 +810,34 @@ async function runCrowd(job) {
   };
   const cpTasks = cps.map(async (cp) => {
     try {
-      await cp.connect(deadlineUs);
+      await cp.connect(deadlineUs, kinds.cp);
       await withTimeout(cp.boot(), 60000, 'BootNotification');
-      finish();
+      finish(kinds.cp);
       // Heartbeats at the interval the central system gave, from a random phase.
       timers.push(setTimeout(() => heartbeat(cp), Math.random() * cp.heartbeatInterval * 1000));
     } catch (err) {
-      onFailure(err);
+      onFailure(kinds.cp, err);
     }
   });
   await Promise.all([...appTasks, ...cpTasks]);
+  const failed = kinds.app.failed + kinds.cp.failed;
+  // Completion times in whole seconds after go -> count, for the accept curve.
+  for (const kind of Object.values(kinds)) {
+    const curve = {};
+    for (const us of kind.doneAtUs) {
+      const second = Math.floor(us / 1e6);
+      curve[second] = (curve[second] || 0) + 1;
+    }
+    kind.doneAtUs = undefined;
+    kind.curve = curve;
+  }
   emit({
     event: 'connected',
-    lastDoneUs,
+    lastDoneUs: Math.max(kinds.app.lastDoneUs, kinds.cp.lastDoneUs),
     ok: apps.length + cps.length - failed,
     failed,
-    lastError,
+    lastError: kinds.cp.lastError || kinds.app.lastError,
+    kinds,
     connectFailures: counters.connectFailures,
     lastConnectError: counters.lastConnectError,
   });

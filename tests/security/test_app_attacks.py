@@ -408,6 +408,20 @@ async def test_a_message_flood_gets_rate_limited(tmp_path: Path) -> None:
         assert flood.ws.state is State.OPEN
 
 
+async def test_a_pipelining_client_that_reads_gets_every_reply(tmp_path: Path) -> None:
+    """More requests in flight than SEND_QUEUE_SIZE: all answered, in order, no 1013."""
+    settings = make_settings(tmp_path, send_queue_size=8, rate_limit_per_second=10_000,
+                             rate_limit_burst=10_000)
+    async with running_server(settings) as server, app_client(server) as client:
+        for round_ in range(3):
+            replies = await asyncio.gather(
+                *(client.request("heartbeat", message_id=f"p-{round_}-{i}") for i in range(200))
+            )
+            assert [r["id"] for r in replies] == [f"p-{round_}-{i}" for i in range(200)]
+            assert {r["type"] for r in replies} == {"heartbeat"}
+        assert client.ws.state is State.OPEN
+
+
 async def test_a_connection_that_never_authenticates_is_closed(tmp_path: Path) -> None:
     """AUTH_TIMEOUT: no successful auth_request in time -> 1008; an authenticated one stays."""
     async with running_server(make_settings(tmp_path, auth_timeout=1)) as server, app_client(

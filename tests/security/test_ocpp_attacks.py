@@ -119,7 +119,7 @@ async def replies_until(cp: RawChargePoint, probe_id: str) -> list[list[Any]]:
 async def probe(cp: RawChargePoint) -> list[list[Any]]:
     """Send a Heartbeat and return what arrived before its answer (which proves the
     connection lives)."""
-    probe_id = f"probe-{uuid.uuid4()}"
+    probe_id = f"probe-{uuid.uuid4().hex[:24]}"
     await cp.send([2, probe_id, "Heartbeat", {}])
     return await replies_until(cp, probe_id)
 
@@ -568,7 +568,8 @@ def dumps(value: Any) -> str:
 FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
     st.tuples(st.just(2), IDS, ACTIONS, st.dictionaries(FIELDS, JSON, max_size=6)).map(dumps),
     st.tuples(st.just(2), IDS, st.sampled_from(["DataTransfer", "Authorize", "Teleport"]),
-              st.builds(lambda s: {"vendorId": s, "idTag": s}, HUGE)).map(dumps),
+              st.builds(lambda key, s: {key: s}, st.sampled_from(["vendorId", "idTag", "data"]),
+                        HUGE)).map(dumps),
     st.tuples(st.sampled_from([3, 4]), IDS | JSON, JSON, JSON).map(lambda t: dumps(list(t))),
     st.lists(JSON, max_size=6).map(dumps),
     JSON.map(dumps),

@@ -323,6 +323,10 @@ class AppServer:
                 if session.closing:
                     break
                 await self._on_frame(session, frame)
+                # Let this connection's writer run: frames that arrived in one read are
+                # otherwise all answered before the first reply is sent, and a pipelining
+                # client that reads fine could overflow its send queue (1013).
+                await asyncio.sleep(0)
         except ConnectionClosed:
             pass
         finally:
