@@ -475,11 +475,29 @@ async function closeAll(clients, graceMs = 3000) {
 async function setupSessions(job, deadlineUs) {
   const cps = job.pairs.map((p) => new ChargePoint(p.cp, job.ocppUrl));
   const concurrency = job.connectConcurrency || 32;
-  await pool(cps, concurrency, async (cp) => {
+  const cpStarts = job.appUrl && job.startBy === 'cp';
+  await pool(cps, concurrency, async (cp, i) => {
     cp.onServerCall = quickChargePoint;
     await cp.connect(deadlineUs);
-    await withTimeout(cp.boot(), 30000, 'BootNotification');
-    await withTimeout(cp.status('Available'), 30000, 'StatusNotification');
+    await withTimeout(cp.boot(), 60000, 'BootNotification');
+    if (!cpStarts) {
+      await withTimeout(cp.status('Available'), 60000, 'StatusNotification');
+      return;
+    }
+    // The charge point starts on its own with the owner's (registered) id tag.
+    const tag = job.pairs[i].tag;
+    const reply = await withTimeout(
+      cp.call(
+        'StartTransaction',
+        () => `{"connectorId":1,"idTag":"${tag}","meterStart":0,"timestamp":"${isoNow()}"}`,
+      ),
+      60000,
+      'StartTransaction',
+    );
+    if (!reply.idTagInfo || reply.idTagInfo.status !== 'Accepted') {
+      throw new Error(`${cp.id}: StartTransaction with ${tag}: ${JSON.stringify(reply)}`);
+    }
+    cp.transactionId = reply.transactionId;
   });
   if (!job.appUrl) {
     cps.forEach((cp, i) => {
@@ -492,6 +510,7 @@ async function setupSessions(job, deadlineUs) {
     const cp = cps[i];
     await app.connect(deadlineUs);
     await app.auth();
+    if (cpStarts) return;
     const reply = await app.request(
       'start_charging_request',
       { chargePointId: cp.id, connectorId: 1 },

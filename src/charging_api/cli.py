@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--connectors", type=int, default=1, help="connectors per charge point")
 
     demo = sub.add_parser(
-        "demo", help="against a running server: one simulated charge point, one app user, start to stop"
+        "demo",
+        help="against a running server: one simulated charge point, one app user, start to stop",
     )
     demo.add_argument("--url", default="ws://localhost:8082/ws", help="app API WebSocket URL")
     demo.add_argument("--ocpp-url", default="ws://localhost:8081/ocpp", help="OCPP base URL")
@@ -93,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.run(app.demo(settings, args.url, args.ocpp_url, args.meter_updates))
         return 0
     if args.command == "token":
+        if not settings.jwt_algorithm.startswith("HS"):
+            print(
+                f"charging-api: token signs with JWT_SECRET; JWT_ALGORITHM={settings.jwt_algorithm} "
+                "tokens come from your identity provider",
+                file=sys.stderr,
+            )
+            return 2
         print(app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in))
         return 0
     if args.command == "idtags":

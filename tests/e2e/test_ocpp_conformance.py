@@ -91,6 +91,10 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def stopped(message: dict[str, Any]) -> bool:
+    return bool(message["data"]["status"] == "Stopped")
+
+
 async def all_transactions(server: RunningServer) -> list[Transaction]:
     return await server.app.store.transactions_of(None, 1000)
 
@@ -366,7 +370,7 @@ async def test_tc012_remote_stop(server: RunningServer) -> None:
         await cp.status(1, "Finishing")
         await cp.stop_tx(started.transaction_id, 3000, reason="Remote")
         await cp.status(1, "Available")
-        ended = await app.push("transaction_update", where=lambda m: m["data"]["status"] == "Stopped")
+        ended = await app.push("transaction_update", where=stopped)
         assert ended["data"]["reason"] == "Remote"
         assert ended["data"]["energyKWh"] == 3.0
     tx = await server.app.store.get_transaction(started.transaction_id)
@@ -437,7 +441,7 @@ async def test_tc032_1_power_failure_stops_the_old_transaction(server: RunningSe
         assert (await cp.boot()).status == "Accepted"
         await cp.stop_tx(started.transaction_id, 700, reason="PowerLoss", timestamp=lost_at)
         await cp.status(1, "Available")
-        ended = await mia.push("transaction_update", where=lambda m: m["data"]["status"] == "Stopped")
+        ended = await mia.push("transaction_update", where=stopped)
         assert ended["data"]["reason"] == "PowerLoss"
     tx = await server.app.store.get_transaction(started.transaction_id)
     assert tx is not None and not tx.active
@@ -503,7 +507,7 @@ async def test_tc039_offline_transaction_replayed(server: RunningServer) -> None
         await cp.stop_tx(started.transaction_id, 2600, reason="Local", timestamp=stopped_at)
         unknown = await cp.stop_tx(987654, 10, reason="Local")
         assert unknown.id_tag_info is None
-        ended = await omar.push("transaction_update", where=lambda m: m["data"]["status"] == "Stopped")
+        ended = await omar.push("transaction_update", where=stopped)
         assert ended["data"]["transactionId"] == started.transaction_id
         # Nothing else was pushed: a heartbeat round trip proves the stream is drained.
         await omar.request("heartbeat")

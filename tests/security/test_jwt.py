@@ -560,7 +560,7 @@ async def test_session_timeout_caps_the_session_whatever_the_token(tmp_path: Pat
         assert dt.timedelta(seconds=1) < expires_at - before <= dt.timedelta(seconds=3)
         fresh = await client.request("auth_request", {"token": server.token("alice")})
         assert fresh["data"]["expiresAt"] == first["data"]["expiresAt"]
-        assert await closed(client) == (1008, "token expired")
+        assert await closed(client) == (1008, "session expired")
 
 
 async def test_connection_timeout_closes_only_the_idle_connection(tmp_path: Path) -> None:

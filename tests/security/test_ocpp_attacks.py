@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import websockets
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from ocpp.v16 import call
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
@@ -213,15 +215,13 @@ async def test_profile2_port_speaks_only_tls(
 ) -> None:
     """The TLS port refuses plain WebSocket, and a client that does not trust the server's
     certificate fails verification."""
-    server, wss_url, certs = tls_server
+    server, wss_url, _ = tls_server
     with pytest.raises((websockets.InvalidHandshake, OSError, EOFError)):
         async with websockets.connect(
             f"{server.ocpp_url}/CP-P2", open_timeout=5, additional_headers=basic("CP-P2", "tls-pw")
         ):
             pass
     stranger = make_self_signed(tmp_path / "other")
-    import ssl
-
     with pytest.raises(ssl.SSLCertVerificationError):
         async with websockets.connect(
             f"{wss_url}/CP-P2", ssl=stranger.client_context(), open_timeout=5,
@@ -554,19 +554,62 @@ JSON = st.recursive(
 )
 IDS = st.text(min_size=1, max_size=36)
 ACTIONS = st.sampled_from(
-    [*sorted(HANDLERS), "RemoteStartTransaction", "RemoteStopTransaction", "Reset", "GetConfiguration"]
+    [*sorted(HANDLERS), "RemoteStartTransaction", "RemoteStopTransaction", "Reset",
+     "GetConfiguration"]
 ) | st.text(max_size=40)
 HUGE = st.integers(min_value=1_000, max_value=60_000).map(lambda n: "x" * n)
 
 
 def dumps(value: Any) -> str:
-    import json
-
+    """JSON text by the standard library (which, unlike orjson, writes integers of any size)."""
     return json.dumps(value)
 
 
-FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
-    st.tuples(st.just(2), IDS, ACTIONS, st.dictionaries(FIELDS, JSON, max_size=6)).map(dumps),
+TIMES = st.sampled_from([
+    "2024-01-15T10:30:00Z", "2024-01-15T10:30:00.123456+02:00", "0001-01-01T00:00:00-01:00",
+    "9999-12-31T23:59:59-23:59", "2024-02-30T10:00:00Z", "1970-01-01T00:00:00Z", "yesterday",
+])
+TEMPLATES: dict[str, dict[str, Any]] = {
+    "BootNotification": {"chargePointVendor": "V", "chargePointModel": "M"},
+    "Heartbeat": {},
+    "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
+    "Authorize": {"idTag": "FUZZ"},
+    "StartTransaction": {"connectorId": 1, "idTag": "FUZZ", "meterStart": 0,
+                         "timestamp": "2024-01-15T10:30:00Z"},
+    "StopTransaction": {"transactionId": 1, "meterStop": 0, "timestamp": "2024-01-15T10:30:00Z"},
+    "MeterValues": {"connectorId": 1, "meterValue": [
+        {"timestamp": "2024-01-15T10:30:00Z", "sampledValue": [{"value": "1"}]}]},
+    "DataTransfer": {"vendorId": "v"},
+    "DiagnosticsStatusNotification": {"status": "Idle"},
+    "FirmwareStatusNotification": {"status": "Idle"},
+}
+
+
+@st.composite
+def near_valid_calls(draw: st.DrawFn) -> str:
+    """A schema-valid CALL for an action we handle, with at most one field mutated, dropped
+    or added: reaches the handlers with hostile values of the right shape."""
+    action = draw(st.sampled_from(sorted(TEMPLATES)))
+    payload = dict(TEMPLATES[action])
+    how = draw(st.sampled_from(["keep", "replace", "drop", "add", "time", "sample"]))
+    if how == "replace" and payload:
+        payload[draw(st.sampled_from(sorted(payload)))] = draw(LEAVES | JSON)
+    elif how == "drop" and payload:
+        del payload[draw(st.sampled_from(sorted(payload)))]
+    elif how == "add":
+        payload[draw(FIELDS)] = draw(JSON)
+    elif how == "time" and "timestamp" in payload:
+        payload["timestamp"] = draw(TIMES)
+    elif how == "sample" and action == "MeterValues":
+        payload["meterValue"] = [{"timestamp": draw(TIMES), "sampledValue": [
+            draw(st.dictionaries(st.sampled_from(
+                ["value", "unit", "measurand", "phase", "location", "format", "context"]),
+                LEAVES, min_size=1))]}]
+    return dumps([2, draw(IDS), action, payload])
+
+
+RANDOM_CALLS = st.tuples(st.just(2), IDS, ACTIONS, st.dictionaries(FIELDS, JSON, max_size=6))
+OTHER_FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
     st.tuples(st.just(2), IDS, st.sampled_from(["DataTransfer", "Authorize", "Teleport"]),
               st.builds(lambda key, s: {key: s}, st.sampled_from(["vendorId", "idTag", "data"]),
                         HUGE)).map(dumps),
@@ -576,6 +619,10 @@ FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
     st.text(max_size=200),
     st.binary(max_size=200),
     HUGE.map(lambda s: f'[2,"h","Heartbeat",{{"x":"{s}"'),
+)
+#: A third each: near-valid CALLs (reach the handlers), random CALLs, everything else.
+FRAMES: st.SearchStrategy[str | bytes] = st.sampled_from([0, 1, 2]).flatmap(
+    lambda i: (near_valid_calls(), RANDOM_CALLS.map(dumps), OTHER_FRAMES)[i]
 )
 
 
@@ -614,13 +661,15 @@ def ledger() -> set[int]:
 async def test_hostile_frames_never_break_the_server(
     server: RunningServer, ledger: set[int], frame: str | bytes
 ) -> None:
-    """Any frame: a CALL is answered once with its id, a reply-shaped frame not at all,
-    anything else with one FormationViolation; the socket, /health and a normal charge point
-    keep working, and only StartTransactions that were answered created transactions."""
+    """Any frame: a CALL is answered once with its id (never InternalError), a reply-shaped
+    frame not at all, anything else with one FormationViolation; the socket, /health and a
+    normal charge point keep working; only answered StartTransactions created transactions."""
     kind, unique_id = expectation(frame)
     async with raw_charge_point(server.ocpp_url, "CP-FUZZ") as cp:
         await cp.send(frame)
         before = await probe(cp)
+    answer = "-" if not before else before[0][2] if before[0][0] == 4 else "result"
+    event(f"{kind}: {answer}")
     if kind == "silent":
         assert before == []
     else:
@@ -635,6 +684,7 @@ async def test_hostile_frames_never_break_the_server(
         if reply[0] == 4:
             assert len(reply) == 5 and isinstance(reply[2], str) and isinstance(reply[4], dict)
             assert len(reply[3]) <= 255
+            assert reply[2] != "InternalError", reply  # bad input is never a server bug
         elif orjson.loads(frame)[2] == "StartTransaction":
             ledger.add(reply[2]["transactionId"])
     assert await transaction_ids(server) == ledger

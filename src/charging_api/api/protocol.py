@@ -62,13 +62,7 @@ def decode(text: str | bytes) -> Request:
         raise BadRequest(None, InvalidMessage("Message is not valid JSON")) from None
     if not isinstance(message, dict):
         raise BadRequest(None, InvalidMessage("Message must be a JSON object"))
-    raw_id = message.get("id")
-    request_id: MessageId | None = (
-        raw_id
-        if (isinstance(raw_id, str) and 0 < len(raw_id) <= 128)
-        or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
-        else None
-    )
+    request_id = request_id_of(message)
     if request_id is None:
         raise BadRequest(None, InvalidMessage("Field id must be a non-empty string or a number"))
     kind = message.get("type")
@@ -101,6 +95,16 @@ def decode(text: str | bytes) -> Request:
             ),
         ) from None
     return Request(request_id, kind, data, response_type)
+
+
+def request_id_of(message: dict[str, Any]) -> MessageId | None:
+    """The message's ``id`` if it is one we can echo: a short string or an integer."""
+    raw_id = message.get("id")
+    if isinstance(raw_id, str) and 0 < len(raw_id) <= 128:
+        return raw_id
+    if isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        return raw_id
+    return None
 
 
 def encode_reply(request_id: MessageId, kind: str, data: dict[str, Any]) -> bytes:

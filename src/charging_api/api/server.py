@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 #: (status, headers, body) for a plain HTTP route; None means "not mine".
 HttpReply = tuple[int, list[tuple[str, str]], bytes]
-HttpHandler = Callable[[str, Mapping[str, str]], Awaitable[HttpReply | None]]
+HttpHandler = Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]]
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
@@ -90,8 +91,10 @@ class ClientSession:
         "_writer",
         "allowance",
         "authenticated_at",
+        "close_task",
         "closing",
         "connected_at",
+        "ends_with_token",
         "expires_at",
         "last_refill",
         "last_seen",
@@ -110,7 +113,9 @@ class ClientSession:
         self.expires_at: float | None = None  # epoch seconds
         self.authenticated_at = 0.0
         self.warned = False
+        self.ends_with_token = True
         self.closing = False
+        self.close_task: asyncio.Task[Any] | None = None
         now = time.monotonic()
         self.connected_at = now
         self.last_seen = now
@@ -175,7 +180,7 @@ class ClientSession:
             self.closing = True
             self._queue.clear()
             self._replayed = 0
-            self._app.spawn(self._close(code, reason))
+            self.close_task = self._app.spawn(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         """The close handshake, bounded: a peer that stopped reading cannot take our close
@@ -298,7 +303,7 @@ class AppServer:
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
         path = request.path.split("?", 1)[0]
-        if path == "/ws":
+        if path == "/ws" and request.method == "GET":
             origin = request.headers.get("Origin")
             if origin is not None and origin.rstrip("/") not in self.limits.allowed_origins:
                 log.warning("refused /ws upgrade from origin %s", origin[:100])
@@ -306,7 +311,11 @@ class AppServer:
             if len(self.sessions) >= self.limits.max_connections:
                 return _plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
             return None
-        reply = await self._http(path, request.headers) if self._http is not None else None
+        reply = (
+            await self._http(request.method, path, request.headers)
+            if self._http is not None and path != "/ws"
+            else None
+        )
         if reply is None:
             return _plain(http.HTTPStatus.NOT_FOUND, "Not found\n")
         status, headers, body = reply
@@ -327,6 +336,9 @@ class AppServer:
                 # otherwise all answered before the first reply is sent, and a pipelining
                 # client that reads fine could overflow its send queue (1013).
                 await asyncio.sleep(0)
+            if session.closing and session.close_task is not None:
+                # Our own close (1013, 1008, ...) must win over the library's default 1000.
+                await session.close_task
         except ConnectionClosed:
             pass
         finally:
@@ -519,6 +531,7 @@ class AppServer:
         if previous is None:
             session_end = now + self.limits.session_timeout
         expires = min(token_exp, session_end)
+        session.ends_with_token = token_exp <= session_end
         session.principal = principal
         session.expires_at = expires
         session.warned = False
@@ -560,17 +573,28 @@ class AppServer:
                 if expires is None:
                     continue
                 if wall >= expires + limits.expiry_grace:
-                    session.close(CLOSE_POLICY, "token expired")
+                    session.close(
+                        CLOSE_POLICY,
+                        "token expired" if session.ends_with_token else "session expired",
+                    )
                 elif not session.warned and wall >= expires - limits.expiry_warning:
                     session.warned = True
-                    self.hub.push_to_user(
-                        session.principal.user_id,
-                        "session_expiring",
-                        {
-                            "sessionId": session.session_id,
-                            "expiresAt": format_utc(datetime.fromtimestamp(expires, UTC)),
-                            "message": "Send auth_request with a fresh token to keep this session",
-                        },
+                    # To this session only, unnumbered (seq 0): it is about this connection,
+                    # not an update a resume should replay elsewhere.
+                    session.deliver(
+                        protocol.encode_push(
+                            "session_expiring",
+                            orjson.dumps(
+                                {
+                                    "sessionId": session.session_id,
+                                    "expiresAt": format_utc(datetime.fromtimestamp(expires, UTC)),
+                                    "message": "Send auth_request with a fresh token to keep this session",
+                                }
+                            ),
+                            0,
+                            format_utc(datetime.now(UTC)),
+                        ),
+                        False,
                     )
 
     # ------------------------------------------------------------------ stats
@@ -596,11 +620,12 @@ def _failure_extra(request: protocol.Request) -> dict[str, Any]:
 
 
 def _peek_id(frame: str | bytes) -> protocol.MessageId | None:
-    """The id of a frame we will not parse fully (rate limited), when cheaply visible."""
+    """The id of a frame we will not act on (rate limited): JSON only, no validation."""
     try:
-        return protocol.decode(frame).id
-    except protocol.BadRequest as bad:
-        return bad.request_id
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    return protocol.request_id_of(message) if isinstance(message, dict) else None
 
 
 def _plain(status: http.HTTPStatus, text: str) -> Response:

@@ -42,8 +42,26 @@ class HttpRoutes:
         self._verify = verify_bearer
         self._started = time.monotonic()
 
-    async def __call__(self, path: str, headers: Mapping[str, str]) -> HttpReply | None:
+    async def __call__(
+        self, method: str, path: str, headers: Mapping[str, str]
+    ) -> HttpReply | None:
+        if path not in ("/health", "/api/stats"):
+            return None
         cors = self._cors(headers)
+        if method == "OPTIONS":
+            # CORS preflight: a browser on an allowed origin may send Authorization.
+            if cors:
+                cors += [
+                    ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+                    ("Access-Control-Max-Age", "600"),
+                ]
+            return 204, [("Content-Length", "0"), *cors], b""
+        if method not in ("GET", "HEAD"):
+            return _json(
+                405,
+                {"success": False, "error": {"code": "METHOD_NOT_ALLOWED", "message": "Use GET"}},
+                [("Allow", "GET, OPTIONS"), *cors],
+            )
         if path == "/health":
             ws = self._websocket_stats()
             body = {
