@@ -23,3 +23,15 @@ def test_every_message_type_is_in_protocol_md() -> None:
     types = set(REQUESTS) | {reply for _, reply in REQUESTS.values()} | set(PUSH_TYPES)
     missing = sorted(t for t in types if f"`{t}`" not in text)
     assert missing == []
+
+
+def test_every_setting_is_documented() -> None:
+    """Each configuration key appears in README.md or docs/security.md."""
+    from charging_api.config import Settings
+
+    root = DOCS.parents[1]
+    text = (root / "README.md").read_text() + (root / "docs" / "security.md").read_text()
+    missing = sorted(
+        name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in text
+    )
+    assert missing == []
