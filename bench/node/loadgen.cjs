@@ -83,6 +83,7 @@ const WS_OPTIONS = {
 };
 
 const counters = { connectFailures: 0, lastConnectError: null };
+let handshakeTimeoutMs = 15000; // job.handshakeTimeoutMs: a client gives up and retries after it
 
 function openSocket(url, protocol, timeoutMs) {
   return new Promise((resolve, reject) => {
@@ -124,7 +125,7 @@ async function connect(url, protocol, deadlineUs, tally = null) {
   let delay = 200;
   for (;;) {
     try {
-      return await openSocket(url, protocol, 15000);
+      return await openSocket(url, protocol, handshakeTimeoutMs);
     } catch (err) {
       counters.connectFailures++;
       counters.lastConnectError = String((err && err.message) || err);
@@ -997,6 +998,7 @@ async function runCommand(job) {
 
 async function main() {
   const job = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+  if (job.handshakeTimeoutMs) handshakeTimeoutMs = job.handshakeTimeoutMs;
   const lifetime = setTimeout(() => {
     emit({ event: 'error', message: `worker still running after ${job.maxLifetimeMs} ms` });
     process.exit(4);

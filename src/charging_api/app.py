@@ -113,6 +113,8 @@ class Application:
             self.gateway,
             max_frame_size=settings.ocpp_max_frame_size,
             ping_interval=settings.ocpp_ping_interval or None,
+            rate_limit=settings.ocpp_rate_limit,
+            open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
 

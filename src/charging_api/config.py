@@ -25,14 +25,30 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Secrets that ship in docs and examples; production refuses to start with them.
 EXAMPLE_SECRETS = frozenset(
-    {"your-super-secret-jwt-key", "your-secure-production-secret", "change-me-dev-secret-not-for-production"}
+    {
+        "your-super-secret-jwt-key",
+        "your-secure-production-secret",
+        "change-me-dev-secret-not-for-production",
+    }
 )
 DEV_SECRET = "change-me-dev-secret-not-for-production"
 
 #: JWT_ALGORITHM values: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE).
 JWT_ALGORITHMS = frozenset(
-    {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512",
-     "PS256", "PS384", "PS512"}
+    {
+        "HS256",
+        "HS384",
+        "HS512",
+        "RS256",
+        "RS384",
+        "RS512",
+        "ES256",
+        "ES384",
+        "ES512",
+        "PS256",
+        "PS384",
+        "PS512",
+    }
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -121,6 +137,8 @@ class Settings(BaseSettings):
     meter_live_window: float = Field(120.0, gt=0)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
+    ocpp_rate_limit: float = Field(0.0, ge=0)  # messages/s per charge point; 0 = off
+    ocpp_open_timeout: float = Field(10.0, gt=0)  # seconds allowed for the HTTP upgrade
 
     # App door limits
     max_frame_size: int = Field(65536, ge=1024)

@@ -295,3 +295,38 @@ async def test_admission_rules() -> None:
     assert await prod.service.admit("REG", "s3cret")
     assert not await prod.service.admit("REG", "wrong")
     assert not await prod.service.admit("REG", None)
+
+
+async def test_a_timed_out_start_does_not_block_a_new_attempt() -> None:
+    """After CHARGE_POINT_TIMEOUT the user can try again at once; the new attempt gets the tx."""
+    world = World(start_transaction_timeout=0.05)
+    await world.online("CP1")
+    with pytest.raises(ChargePointTimeout):
+        await world.service.start(ALICE, "CP1", 1)
+    await world.gateway.calls.get()
+    await world.started()
+
+
+async def test_available_after_a_timed_out_start_frees_the_connector_for_others() -> None:
+    """The charge point's connection time-out (Available) ends a timed-out pending start."""
+    world = World(start_transaction_timeout=0.05)
+    await world.online("CP1")
+    with pytest.raises(ChargePointTimeout):
+        await world.service.start(ALICE, "CP1", 1)
+    await world.gateway.calls.get()
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.started(BOB)
+
+
+async def test_meter_values_naming_another_charge_points_transaction_reach_nobody() -> None:
+    """CP2 cannot file samples under CP1's transaction or push them to CP1's user."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    before = len(world.bus.events)
+    await world.service.on_meter_values("CP2", 1, tx_id, [MeterSample(world.clock.now(), 9.0)])
+    assert all(
+        not (isinstance(e, MeterValuesReceived) and e.user_id == "alice")
+        for e in world.bus.events[before:]
+    )
+    assert await world.store.meter_samples_of(tx_id) == []

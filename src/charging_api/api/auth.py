@@ -173,8 +173,9 @@ def _check_key(key: Any, algorithm: str, what: str) -> PublicKey:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError(f"{what} is not an EC public key, as {algorithm} needs")
     if key.curve.name != EC_ALGORITHMS[algorithm]:
-        raise ValueError(f"{what} is on curve {key.curve.name}; {algorithm} needs "
-                         f"{EC_ALGORITHMS[algorithm]}")
+        raise ValueError(
+            f"{what} is on curve {key.curve.name}; {algorithm} needs {EC_ALGORITHMS[algorithm]}"
+        )
     return key
 
 

@@ -115,6 +115,7 @@ class _PendingStart:
     id_tag: str
     created: float
     future: asyncio.Future[Transaction] = field(repr=False)
+    timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,11 @@ class ChargingService:
             )
         key = (charge_point_id, connector_id)
         self._drop_stale_pending()
+        stale = self._pending.get(key)
+        if stale is not None and stale.timed_out:
+            # A start that already timed out does not block a new attempt: the new one wins
+            # (a late StartTransaction then belongs to whoever asked last).
+            self._forget_pending(key, stale)
         if key in self._live_on_connector or key in self._pending:
             raise ConnectorBusy(
                 f"Connector {connector_id} of {charge_point_id} already has a session",
@@ -251,6 +257,7 @@ class ChargingService:
         except TimeoutError:
             # The pending entry stays for late_start_window: a late StartTransaction is still
             # attached to this user and pushed to them.
+            pending.timed_out = True
             raise ChargePointTimeout(
                 "The charge point accepted the remote start but did not start a transaction "
                 f"within {self.policy.start_transaction_timeout:g} s",
@@ -382,7 +389,11 @@ class ChargingService:
             # Unknown, or only ever seen through a development-mode BootNotification.
             return self.policy.accept_unknown_charge_points and password is None
         if cp.password_hash is not None:
-            return password is not None and access.check_password(password, cp.password_hash)
+            # PBKDF2 takes tens of milliseconds: off the event loop, so a flood of upgrade
+            # attempts cannot freeze both doors.
+            return password is not None and await asyncio.to_thread(
+                access.check_password, password, cp.password_hash
+            )
         return True
 
     async def on_connected(self, charge_point_id: str) -> None:
@@ -537,8 +548,13 @@ class ChargingService:
                 charge_point_id, connector_id, status, error_code, at, tx_id, user
             )
         )
-        if status == "Available" and tx_id is None and key not in self._pending:
-            self._followers.pop(key, None)
+        if status == "Available" and tx_id is None:
+            pending = self._pending.get(key)
+            if pending is not None and pending.timed_out:
+                # The charge point gave up on that remote start (connection time-out).
+                self._forget_pending(key, pending)
+            if key not in self._pending:
+                self._followers.pop(key, None)
 
     async def on_meter_values(
         self,
@@ -555,6 +571,20 @@ class ChargingService:
         if transaction_id is None:
             transaction_id = self._live_on_connector.get((charge_point_id, connector_id))
         live = self._live.get(transaction_id) if transaction_id is not None else None
+        if live is None and transaction_id is not None:
+            # Not an open transaction (a replay after the stop, or garbage): one read, off
+            # the hot path, so a charge point cannot file samples under another's transaction.
+            stored = await self._store.get_transaction(transaction_id)
+            if stored is None or stored.charge_point_id != charge_point_id:
+                transaction_id = None
+        elif live is not None and live.charge_point_id != charge_point_id:
+            log.warning(
+                "MeterValues from %s name transaction %s of %s; stored without it",
+                charge_point_id,
+                transaction_id,
+                live.charge_point_id,
+            )
+            transaction_id, live = None, None
         user = live.user_id if live is not None else None
         self._store.add_meter_samples(
             [StoredMeterSample(charge_point_id, connector_id, transaction_id, s) for s in samples]

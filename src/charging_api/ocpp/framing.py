@@ -54,8 +54,9 @@ class FrameError(Exception):
     """A bad frame; ``answer`` says whether to reply with :meth:`to_frame` (never for a
     CALLRESULT/CALLERROR)."""
 
-    def __init__(self, code: str, description: str, unique_id: str = UNKNOWN_ID,
-                 answer: bool = True) -> None:
+    def __init__(
+        self, code: str, description: str, unique_id: str = UNKNOWN_ID, answer: bool = True
+    ) -> None:
         super().__init__(description)
         self.code = code
         self.description = description

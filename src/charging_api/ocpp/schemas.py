@@ -24,6 +24,7 @@ import fastjsonschema
 import orjson
 
 from charging_api.ocpp.framing import FrameError
+from charging_api.ocpp.meter import parse_ocpp_datetime
 
 _RULE_CODES = {
     "required": "ProtocolError",
@@ -77,8 +78,21 @@ def validator(name: str) -> Validator:
     schema = orjson.loads(raw)
     schema.pop("$schema", None)
     _bound_integers(schema)
-    compiled: Validator = fastjsonschema.compile(schema, use_formats=True)
+    compiled: Validator = fastjsonschema.compile(
+        schema, use_formats=True, formats={"date-time": _lenient_date_time}
+    )
     return compiled
+
+
+def _lenient_date_time(text: str) -> bool:
+    """Accept what :func:`parse_ocpp_datetime` can read: real chargers send timestamps without
+    a zone (taken as UTC) or with a space for ``T``; refusing them would refuse their
+    StartTransaction for ever. What we send is always strict RFC 3339 UTC."""
+    try:
+        parse_ocpp_datetime(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate(name: str, payload: dict[str, Any], unique_id: str) -> None:

@@ -67,7 +67,7 @@ def charge_point_id_from_path(path: str) -> str | None:
     path = path.split("?", 1)[0]
     if not path.startswith(PATH_PREFIX):
         return None
-    cp_id = unquote(path[len(PATH_PREFIX):])
+    cp_id = unquote(path[len(PATH_PREFIX) :])
     if not cp_id or len(cp_id) > MAX_ID_LENGTH or "/" in cp_id or not cp_id.isprintable():
         return None
     return cp_id
@@ -213,8 +213,11 @@ class OcppServer:
                     if delay > 0:
                         if not throttled:
                             throttled = True
-                            log.warning("charge point %s exceeds %g messages/s; pacing it",
-                                        cp_id, self._rate_limit)
+                            log.warning(
+                                "charge point %s exceeds %g messages/s; pacing it",
+                                cp_id,
+                                self._rate_limit,
+                            )
                         await asyncio.sleep(delay)
                 await self._on_message(connection, message)
         except ConnectionClosed:
@@ -298,8 +301,11 @@ class _Connection:
         if self.bad_frames < MAX_LOGGED_BAD_FRAMES:
             log.warning("charge point %s sent a bad frame: %s; ignored", cp_id, what)
         elif self.bad_frames == MAX_LOGGED_BAD_FRAMES:
-            log.warning("charge point %s sent %d bad frames; logging the rest at DEBUG",
-                        cp_id, self.bad_frames)
+            log.warning(
+                "charge point %s sent %d bad frames; logging the rest at DEBUG",
+                cp_id,
+                self.bad_frames,
+            )
         else:
             log.debug("charge point %s sent a bad frame: %s; ignored", cp_id, what)
 

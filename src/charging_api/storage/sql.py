@@ -160,17 +160,13 @@ class SqlStore:
     # charge points
 
     async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None:
-        r = await self._first(
-            select(charge_points).where(charge_points.c.id == charge_point_id)
-        )
+        r = await self._first(select(charge_points).where(charge_points.c.id == charge_point_id))
         if r is None:
             return None
         info = ChargePointInfo(r.vendor, r.model, r.serial_number, r.firmware_version)
         return ChargePoint(r.id, info, r.password_hash, r.registered_at)
 
-    async def add_charge_point(
-        self, charge_point_id: str, password_hash: str | None
-    ) -> None:
+    async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None:
         """Register (or re-key) a charge point; the first registration time is kept."""
         stmt = self._insert(charge_points).values(
             id=charge_point_id,
@@ -180,13 +176,9 @@ class SqlStore:
         new = stmt.excluded
         registered_at = func.coalesce(charge_points.c.registered_at, new.registered_at)
         set_ = {"password_hash": new.password_hash, "registered_at": registered_at}
-        await self._execute(
-            stmt.on_conflict_do_update(index_elements=["id"], set_=set_)
-        )
+        await self._execute(stmt.on_conflict_do_update(index_elements=["id"], set_=set_))
 
-    async def record_boot(
-        self, charge_point_id: str, info: ChargePointInfo, at: datetime
-    ) -> None:
+    async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
         """Upsert what BootNotification said; password and registration stay as they are."""
         await self._upsert(
             charge_points,
@@ -285,9 +277,7 @@ class SqlStore:
         return None if row is None else _transaction(row)
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
-        row = await self._first(
-            select(transactions).where(transactions.c.id == transaction_id)
-        )
+        row = await self._first(select(transactions).where(transactions.c.id == transaction_id))
         return None if row is None else _transaction(row)
 
     async def set_transaction_user(self, transaction_id: int, user_id: str) -> None:
@@ -306,9 +296,7 @@ class SqlStore:
         stmt = (
             update(transactions)
             .where(c.id == transaction_id, c.stopped_at.is_(None))
-            .values(
-                meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason
-            )
+            .values(meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason)
             .returning(*transactions.c)
         )
         async with self._engine.begin() as conn:
@@ -323,13 +311,9 @@ class SqlStore:
         stmt = select(transactions).where(c.stopped_at.is_(None)).order_by(c.id)
         return [_transaction(r) for r in await self._all(stmt)]
 
-    async def transactions_of(
-        self, user_id: str | None, limit: int
-    ) -> list[Transaction]:
+    async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
         c = transactions.c
-        stmt = (
-            select(transactions).order_by(c.started_at.desc(), c.id.desc()).limit(limit)
-        )
+        stmt = select(transactions).order_by(c.started_at.desc(), c.id.desc()).limit(limit)
         if user_id is not None:
             stmt = stmt.where(c.user_id == user_id)
         return [_transaction(r) for r in await self._all(stmt)]
@@ -364,9 +348,7 @@ class SqlStore:
 
     def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """The dialect's INSERT: the one that has ON CONFLICT."""
-        return (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(
-            table
-        )
+        return (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(table)
 
     async def _upsert(self, table: Table, keys: list[str], **values: Any) -> None:
         """INSERT, or UPDATE every given non-key column of the existing row."""
@@ -389,9 +371,7 @@ class SqlStore:
     def _enqueue(self, rows: Collection[_MeterRow]) -> None:
         overflow = len(self._buffer) + len(rows) - self._max_buffered
         if overflow > 0:
-            log.warning(
-                "meter sample buffer full: dropping %d oldest samples", overflow
-            )
+            log.warning("meter sample buffer full: dropping %d oldest samples", overflow)
         self._buffer.extend(rows)  # the deque's maxlen drops from the old end
 
     async def _write_samples(self, pending: deque[_MeterRow]) -> None:
@@ -412,9 +392,7 @@ class SqlStore:
                 async with self._engine.begin() as conn:
                     await conn.execute(insert(meter_samples), [pending[0]])
             except _REFUSED:
-                log.exception(
-                    "dropping a meter sample the database refuses: %r", pending[0]
-                )
+                log.exception("dropping a meter sample the database refuses: %r", pending[0])
             pending.popleft()
 
     async def _flush_loop(self) -> None:
