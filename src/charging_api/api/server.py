@@ -46,6 +46,7 @@ from charging_api.errors import (
     TooManyPending,
 )
 from charging_api.timefmt import format_utc
+from charging_api.wsfast import send_text_nowait
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class ClientSession:
                     return
                 self.close(CLOSE_TRY_AGAIN_LATER, "send queue overflow")
                 return
+        if self._writer is None and not queue and send_text_nowait(self.ws, frame):
+            return
         queue.append((frame, droppable, False))
         if self._writer is None:
             self._writer = self._app.spawn(self._drain())

@@ -54,6 +54,7 @@ from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.ocpp import framing, schemas
 from charging_api.ocpp.gateway import OcppGateway, OcppSession
 from charging_api.ocpp.handlers import HANDLERS
+from charging_api.wsfast import send_text_nowait
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,9 @@ class OcppServer:
                 await connection.ws.send(exc.to_frame(), text=True)
             return
         if isinstance(frame, framing.Call):
-            await connection.ws.send(await self._answer(cp_id, frame), text=True)
+            reply = await self._answer(cp_id, frame)
+            if not send_text_nowait(connection.ws, reply):
+                await connection.ws.send(reply, text=True)
         elif not connection.session.on_reply(frame):
             connection.log_bad_frame(f"a reply to no pending CALL (id {frame.unique_id})")
 
