@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,11 +165,7 @@ class Application:
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
     application = Application(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     await application.start()
     if ready is not None:
         ready.set()
@@ -179,32 +176,41 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await application.stop()
 
 
-async def add_id_tag(settings: Settings, tag: str, user_id: str | None, status: str) -> None:
+@contextlib.asynccontextmanager
+async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
+    """The store for one CLI command (the server need not run)."""
     store = SqlStore(settings.database_url)
     await store.start()
     try:
-        await store.put_id_tag(IdTag(tag, user_id, IdTagStatus(status)))
+        yield store
     finally:
         await store.close()
+
+
+async def add_id_tag(settings: Settings, tag: str, user_id: str | None, status: str) -> None:
+    async with _opened_store(settings) as store:
+        await store.put_id_tag(IdTag(tag, user_id, IdTagStatus(status)))
 
 
 async def list_id_tags(settings: Settings, user_id: str) -> list[IdTag]:
-    store = SqlStore(settings.database_url)
-    await store.start()
-    try:
+    async with _opened_store(settings) as store:
         return await store.id_tags_of(user_id)
-    finally:
-        await store.close()
 
 
 async def add_charge_point(settings: Settings, charge_point_id: str, password: str | None) -> None:
-    store = SqlStore(settings.database_url)
-    await store.start()
-    try:
-        hashed = access.hash_password(password) if password else None
+    hashed = access.hash_password(password) if password else None
+    async with _opened_store(settings) as store:
         await store.add_charge_point(charge_point_id, hashed)
-    finally:
-        await store.close()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (where the platform lets us handle them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def make_token(
@@ -228,11 +234,7 @@ async def simulate(
     from charging_api.simulator.fleet import run_fleet
 
     logging.getLogger("ocpp").setLevel(logging.WARNING)  # the library logs every frame at INFO
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     await run_fleet(
         url, count, prefix=prefix, meter_interval=meter_interval, connectors=connectors, stop=stop
     )
