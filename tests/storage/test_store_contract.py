@@ -323,6 +323,18 @@ async def test_connector_status_upsert(open_store: OpenStore) -> None:
     assert await store.connector_states("CP3") == []
 
 
+async def test_connector_statuses_are_batched_and_survive_close(open_store: OpenStore) -> None:
+    """Buffered statuses are visible at once, written by flush, and not lost by close."""
+    store = await open_store()
+    await store.set_connector_status(ConnectorState("CP1", 1, "Preparing", updated_at=T0))
+    await store.flush()
+    await store.set_connector_status(ConnectorState("CP1", 1, "Charging", updated_at=T0))
+    assert [s.status for s in await store.connector_states("CP1")] == ["Charging"]
+    await store.close()
+    reopened = await open_store()
+    assert [s.status for s in await reopened.connector_states("CP1")] == ["Charging"]
+
+
 async def test_record_boot_does_not_clobber_registration(open_store: OpenStore) -> None:
     """BootNotification updates what the charge point reports but keeps password and registered_at."""
     store = await open_store()

@@ -62,7 +62,8 @@ class EventBus(Protocol):
 
 class Store(Protocol):
     """Persistent state. Writes that return are durable (committed), except
-    :meth:`add_meter_samples`, which may batch; :meth:`flush` makes those durable too."""
+    :meth:`add_meter_samples` and :meth:`set_connector_status`, which may batch (readers see
+    them at once); :meth:`flush` makes those durable too."""
 
     async def start(self) -> None: ...
 

@@ -102,6 +102,10 @@ class SqlStore:
         self._flush_interval = meter_flush_interval
         self._max_buffered = max_buffered_samples
         self._buffer: deque[_MeterRow] = deque(maxlen=max_buffered_samples)
+        # Latest connector status per connector, written with the next batch: a status is
+        # not a promise to a charge point, and one commit (an fsync) per StatusNotification
+        # was the command path's bottleneck.
+        self._statuses: dict[tuple[str, int], ConnectorState] = {}
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()  # one sample write at a time, in buffer order
         self._flusher: asyncio.Task[None] | None = None
@@ -143,8 +147,10 @@ class SqlStore:
             await self._engine.dispose()
 
     async def flush(self) -> None:
-        """Write every buffered meter sample now; on failure raise, keeping them."""
+        """Write every buffered status and meter sample now; on failure raise, keeping them."""
         async with self._write_lock:
+            if self._statuses:
+                await self._write_statuses()
             if not self._buffer:
                 return
             pending = deque(self._buffer)
@@ -199,21 +205,49 @@ class SqlStore:
     # connectors
 
     async def set_connector_status(self, state: ConnectorState) -> None:
-        await self._upsert(
-            connectors,
-            ["charge_point_id", "connector_id"],
-            charge_point_id=state.charge_point_id,
-            connector_id=state.connector_id,
-            status=state.status,
-            error_code=state.error_code,
-            updated_at=state.updated_at,
-        )
+        """Batched like meter samples (latest per connector wins); readers see it at once."""
+        if state.updated_at is not None and state.updated_at.tzinfo is None:
+            raise ValueError(f"naive status timestamp {state.updated_at!r}")
+        self._statuses[(state.charge_point_id, state.connector_id)] = state
 
     async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
         c = connectors.c
         stmt = select(connectors).where(c.charge_point_id == charge_point_id)
-        rows = await self._all(stmt.order_by(c.connector_id))
-        return [ConnectorState(**r._mapping) for r in rows]
+        found = {
+            r.connector_id: ConnectorState(**r._mapping)
+            for r in await self._all(stmt.order_by(c.connector_id))
+        }
+        for (cp_id, connector_id), state in list(self._statuses.items()):
+            if cp_id == charge_point_id:
+                found[connector_id] = state
+        return [found[k] for k in sorted(found)]
+
+    async def _write_statuses(self) -> None:
+        """One upsert batch for the buffered statuses; on failure they stay buffered
+        (unless a newer status for the same connector arrived meanwhile)."""
+        pending, self._statuses = self._statuses, {}
+        stmt = self._insert(connectors)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["charge_point_id", "connector_id"],
+            set_={k: stmt.excluded[k] for k in ("status", "error_code", "updated_at")},
+        )
+        rows = [
+            {
+                "charge_point_id": st.charge_point_id,
+                "connector_id": st.connector_id,
+                "status": st.status,
+                "error_code": st.error_code,
+                "updated_at": st.updated_at,
+            }
+            for st in pending.values()
+        ]
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt, rows)
+        except BaseException:
+            for key, state in pending.items():
+                self._statuses.setdefault(key, state)
+            raise
 
     # id tags
 
