@@ -30,30 +30,44 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a much smaller run, for iterating")
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS),
+        "--only",
+        default=",".join(SCENARIOS),
         help="comma-separated scenarios to run (default: all): " + ", ".join(SCENARIOS),
     )
     parser.add_argument(
-        "--servers", default=",".join(scenarios.INGEST_SERVERS),
+        "--servers",
+        default=",".join(scenarios.INGEST_SERVERS),
         help="scenario 1's servers (default: all): " + ", ".join(scenarios.INGEST_SERVERS),
     )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
-    parser.add_argument("--budget", type=float, default=570.0,
-                        help="seconds for the whole run; scenarios left over are skipped")
     parser.add_argument(
-        "--py-spy", type=Path, metavar="DIR", dest="py_spy",
+        "--budget",
+        type=float,
+        default=570.0,
+        help="seconds for the whole run; scenarios left over are skipped",
+    )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        dest="py_spy",
         help="record our server with py-spy during each measured window into DIR "
         "(figures from such a run are perturbed: use it to see where the time goes)",
     )
-    parser.add_argument("--py-spy-format", default="flamegraph",
-                        choices=["flamegraph", "speedscope", "raw"])
     parser.add_argument(
-        "--server-cmd", metavar="CMD",
+        "--py-spy-format", default="flamegraph", choices=["flamegraph", "speedscope", "raw"]
+    )
+    parser.add_argument(
+        "--server-cmd",
+        metavar="CMD",
         help="run this command instead of `charging-api serve` as the server under test "
         "(same environment); for measuring a candidate change",
     )
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the work directory (server and worker logs) and print its path")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the work directory (server and worker logs) and print its path",
+    )
     return parser
 
 
@@ -63,15 +77,21 @@ def _server_argv(command: str | None) -> list[str] | None:
     if not command:
         return None
     argv = shlex.split(command)
-    return [str(PROJECT / a) if not Path(a).is_absolute() and (PROJECT / a).exists() else a
-            for a in argv]
+    return [
+        str(PROJECT / a) if not Path(a).is_absolute() and (PROJECT / a).exists() else a
+        for a in argv
+    ]
 
 
 async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     profile = scenarios.QUICK if args.quick else scenarios.FULL
-    ctx = scenarios.Context(profile, workdir, py_spy_dir=args.py_spy,
-                            py_spy_format=args.py_spy_format,
-                            server_argv=_server_argv(args.server_cmd))
+    ctx = scenarios.Context(
+        profile,
+        workdir,
+        py_spy_dir=args.py_spy,
+        py_spy_format=args.py_spy_format,
+        server_argv=_server_argv(args.server_cmd),
+    )
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SCENARIOS]
     if unknown:
@@ -117,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     limit = raise_nofile()
     if limit < 16_384 and not args.quick:
-        print(f"bench: RLIMIT_NOFILE is {limit}; the connections scenario needs ~13,000 "
-              "descriptors in the server process", file=sys.stderr)
+        print(
+            f"bench: RLIMIT_NOFILE is {limit}; the connections scenario needs ~13,000 "
+            "descriptors in the server process",
+            file=sys.stderr,
+        )
     try:
         check_node_modules()
     except BenchError as exc:

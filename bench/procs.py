@@ -72,8 +72,12 @@ def check_node_modules() -> None:
     """The workers need ``ws`` and the peer needs ``ocpp-rpc``, from the project's node_modules."""
     script = "for (const m of ['ws', 'ocpp-rpc']) require.resolve(m);"
     done = subprocess.run(
-        [node_binary(), "-e", script], cwd=PROJECT, env=base_env(), capture_output=True,
-        timeout=30, check=False,
+        [node_binary(), "-e", script],
+        cwd=PROJECT,
+        env=base_env(),
+        capture_output=True,
+        timeout=30,
+        check=False,
     )
     if done.returncode != 0:
         raise BenchError(
@@ -111,6 +115,27 @@ def machine_ticks() -> tuple[int, int]:
     return total - idle, total
 
 
+def tcp_ext_counters() -> dict[str, int]:
+    """The kernel's TcpExt counters (ListenOverflows, ListenDrops, ...), machine-wide."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    counters: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            counters.update(
+                zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False)
+            )
+    return counters
+
+
+def run_delay_ns(pid: int) -> int:
+    """Time the process's threads spent runnable but waiting for a CPU (schedstat), in ns."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(stat.read_text().split()[1])
+    return total
+
+
 @dataclass
 class CpuWindow:
     """CPU used by some processes and by the whole machine over a wall-clock window."""
@@ -125,10 +150,13 @@ class CpuWindow:
         read: dict[str, int] = {}
         for name, pids in self.pids.items():
             total = 0
+            waited = 0
             for pid in pids:
                 with contextlib.suppress(OSError, ValueError):
                     total += cpu_ticks(pid)
+                    waited += run_delay_ns(pid)
             read[name] = total
+            read[f"{name}Wait"] = waited
         return read
 
     def start(self) -> None:
@@ -142,9 +170,11 @@ class CpuWindow:
         after = self._read()
         busy, total = machine_ticks()
         cpus = os.cpu_count() or 1
-        result = {
-            name: (after[name] - self.ticks[name]) / CLK_TCK / wall for name in self.pids
-        }
+        result = {name: (after[name] - self.ticks[name]) / CLK_TCK / wall for name in self.pids}
+        for name in self.pids:
+            # Cores' worth of threads that were runnable but not running (CPU contention).
+            key = f"{name}Wait"
+            result[key] = (after[key] - self.ticks[key]) / 1e9 / wall
         busy_delta, total_delta = busy - self.machine[0], max(total - self.machine[1], 1)
         result["machine"] = busy_delta / total_delta * cpus
         result["other"] = max(result["machine"] - sum(result[n] for n in self.pids), 0.0)
@@ -176,8 +206,13 @@ class ServerProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("wb") as log:
             return subprocess.Popen(
-                self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_limits,
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_child_limits,
             )
 
     async def start(self, ready_timeout: float = 30.0) -> None:
@@ -229,7 +264,9 @@ async def http_get(port: int, path: str, headers: Mapping[str, str] | None = Non
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
     try:
         head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{head}\r\n".encode())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{head}\r\n".encode()
+        )
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), 10)
     finally:
@@ -267,9 +304,16 @@ class Worker:
         log = self.log_path.open("wb")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                node_binary(), str(LOADGEN), str(self.job_path), cwd=PROJECT, env=base_env(),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                limit=64 * 1024 * 1024, preexec_fn=_child_limits,
+                node_binary(),
+                str(LOADGEN),
+                str(self.job_path),
+                cwd=PROJECT,
+                env=base_env(),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                limit=64 * 1024 * 1024,
+                preexec_fn=_child_limits,
             )
         finally:
             log.close()
@@ -288,7 +332,9 @@ class Worker:
             try:
                 line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
             except TimeoutError:
-                raise WorkerError(f"worker {self.index}: no {kind!r} within {timeout:.0f} s") from None
+                raise WorkerError(
+                    f"worker {self.index}: no {kind!r} within {timeout:.0f} s"
+                ) from None
             if not line:
                 raise WorkerError(f"worker {self.index} exited before {kind!r}:\n{self.log_tail()}")
             message: dict[str, Any] = json.loads(line)

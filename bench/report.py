@@ -37,8 +37,13 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 
 
 def _target(
-    scenario: str, name: str, value: Any, limit: float, unit: str,
-    ok: Callable[[float, float], bool], detail: str = "",
+    scenario: str,
+    name: str,
+    value: Any,
+    limit: float,
+    unit: str,
+    ok: Callable[[float, float], bool],
+    detail: str = "",
 ) -> Target:
     if not isinstance(value, int | float):
         return Target(scenario, name, None, limit, unit, None, detail or "not measured")
@@ -58,27 +63,67 @@ def targets(results: dict[str, Any]) -> list[Target]:
         ratio = _get(ing, "ratios", peer, "oursOverTheirs")
         theirs = _get(ing, "servers", peer, "messagesPerSecond")
         detail = f"{_n(ours)} vs {_n(theirs)} MV/s" if ours and theirs else ""
-        disturbed = [k for k in ("charging-api", peer)
-                     if _get(ing, "servers", k, "quiet") is False]
+        disturbed = [k for k in ("charging-api", peer) if _get(ing, "servers", k, "quiet") is False]
         if detail and disturbed:
             detail += f"; disturbed by other load: {', '.join(disturbed)}"
         out.append(_target("1 ingest", label, ratio, limit, "x", lambda v, lim: v >= lim, detail))
     fan = s.get("fanout", {})
-    out.append(_target("2 fan-out", "p99 CP send → app receive < 50 ms",
-                       _get(fan, "latency", "p99"), 50.0, "ms", lambda v, lim: v < lim))
+    out.append(
+        _target(
+            "2 fan-out",
+            "p99 CP send → app receive < 50 ms",
+            _get(fan, "latency", "p99"),
+            50.0,
+            "ms",
+            lambda v, lim: v < lim,
+        )
+    )
     lost = fan.get("lost")
-    out.append(_target("2 fan-out", "no update lost", lost, 0, "lost", lambda v, lim: v <= lim,
-                       f"of {_n(fan.get('deliveriesExpected'))} expected" if lost is not None else ""))
+    out.append(
+        _target(
+            "2 fan-out",
+            "no update lost",
+            lost,
+            0,
+            "lost",
+            lambda v, lim: v <= lim,
+            f"of {_n(fan.get('deliveriesExpected'))} expected" if lost is not None else "",
+        )
+    )
     con = s.get("connections", {})
-    out.append(_target("3 connections", "< 20 KiB resident per idle connection",
-                       con.get("rssPerConnectionKiB"), 20.0, "KiB", lambda v, lim: v < lim))
+    out.append(
+        _target(
+            "3 connections",
+            "< 20 KiB resident per idle connection",
+            con.get("rssPerConnectionKiB"),
+            20.0,
+            "KiB",
+            lambda v, lim: v < lim,
+        )
+    )
     failed = con.get("failed") or 0
-    out.append(_target("3 connections", "whole crowd accepted < 30 s", con.get("acceptSeconds"),
-                       30.0, "s", lambda v, lim: v < lim and not failed,
-                       f"{failed} connections failed" if failed else ""))
+    out.append(
+        _target(
+            "3 connections",
+            "whole crowd accepted < 30 s",
+            con.get("acceptSeconds"),
+            30.0,
+            "s",
+            lambda v, lim: v < lim and not failed,
+            f"{failed} connections failed" if failed else "",
+        )
+    )
     cmd = s.get("command", {})
-    out.append(_target("4 command", "p99 start latency, our overhead < 20 ms",
-                       _get(cmd, "startOverhead", "p99"), 20.0, "ms", lambda v, lim: v < lim))
+    out.append(
+        _target(
+            "4 command",
+            "p99 start latency, our overhead < 20 ms",
+            _get(cmd, "startOverhead", "p99"),
+            20.0,
+            "ms",
+            lambda v, lim: v < lim,
+        )
+    )
     return out
 
 
@@ -102,8 +147,14 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        node = subprocess.run([node_binary(), "--version"], capture_output=True, text=True,
-                              timeout=10, env=base_env(), check=False).stdout.strip()
+        node = subprocess.run(
+            [node_binary(), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=base_env(),
+            check=False,
+        ).stdout.strip()
     except Exception:
         node = "?"
 
@@ -121,6 +172,7 @@ def machine() -> dict[str, Any]:
     except (OSError, ValueError, KeyError):
         pass
     return {
+        "revision": _revision(),
         "cpus": os.cpu_count(),
         "cpuModel": model,
         "memoryGiB": round(mem_kib / 1024 / 1024, 1),
@@ -132,6 +184,30 @@ def machine() -> dict[str, Any]:
         "ocppRpc": rpc,
         "loadAverage": list(os.getloadavg()),
     }
+
+
+def _revision() -> str:
+    """The commit the server was measured at, ``+dirty`` when src/ has changes on top."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
 
 
 # ------------------------------------------------------------------------------ table
@@ -158,15 +234,18 @@ def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines.append(
         f"charging-api benchmark ({results['profile']} profile, {results['started']}, "
-        f"{results['elapsedSeconds']:.0f} s)"
+        f"{results['elapsedSeconds']:.0f} s, server at {m.get('revision', '?')})"
     )
     lines.append(
         f"machine: {m['cpus']} x {m['cpuModel']}, {m['memoryGiB']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}, Node {m['node']}, websockets {m['websockets']}, "
         f"load average at start {m['loadAverage'][0]:.2f}"
     )
-    lines.append("CPU figures are cores (1.00 = one core busy) over the measured window; "
-                 "'other' is everyone else on this shared machine.")
+    lines.append(
+        "CPU figures are cores (1.00 = one core busy) over the measured window; 'srv wait' is the "
+        "server's threads runnable but waiting for a CPU; 'other' is everyone else on this "
+        "shared machine."
+    )
     s = results["scenarios"]
 
     ing = s.get("ingest")
@@ -179,21 +258,27 @@ def render(results: dict[str, Any]) -> str:
             f"1. Ingest: {_n(any_row.get('chargePoints'))} closed-loop charge points, MeterValues "
             f"back-to-back, {_n(any_row.get('seconds'), 0)} s measured"
         )
-        header = (f"   {'server':<40} {'MV/s':>8} {'RTT p50':>8} {'RTT p99':>8} {'srv CPU':>8} "
-                  f"{'MV/CPU-s':>9} {'gen CPU':>8} {'other':>6} {'ours ÷':>7}")
+        header = (
+            f"   {'server':<40} {'MV/s':>8} {'RTT p50':>8} {'RTT p99':>8} {'srv CPU':>8} "
+            f"{'srv wait':>8} {'MV/CPU-s':>9} {'gen CPU':>8} {'other':>6} {'ours ÷':>7}"
+        )
         lines.append(header)
         for kind, row in ing["servers"].items():
             label = SERVER_LABELS.get(kind, kind)
             if "error" in row:
                 lines.append(f"   {label:<40} FAILED: {row['error'].splitlines()[0][:90]}")
                 continue
-            ratio = "1.00" if kind == "charging-api" else _n(
-                _get(ing, "ratios", kind, "oursOverTheirs"), 2)
+            ratio = (
+                "1.00"
+                if kind == "charging-api"
+                else _n(_get(ing, "ratios", kind, "oursOverTheirs"), 2)
+            )
             runs = row.get("runs") or []
             tries = "" if len(runs) < 2 else "  runs: " + " / ".join(_n(r) for r in runs)
             lines.append(
                 f"   {label:<40} {_n(row['messagesPerSecond']):>8} {_ms(row['rtt']['p50']):>8} "
                 f"{_ms(row['rtt']['p99']):>8} {row['serverCpu']:>8.2f} "
+                f"{row.get('serverRunqueueWait', 0.0):>8.2f} "
                 f"{_n(row['messagesPerServerCpuSecond']):>9} {row['generatorCpu']:>8.2f} "
                 f"{row['otherCpu']:>6.2f} {ratio:>7}{tries}"
             )
@@ -204,15 +289,24 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"   charging-api pushed {_n(ours['pushesPerSecond'])}/s to the owners "
                 f"({_pct(ours['pushedShare'])} of samples), CP send → app receive "
-                f"p50 {_ms(ours['pushLatency']['p50'])} ms, p99 {_ms(ours['pushLatency']['p99'])} ms, "
+                f"p50 {_ms(ours['pushLatency']['p50'])} ms, "
+                f"p99 {_ms(ours['pushLatency']['p99'])} ms, "
                 f"seq gaps {ours['seqGaps']}"
             )
+            stored = ours.get("storedCheck") or {}
+            if stored.get("sent"):
+                lines.append(
+                    f"   stored: {_n(stored['stored'])} of {_n(stored['sent'])} samples sent on "
+                    "the transactions checked (get_meter_values)"
+                )
         check = ing.get("generatorCheck")
         if check:
             lines.append(
                 f"   generator check: transport server {check['serverCpu']:.2f} core, generators "
-                f"{check['generatorCpu']:.2f} core (busiest worker {check['generatorCpuPerWorkerMax']:.2f}, "
-                f"event-loop p99 {check['generatorLoopDelayP99Ms']:.1f} ms), other {check['otherCpu']:.2f}"
+                f"{check['generatorCpu']:.2f} core (busiest worker "
+                f"{check['generatorCpuPerWorkerMax']:.2f}, "
+                f"event-loop p99 {check['generatorLoopDelayP99Ms']:.1f} ms), "
+                f"other {check['otherCpu']:.2f}"
                 f" → {check['verdict']}"
             )
             if check.get("generatorHeadroom"):
@@ -221,9 +315,13 @@ def render(results: dict[str, Any]) -> str:
                     "server absorbed (CPU per message: several generator processes vs one server "
                     "thread)"
                 )
-        lines.append("   ratios use MV/s; per server CPU-second (less sensitive to other load): " + ", ".join(
-            f"{k} {_n(v.get('oursOverTheirsPerCpuSecond'), 2)}x" for k, v in ing["ratios"].items()
-        ))
+        lines.append(
+            "   ratios use MV/s; per server CPU-second (less sensitive to other load): "
+            + ", ".join(
+                f"{k} {_n(v.get('oursOverTheirsPerCpuSecond'), 2)}x"
+                for k, v in ing["ratios"].items()
+            )
+        )
 
     fan = s.get("fanout")
     if fan:
@@ -233,22 +331,29 @@ def render(results: dict[str, Any]) -> str:
         else:
             lines.append(
                 f"2. Fan-out: {_n(fan['chargePoints'])} CPs x 1 MeterValues/s, {_n(fan['owners'])} "
-                f"owners + {fan['admins']} admins watching \"*\", {fan['seconds']:.0f} s "
+                f'owners + {fan["admins"]} admins watching "*", {fan["seconds"]:.0f} s '
                 f"(setup {fan['setupSeconds']:.0f} s)"
             )
             lines.append(
-                f"   updates in {_n(fan['updatesPerSecond'])}/s, deliveries {_n(fan['deliveriesPerSecond'])}/s,"
-                f" lost {_n(fan['lost'])} of {_n(fan['deliveriesExpected'])} (owners {fan['lostOwner']}, "
-                f"admins {fan['lostAdmin']}), seq gaps {fan['seqGaps']}, late sends {fan['lateSends']}"
+                f"   updates in {_n(fan['updatesPerSecond'])}/s, "
+                f"deliveries {_n(fan['deliveriesPerSecond'])}/s,"
+                f" lost {_n(fan['lost'])} of {_n(fan['deliveriesExpected'])} "
+                f"(owners {fan['lostOwner']}, "
+                f"admins {fan['lostAdmin']}), seq gaps {fan['seqGaps']}, "
+                f"late sends {fan['lateSends']}"
             )
             lines.append(
                 f"   latency CP send → app receive: p50 {_ms(fan['latency']['p50'])} ms, "
                 f"p99 {_ms(fan['latency']['p99'])} ms, max {_ms(fan['latency']['max'])} ms "
                 f"(owners p99 {_ms(fan['ownerLatency']['p99'])}, admins p99 "
-                f"{_ms(fan['adminLatency']['p99'])}); MeterValues RTT p99 {_ms(fan['rtt']['p99'])} ms"
+                f"{_ms(fan['adminLatency']['p99'])}); "
+                f"MeterValues RTT p99 {_ms(fan['rtt']['p99'])} ms"
             )
             lines.append(
-                f"   server CPU {fan['serverCpu']:.2f}, generators {fan['generatorCpu']:.2f}, "
+                f"   server CPU {fan['serverCpu']:.2f} (runnable but waiting for a CPU "
+                f"{fan.get('serverRunqueueWait', 0.0):.2f}; "
+                f"{_n(fan.get('deliveriesPerServerCpuSecond'))} deliveries per server CPU-second), "
+                f"generators {fan['generatorCpu']:.2f}, "
                 f"other {fan['otherCpu']:.2f}; server RSS {fan['serverRssKiB'] / 1024:.0f} MiB"
             )
 
@@ -260,7 +365,8 @@ def render(results: dict[str, Any]) -> str:
         else:
             lines.append(
                 f"3. Connections: {_n(con['appConnections'])} authenticated idle app connections + "
-                f"{_n(con['chargePoints'])} charge points (Heartbeat every {con['heartbeatIntervalS']} s)"
+                f"{_n(con['chargePoints'])} charge points "
+                f"(Heartbeat every {con['heartbeatIntervalS']} s)"
             )
             lines.append(
                 f"   reconnect storm (all at once; a client retries after a "
@@ -281,9 +387,12 @@ def render(results: dict[str, Any]) -> str:
                         f"{_n(k['retries'])} retries, {k['failed']} failed"
                         + (f" ({k['lastError']})" if k.get("lastError") else "")
                     )
+            tcp = con.get("stormTcp", {})
             lines.append(
                 f"     server CPU during the storm {con['stormServerCpu']:.2f}, generators "
-                f"{con['stormGeneratorCpu']:.2f}, other {con['stormOtherCpu']:.2f}"
+                f"{con['stormGeneratorCpu']:.2f}, other {con['stormOtherCpu']:.2f}; kernel: "
+                f"{_n(tcp.get('ListenOverflows'))} listen-queue overflows, "
+                f"{_n(tcp.get('TCPSynRetrans'))} SYN retransmits"
             )
             lines.append(
                 f"   RSS {con['rssBeforeKiB'] / 1024:.0f} → {con['rssAfterKiB'] / 1024:.0f} MiB = "
@@ -311,7 +420,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{_ms(cmd['startOverhead']['p50'])} ms, p99 {_ms(cmd['startOverhead']['p99'])} ms"
             )
             lines.append(
-                f"   stop: p50 {_ms(cmd['stopTotal']['p50'])} ms, p99 {_ms(cmd['stopTotal']['p99'])} ms;"
+                f"   stop: p50 {_ms(cmd['stopTotal']['p50'])} ms, "
+                f"p99 {_ms(cmd['stopTotal']['p99'])} ms;"
                 f" errors {cmd['errors'] or 'none'}; server CPU {cmd['serverCpu']:.2f}"
             )
 

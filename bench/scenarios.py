@@ -31,6 +31,7 @@ from bench.procs import (
     python_binary,
     rss_kib,
     split,
+    tcp_ext_counters,
 )
 from charging_api.api.auth import issue_token
 from charging_api.domain.models import IdTag
@@ -61,7 +62,7 @@ class Profile:
     ingest_budget_s: float = 170.0
     fanout_cps: int = 2000
     fanout_admins: int = 10
-    fanout_workers: int = 4
+    fanout_workers: int = 2
     fanout_seconds: float = 20.0
     crowd_apps: int = 10_000
     crowd_cps: int = 2000
@@ -137,9 +138,20 @@ async def start_profile(ctx: Context, pid: int, label: str, seconds: float) -> N
     out = ctx.py_spy_dir / f"{ctx.runs:02d}-{label}.{suffix}"
     ctx._profilers.append(
         await asyncio.create_subprocess_exec(
-            found, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", "100", "--format", ctx.py_spy_format, "-o", str(out),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            found,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "100",
+            "--format",
+            ctx.py_spy_format,
+            "-o",
+            str(out),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
     )
     ctx.notes.append(f"py-spy profile: {out}")
@@ -198,8 +210,12 @@ def our_server(ctx: Context, name: str, **extra_env: str) -> ServerProcess:
         **extra_env,
     )
     return ServerProcess(
-        "charging-api", ctx.server_argv or [_charging_api_binary(), "serve"], env, directory,
-        directory / "server.log", {"app": app_port, "ocpp": ocpp_port},
+        "charging-api",
+        ctx.server_argv or [_charging_api_binary(), "serve"],
+        env,
+        directory,
+        directory / "server.log",
+        {"app": app_port, "ocpp": ocpp_port},
     )
 
 
@@ -257,6 +273,7 @@ def _generator_facts(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def _cpu(window: Mapping[str, float]) -> dict[str, float]:
     return {
         "serverCpu": round(window["server"], 3),
+        "serverRunqueueWait": round(window["serverWait"], 3),
         "generatorCpu": round(window["generators"], 3),
         "otherCpu": round(window["other"], 3),
         "machineCpu": round(window["machine"], 3),
@@ -335,6 +352,10 @@ async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
             pushedShare=round(pushes / answered, 4) if answered else None,
             pushLatency=stats.summary_ms(stats.merge(r["pushLatency"] for r in results)),
             seqGaps=_sum(results, "seqGaps"),
+            storedCheck={
+                "sent": _sum(results, "storedSent"),
+                "stored": _sum(results, "storedFound"),
+            },
             serverStats=server_stats,
         )
     return row
@@ -366,8 +387,11 @@ async def ingest(ctx: Context, servers: Sequence[str] = INGEST_SERVERS) -> dict[
     for kind, attempts in runs.items():
         good = [r for r in attempts if "error" not in r]
         best = max(good, key=lambda r: r["messagesPerSecond"]) if good else attempts[-1]
-        rows[kind] = {**best, "runs": [r.get("messagesPerSecond") for r in attempts],
-                      "quiet": quiet(kind)}
+        rows[kind] = {
+            **best,
+            "runs": [r.get("messagesPerSecond") for r in attempts],
+            "quiet": quiet(kind),
+        }
     ours = rows.get("charging-api", {}).get("messagesPerSecond")
     ours_eff = rows.get("charging-api", {}).get("messagesPerServerCpuSecond")
     ratios: dict[str, Any] = {}
@@ -391,8 +415,11 @@ async def ingest(ctx: Context, servers: Sequence[str] = INGEST_SERVERS) -> dict[
         if server_bound:
             verdict = (
                 "the transport server ran at a full core (it is one thread): it set the limit, "
-                + ("not the generators, which had CPU to spare" if generator_spare
-                   else "though a generator worker was near a full core too")
+                + (
+                    "not the generators, which had CPU to spare"
+                    if generator_spare
+                    else "though a generator worker was near a full core too"
+                )
             )
         elif transport["otherCpu"] >= 0.3:
             verdict = (
@@ -404,7 +431,8 @@ async def ingest(ctx: Context, servers: Sequence[str] = INGEST_SERVERS) -> dict[
         workers = ctx.profile.ingest_workers
         headroom = (
             workers * transport["serverCpu"] / transport["generatorCpu"]
-            if transport["generatorCpu"] else None
+            if transport["generatorCpu"]
+            else None
         )
         check = {
             "generatorHeadroom": round(headroom, 2) if headroom else None,
@@ -496,7 +524,9 @@ async def fanout(ctx: Context) -> dict[str, Any]:
     total_sent = sum(sent.values())
     recipients_per_update = 1 + len(admin_counts)
     lost_owner = sum(max(0, n - owners.get(cp, 0)) for cp, n in sent.items())
-    lost_admin = sum(max(0, n - counts.get(cp, 0)) for counts in admin_counts for cp, n in sent.items())
+    lost_admin = sum(
+        max(0, n - counts.get(cp, 0)) for counts in admin_counts for cp, n in sent.items()
+    )
     extra = sum(max(0, owners.get(cp, 0) - n) for cp, n in sent.items()) + sum(
         max(0, counts.get(cp, 0) - n) for counts in admin_counts for cp, n in sent.items()
     )
@@ -511,6 +541,11 @@ async def fanout(ctx: Context) -> dict[str, Any]:
         "setupSeconds": round(setup_seconds, 1),
         "updatesPerSecond": round(total_sent / seconds, 1),
         "deliveriesPerSecond": round(_sum(results, "receivedInWindow") / seconds, 1),
+        "deliveriesPerServerCpuSecond": (
+            round(_sum(results, "receivedInWindow") / seconds / cpu["server"], 1)
+            if cpu["server"]
+            else None
+        ),
         "deliveriesExpected": total_sent * recipients_per_update,
         "deliveriesReceived": _sum(results, "received"),
         "lost": lost_owner + lost_admin,
@@ -569,11 +604,17 @@ async def connections(ctx: Context) -> dict[str, Any]:
         await _sleep_until(at)
         storm_cpu = CpuWindow({"server": [server.pid], "generators": group.pids})
         storm_cpu.start()
+        tcp_before = tcp_ext_counters()
         await start_profile(ctx, server.pid, "crowd-storm", min(p.crowd_deadline_s, 30))
         waiting = asyncio.ensure_future(group.all("connected", p.crowd_deadline_s + 90))
         timeline = await _watch_health(server, waiting, at)
         connected = await waiting
         storm = storm_cpu.stop()
+        tcp_after = tcp_ext_counters()
+        tcp = {
+            k: tcp_after.get(k, 0) - tcp_before.get(k, 0)
+            for k in ("ListenOverflows", "ListenDrops", "TCPTimeouts", "TCPSynRetrans")
+        }
         accept_seconds = (max(c["lastDoneUs"] for c in connected) - at) / 1e6
         await asyncio.sleep(p.crowd_settle_s)
         rss_after = rss_kib(server.pid)
@@ -626,6 +667,7 @@ async def connections(ctx: Context) -> dict[str, Any]:
         "stormGeneratorCpu": round(storm["generators"], 3),
         "stormOtherCpu": round(storm["other"], 3),
         "stormTimeline": timeline,
+        "stormTcp": tcp,
         "lastConnectError": next(
             (c["lastConnectError"] for c in connected if c.get("lastConnectError")), None
         ),
@@ -656,12 +698,14 @@ async def _watch_health(
         try:
             body = await asyncio.wait_for(http_get(server.ports["app"], "/health"), 5)
             ws = body.get("websocket", {})
-            timeline.append({
-                "t": round((now_us() - at) / 1e6, 1),
-                "app": ws.get("totalConnections"),
-                "authenticated": ws.get("authenticatedConnections"),
-                "chargePoints": ws.get("gatewayConnections"),
-            })
+            timeline.append(
+                {
+                    "t": round((now_us() - at) / 1e6, 1),
+                    "app": ws.get("totalConnections"),
+                    "authenticated": ws.get("authenticatedConnections"),
+                    "chargePoints": ws.get("gatewayConnections"),
+                }
+            )
         except (OSError, TimeoutError, ValueError):
             timeline.append({"t": round((now_us() - at) / 1e6, 1), "error": "no /health answer"})
         await asyncio.wait([until], timeout=1.0)
@@ -713,9 +757,12 @@ async def command(ctx: Context) -> dict[str, Any]:
         await group.close()
         server.stop()
     errors: dict[str, int] = {}
+    samples: dict[str, str] = {}
     for r in results:
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + int(n)
+        for code, message in r.get("errorSamples", {}).items():
+            samples.setdefault(code, message)
 
     def merged(key: str) -> dict[str, Any]:
         return stats.summary_ms(stats.merge(r[key] for r in results))
@@ -733,6 +780,7 @@ async def command(ctx: Context) -> dict[str, Any]:
         "stopTotal": merged("stopTotal"),
         "stopOverhead": merged("stopOverhead"),
         "errors": errors,
+        "errorSamples": samples,
         "unexpectedCloses": _sum(results, "unexpectedCloses"),
         **_cpu(cpu),
         **_generator_facts(results),

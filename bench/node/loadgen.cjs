@@ -415,9 +415,15 @@ class AppClient {
   }
 }
 
+/** The error code of a failed reply; the first message seen for each code is kept. */
+const errorSamples = {};
 function errorCode(reply) {
-  if (reply && reply.error && reply.error.code) return reply.error.code;
-  return 'UNEXPECTED_REPLY';
+  const code = (reply && reply.error && reply.error.code) || 'UNEXPECTED_REPLY';
+  if (!(code in errorSamples)) {
+    errorSamples[code] = String((reply && reply.error && reply.error.message) || JSON.stringify(reply))
+      .slice(0, 300);
+  }
+  return code;
 }
 
 /* ------------------------------------------------------------ harness link */
@@ -624,7 +630,25 @@ async function runIngest(job) {
     seen = pushes;
     await sleep(250);
   }
+  // Every sample stored? Ask the server for a few transactions' samples (it flushes first).
+  let storedSent = 0;
+  let storedFound = 0;
+  for (let i = 0; i < Math.min(3, apps.length); i++) {
+    try {
+      const reply = await apps[i].request('get_meter_values', {
+        transactionId: cps[i].transactionId,
+      });
+      storedSent += cps[i].meterSeq;
+      storedFound += reply.data && Array.isArray(reply.data.meterValues)
+        ? reply.data.meterValues.length
+        : 0;
+    } catch (err) {
+      lastError = `get_meter_values: ${err.message}`;
+    }
+  }
   emit({
+    storedSent,
+    storedFound,
     event: 'result',
     sent,
     answered,
@@ -932,21 +956,26 @@ async function runCommand(job) {
         break;
       }
       const t1 = nowUs();
+      let transactionId;
       if (!reply.data || reply.data.success !== true) {
         fail(errorCode(reply));
+        // A transaction may have started all the same (e.g. after a timeout): stop it.
         if (cp.started) await cp.started.catch(() => {});
         if (cp.transactionId === null) {
           await sleep(thinkMin);
           continue;
         }
+        transactionId = cp.transactionId;
       } else {
+        // The app learns the id from the response (the charge point's copy of it may still be
+        // on its way: the two sockets are not ordered with each other).
+        transactionId = reply.data.transactionId;
         startTotal.add(t1 - t0);
         if (cp.startCpUs !== null) {
           startCp.add(cp.startCpUs);
           startOverhead.add(t1 - t0 - cp.startCpUs);
         }
       }
-      const transactionId = cp.transactionId;
       cp.stopped = null;
       const t2 = nowUs();
       try {
@@ -982,6 +1011,7 @@ async function runCommand(job) {
     event: 'result',
     cycles,
     errors,
+    errorSamples,
     startTotal: startTotal.toJSON(),
     startOverhead: startOverhead.toJSON(),
     startCp: startCp.toJSON(),

@@ -61,7 +61,9 @@ class ChargePoint(BaseChargePoint):  # type: ignore[misc]
         return call_result.StopTransaction()
 
     @on(Action.meter_values)  # type: ignore[untyped-decorator]
-    async def on_meter_values(self, connector_id: int, meter_value: list[Any], **kwargs: Any) -> Any:
+    async def on_meter_values(
+        self, connector_id: int, meter_value: list[Any], **kwargs: Any
+    ) -> Any:
         return call_result.MeterValues()
 
 

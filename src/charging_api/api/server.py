@@ -269,6 +269,7 @@ class AppServer:
             close_timeout=CLOSE_TIMEOUT,
             ssl=ssl,
             server_header=None,
+            backlog=4096,  # reconnect storms: the default 100 overflows the listen queue
         )
         self._sweeper = asyncio.create_task(self._sweep())
         return int(next(iter(self._server.sockets)).getsockname()[1])

@@ -147,6 +147,7 @@ class OcppServer:
             close_timeout=5,
             ssl=ssl,
             server_header=None,
+            backlog=4096,  # reconnect storms: the default 100 overflows the listen queue
         )
         return int(next(iter(self._server.sockets)).getsockname()[1])
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy import Executable, Row, Table, event, func, insert, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from charging_api.domain.models import (
     ChargePoint,
@@ -91,7 +91,11 @@ class SqlStore:
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self._url = make_url(database_url)
-        kwargs = {"pool_pre_ping": True, **(engine_kwargs or {})}
+        # A file database cannot go away under us; a server can (pre-ping costs a round trip).
+        kwargs = {
+            "pool_pre_ping": self._url.get_backend_name() != "sqlite",
+            **(engine_kwargs or {}),
+        }
         self._engine = create_async_engine(self._url, **kwargs)
         self._dialect = self._engine.dialect.name
         if self._dialect == "sqlite":
@@ -107,6 +111,10 @@ class SqlStore:
         # was the command path's bottleneck.
         self._statuses: dict[tuple[str, int], ConnectorState] = {}
         self._wake = asyncio.Event()
+        # Every write transaction of this process goes through here, one at a time: SQLite
+        # allows one writer, and letting pool connections race for its lock meant busy-handler
+        # sleeps (up to 100 ms each) and, under a reconnect storm, "database is locked".
+        self._db_write = asyncio.Lock()
         self._write_lock = asyncio.Lock()  # one sample write at a time, in buffer order
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
@@ -118,7 +126,7 @@ class SqlStore:
         db = self._url.database
         if self._dialect == "sqlite" and db:  # (":memory:" -> mkdir ".", harmless)
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             if self._dialect == "postgresql":  # several processes may start at once
                 await conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
             await conn.run_sync(metadata.create_all)
@@ -242,7 +250,7 @@ class SqlStore:
             for st in pending.values()
         ]
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(stmt, rows)
         except BaseException:
             for key, state in pending.items():
@@ -288,7 +296,7 @@ class SqlStore:
             "meter_start_wh": meter_start_wh,
             "started_at": started_at,
         }
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             return _transaction((await conn.execute(stmt, values)).one())
 
     async def find_transaction_start(
@@ -333,7 +341,7 @@ class SqlStore:
             .values(meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason)
             .returning(*transactions.c)
         )
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             row = (await conn.execute(stmt)).first()
             if row is None:
                 stored = select(transactions).where(c.id == transaction_id)
@@ -390,8 +398,14 @@ class SqlStore:
         set_ = {k: stmt.excluded[k] for k in values if k not in keys}
         await self._execute(stmt.on_conflict_do_update(index_elements=keys, set_=set_))
 
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, serialised with this process's other writes."""
+        async with self._db_write, self._engine.begin() as conn:
+            yield conn
+
     async def _execute(self, stmt: Executable) -> None:
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.execute(stmt)
 
     async def _first(self, stmt: Executable) -> Row[Any] | None:
@@ -415,7 +429,7 @@ class SqlStore:
         hostage forever: retry row by row and drop only the rows it refuses.
         """
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(insert(meter_samples), list(pending))
             pending.clear()
             return
@@ -423,7 +437,7 @@ class SqlStore:
             log.warning("%d meter samples refused; retrying one by one", len(pending))
         while pending:
             try:
-                async with self._engine.begin() as conn:
+                async with self._begin() as conn:
                     await conn.execute(insert(meter_samples), [pending[0]])
             except _REFUSED:
                 log.exception("dropping a meter sample the database refuses: %r", pending[0])
