@@ -19,7 +19,7 @@ import hmac
 import secrets
 from datetime import datetime
 
-from charging_api.domain.models import IdTag, IdTagStatus, IdTagVerdict, Principal, Transaction
+from charging_api.domain.models import IdTag, IdTagStatus, IdTagVerdict, Principal
 
 
 def may_act_as(principal: Principal, user_id: str | None) -> bool:
@@ -36,11 +36,9 @@ def may_use_id_tag(principal: Principal, user_id: str, tag: str, record: IdTag |
     return tag in principal.id_tags and user_id == principal.user_id
 
 
-def may_stop(principal: Principal, transaction: Transaction) -> bool:
-    """Rule 3."""
-    return principal.is_admin or (
-        transaction.user_id is not None and transaction.user_id == principal.user_id
-    )
+def may_stop(principal: Principal, owner_user_id: str | None) -> bool:
+    """Rule 3: ``owner_user_id`` is the transaction's owner (None: nobody's)."""
+    return principal.is_admin or (owner_user_id is not None and owner_user_id == principal.user_id)
 
 
 def may_see(principal: Principal, owner_user_id: str | None) -> bool:

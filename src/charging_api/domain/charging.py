@@ -212,12 +212,14 @@ class ChargingService:
             raise Forbidden("userId does not match the authenticated user")
         owner = user_id or principal.user_id
         tag = await self._choose_id_tag(principal, owner, id_tag)
-        if await self._store.get_charge_point(charge_point_id) is None:
-            raise ChargePointNotFound(
-                f"Charge point {charge_point_id} is not known",
-                {"chargePointId": charge_point_id},
-            )
+        # A connected charge point was admitted, so it is known: the read is only needed to
+        # tell "unknown" from "offline".
         if not self._gateway.is_online(charge_point_id):
+            if await self._store.get_charge_point(charge_point_id) is None:
+                raise ChargePointNotFound(
+                    f"Charge point {charge_point_id} is not known",
+                    {"chargePointId": charge_point_id},
+                )
             raise ChargePointOffline(
                 f"Charge point {charge_point_id} is not connected",
                 {"chargePointId": charge_point_id},
@@ -309,21 +311,30 @@ class ChargingService:
         self, principal: Principal, charge_point_id: str | None, transaction_id: int
     ) -> StopOutcome:
         """RemoteStop; success means the charge point accepted it. The end follows as pushes."""
-        tx = await self._store.get_transaction(transaction_id)
-        if tx is None or (charge_point_id is not None and tx.charge_point_id != charge_point_id):
+        live = self._live.get(transaction_id)  # open transactions need no database read
+        if live is not None:
+            owner, on_charge_point, active = live.user_id, live.charge_point_id, True
+        else:
+            tx = await self._store.get_transaction(transaction_id)
+            if tx is None:
+                raise TransactionNotFound(
+                    f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
+                )
+            owner, on_charge_point, active = tx.user_id, tx.charge_point_id, tx.active
+        if charge_point_id is not None and on_charge_point != charge_point_id:
             raise TransactionNotFound(
                 f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
             )
-        if not access.may_stop(principal, tx):
+        if not access.may_stop(principal, owner):
             raise Forbidden(
                 "You may only stop your own transactions", {"transactionId": transaction_id}
             )
-        if not tx.active:
+        if not active:
             raise TransactionNotActive(
                 f"Transaction {transaction_id} has already stopped",
                 {"transactionId": transaction_id},
             )
-        status = await self._gateway.remote_stop(tx.charge_point_id, transaction_id)
+        status = await self._gateway.remote_stop(on_charge_point, transaction_id)
         if status != "Accepted":
             raise ChargePointRejected(
                 f"Charge point rejected the remote stop ({status})",
