@@ -190,6 +190,8 @@ async def test_stop_rules() -> None:
     tx_id = await world.started()
     with pytest.raises(Forbidden):
         await world.service.stop(BOB, "CP1", tx_id)
+    with pytest.raises(Forbidden):
+        await world.service.stop(ALICE, "CP1", tx_id, user_id="bob")
     with pytest.raises(TransactionNotFound):
         await world.service.stop(ALICE, "CP2", tx_id)
     with pytest.raises(TransactionNotFound):

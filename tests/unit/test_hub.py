@@ -145,18 +145,6 @@ def test_connection_changes_are_not_pushed() -> None:
     assert inbox["admin"].frames == []
 
 
-def test_push_to_user_is_numbered_and_private() -> None:
-    """A server push to alice takes her next seq and reaches only her."""
-    hub, inbox = hub_with("alice", "bob")
-    hub.on_event(status())
-    hub.push_to_user("alice", "session_expiring", {"sessionId": "s"})
-    hub.push_to_user("nobody", "session_expiring", {"sessionId": "s"})
-    assert [(m["type"], m["seq"]) for m in inbox["alice"].messages] == [
-        ("charging_status_update", 1), ("session_expiring", 2),
-    ]
-    assert inbox["bob"].frames == []
-
-
 def test_missed_since_replays_what_came_after() -> None:
     """Frames after lastSeq in order; nothing when up to date; None when ahead of the server."""
     hub, inbox = hub_with("alice")

@@ -156,11 +156,6 @@ class UpdateHub:
         for stream in recipients:
             self._push(stream, kind, data_json, timestamp, droppable)
 
-    def push_to_user(self, user_id: str, kind: str, data: dict[str, object]) -> None:
-        stream = self._streams.get(user_id)
-        if stream is not None:
-            self._push(stream, kind, orjson.dumps(data), utc_now_text(), False)
-
     def _push(
         self, stream: UserStream, kind: str, data_json: bytes, timestamp: str, droppable: bool
     ) -> None:

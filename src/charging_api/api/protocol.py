@@ -149,6 +149,12 @@ def encode_push(kind: str, data_json: bytes, seq: int, timestamp: str) -> bytes:
     )
 
 
+def encode_connection_push(kind: str, data: dict[str, Any]) -> bytes:
+    """A push about the connection itself (``session_expiring``, ``server_shutdown``): seq 0,
+    not numbered in the user's stream, never replayed by ``resume``."""
+    return encode_push(kind, orjson.dumps(data), 0, utc_now_text())
+
+
 def sample_to_wire(sample: MeterSample) -> dict[str, Any]:
     """The seed's ``meterValue`` object, plus ``phases`` when the charge point sent any."""
     wire: dict[str, Any] = {

@@ -280,16 +280,11 @@ class AppServer:
             self._server.close(close_connections=False)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        farewell = protocol.encode_connection_push(
+            "server_shutdown", {"message": "Server is shutting down; reconnect and resume"}
+        )
         for session in list(self.sessions):
-            session.deliver(
-                protocol.encode_push(
-                    "server_shutdown",
-                    b'{"message":"Server is shutting down; reconnect and resume"}',
-                    0,
-                    format_utc(datetime.now(UTC)),
-                ),
-                False,
-            )
+            session.deliver(farewell, False)
         drains = [s._writer for s in self.sessions if s._writer is not None]
         if drains:
             await asyncio.wait(drains, timeout=timeout / 2)
@@ -448,13 +443,9 @@ class AppServer:
                 "message": started.message,
             }
         if isinstance(data, m.StopChargingRequest):
-            if (
-                data.userId is not None
-                and data.userId != principal.user_id
-                and not principal.is_admin
-            ):
-                raise Forbidden("userId does not match the authenticated user")
-            stopped = await self.service.stop(principal, data.chargePointId, data.transactionId)
+            stopped = await self.service.stop(
+                principal, data.chargePointId, data.transactionId, user_id=data.userId
+            )
             return {
                 "success": True,
                 "transactionId": stopped.transaction_id,
@@ -583,20 +574,16 @@ class AppServer:
                     )
                 elif not session.warned and wall >= expires - limits.expiry_warning:
                     session.warned = True
-                    # To this session only, unnumbered (seq 0): it is about this connection,
-                    # not an update a resume should replay elsewhere.
+                    # To this session only: it is about this connection, not an update a
+                    # resume should replay elsewhere.
                     session.deliver(
-                        protocol.encode_push(
+                        protocol.encode_connection_push(
                             "session_expiring",
-                            orjson.dumps(
-                                {
-                                    "sessionId": session.session_id,
-                                    "expiresAt": format_utc(datetime.fromtimestamp(expires, UTC)),
-                                    "message": "Send auth_request with a fresh token to keep this session",
-                                }
-                            ),
-                            0,
-                            format_utc(datetime.now(UTC)),
+                            {
+                                "sessionId": session.session_id,
+                                "expiresAt": format_utc(datetime.fromtimestamp(expires, UTC)),
+                                "message": "Send auth_request with a fresh token to keep this session",
+                            },
                         ),
                         False,
                     )

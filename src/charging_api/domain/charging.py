@@ -308,9 +308,15 @@ class ChargingService:
         )
 
     async def stop(
-        self, principal: Principal, charge_point_id: str | None, transaction_id: int
+        self,
+        principal: Principal,
+        charge_point_id: str | None,
+        transaction_id: int,
+        user_id: str | None = None,
     ) -> StopOutcome:
         """RemoteStop; success means the charge point accepted it. The end follows as pushes."""
+        if not access.may_act_as(principal, user_id):
+            raise Forbidden("userId does not match the authenticated user")
         live = self._live.get(transaction_id)  # open transactions need no database read
         if live is not None:
             owner, on_charge_point, active = live.user_id, live.charge_point_id, True
