@@ -221,10 +221,9 @@ async def test_failed_batch_is_logged_kept_and_retried(
 ) -> None:
     """A failing batch write is logged, the flusher survives, and the samples are written later."""
     store = await open_store(meter_flush_interval=0.02, meter_batch_size=1000)
-    async with store._engine.begin() as conn:
-        await conn.execute(
-            text("ALTER TABLE meter_samples RENAME TO meter_samples_away")
-        )
+    await store._db.write(
+        lambda c: c.execute(text("ALTER TABLE meter_samples RENAME TO meter_samples_away"))
+    )
     caplog.set_level(logging.ERROR, logger="charging_api.storage.sql")
     store.add_meter_samples([sample(7, T0), sample(7, T0 + timedelta(seconds=1))])
 
@@ -232,10 +231,9 @@ async def test_failed_batch_is_logged_kept_and_retried(
         return any("meter samples failed" in r.getMessage() for r in caplog.records)
 
     await eventually(failure_logged)
-    async with store._engine.begin() as conn:
-        await conn.execute(
-            text("ALTER TABLE meter_samples_away RENAME TO meter_samples")
-        )
+    await store._db.write(
+        lambda c: c.execute(text("ALTER TABLE meter_samples_away RENAME TO meter_samples"))
+    )
 
     async def written() -> bool:
         return len(await store.meter_samples_of(7)) == 2
@@ -378,11 +376,12 @@ async def test_schema_version_is_recorded_once(open_store: OpenStore) -> None:
     """start() records schema version 1, and a restart does not add another row."""
     await (await open_store()).close()
     store = await open_store()
-    async with store._engine.connect() as conn:
-        rows = (await conn.execute(select(schema_version.c.version))).scalars().all()
-        count = (
-            await conn.execute(select(func.count()).select_from(meter_samples))
-        ).scalar_one()
+    rows = await store._db.read(
+        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+    )
+    count = await store._db.read(
+        lambda c: c.execute(select(func.count()).select_from(meter_samples)).scalar_one()
+    )
     assert rows == [1] and count == 0
 
 
@@ -391,11 +390,13 @@ async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
     store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
     await store.start()
     try:
-        async with store._engine.connect() as conn:
-            pragmas = [
-                (await conn.execute(text(f"PRAGMA {p}"))).scalar()
-                for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
-            ]
-        assert pragmas == ["wal", 2, 1, 5000]
+        for run in (store._db.read, store._db.write):  # every connection, readers and writer
+            pragmas = await run(
+                lambda c: [
+                    c.exec_driver_sql(f"PRAGMA {p}").scalar()
+                    for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+                ]
+            )
+            assert pragmas == ["wal", 2, 1, 5000]
     finally:
         await store.close()

@@ -196,8 +196,19 @@ class ChargingService:
         return outcome
 
     def _expire_request_keys(self, now: float) -> None:
+        """Forget finished starts older than the idempotency window.
+
+        Keys are inserted in time order, so the walk stops at the first one still inside the
+        window: a start costs O(expired), not O(all keys of the last two minutes).
+        """
         horizon = now - self.policy.idempotency_window
-        for key in [k for k, (t, f) in self._starts_by_request.items() if t < horizon and f.done()]:
+        expired = []
+        for key, (created, future) in self._starts_by_request.items():
+            if created >= horizon:
+                break
+            if future.done():
+                expired.append(key)
+        for key in expired:
             del self._starts_by_request[key]
 
     async def _start(
@@ -505,29 +516,35 @@ class ChargingService:
             if id_tag
             else None
         )
-        tx = await self._store.get_transaction(transaction_id)
-        if tx is None or tx.charge_point_id != charge_point_id:
-            log.warning(
-                "StopTransaction for unknown transaction %s from %s acknowledged",
-                transaction_id,
-                charge_point_id,
-            )
-            return verdict
+        live = self._live.get(transaction_id)
+        if live is not None and live.charge_point_id == charge_point_id:
+            connector_id, active = live.connector_id, True  # open: no read needed
+        else:
+            tx = await self._store.get_transaction(transaction_id)
+            if tx is None or tx.charge_point_id != charge_point_id:
+                log.warning(
+                    "StopTransaction for unknown transaction %s from %s acknowledged",
+                    transaction_id,
+                    charge_point_id,
+                )
+                return verdict
+            connector_id, active = tx.connector_id, tx.active
         if transaction_data:
             self._store.add_meter_samples(
                 [
-                    StoredMeterSample(charge_point_id, tx.connector_id, tx.id, s)
+                    StoredMeterSample(charge_point_id, connector_id, transaction_id, s)
                     for s in transaction_data
                 ]
             )
-        if not tx.active:
+        if not active:
             return verdict
         closed = await self._store.stop_transaction(
             transaction_id, meter_stop_wh, timestamp, reason
         )
         if closed is None:
             return verdict
-        self._forget_live(transaction_id)
+        if not self._forget_live(transaction_id) and live is not None:
+            return verdict  # a concurrent copy of this stop closed it and told everyone
         await self._bus.publish(
             TransactionStopped(
                 charge_point_id,
@@ -619,9 +636,12 @@ class ChargingService:
         self._live[tx.id] = _LiveTransaction(tx.id, tx.charge_point_id, tx.connector_id, tx.user_id)
         self._live_on_connector[(tx.charge_point_id, tx.connector_id)] = tx.id
 
-    def _forget_live(self, transaction_id: int) -> None:
+    def _forget_live(self, transaction_id: int) -> bool:
+        """Drop an open transaction from the picture; False if it was not there."""
         live = self._live.pop(transaction_id, None)
-        if live is not None:
-            key = (live.charge_point_id, live.connector_id)
-            if self._live_on_connector.get(key) == transaction_id:
-                del self._live_on_connector[key]
+        if live is None:
+            return False
+        key = (live.charge_point_id, live.connector_id)
+        if self._live_on_connector.get(key) == transaction_id:
+            del self._live_on_connector[key]
+        return True

@@ -1,9 +1,13 @@
 """The SQL implementation of the core's ``Store`` port (SQLite by default, PostgreSQL too).
 
 Every method that returns has committed, so what we answer a charge point is never ahead
-of the disk. Meter samples are the exception: they arrive in bulk and losing the last
-fraction of a second of them in a crash is acceptable, so they are buffered and written in
-batches by a background task that this store owns.
+of the disk. Meter samples and connector statuses are the exception: they arrive in bulk and
+losing the last fraction of a second of them in a crash is acceptable, so they are buffered and
+written in batches by a background task that this store owns.
+
+Each method is one unit of work handed to the :mod:`~charging_api.storage.engines` database
+(one thread hop on SQLite). Statements are built once, with bound parameters, so a call does
+not rebuild and re-hash a SQLAlchemy expression; SQLAlchemy's compiled cache does the rest.
 """
 
 from __future__ import annotations
@@ -12,17 +16,26 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Executable, Row, Table, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from charging_api.domain.models import (
     ChargePoint,
@@ -34,6 +47,7 @@ from charging_api.domain.models import (
     StoredMeterSample,
     Transaction,
 )
+from charging_api.storage.engines import Database, open_database
 from charging_api.storage.tables import (
     SCHEMA_VERSION,
     charge_points,
@@ -49,12 +63,6 @@ log = logging.getLogger(__name__)
 
 #: PostgreSQL advisory lock serialising schema creation between processes.
 _SCHEMA_LOCK_KEY = 0x43484152
-_SQLITE_PRAGMAS = (
-    "journal_mode=WAL",  # readers don't block the writer
-    "synchronous=FULL",  # a commit that returned survives power loss
-    "foreign_keys=ON",
-    "busy_timeout=5000",  # wait for another connection's write instead of failing
-)
 _METER_FIELDS = (
     "energy_import_kwh",
     "power_kw",
@@ -65,18 +73,59 @@ _METER_FIELDS = (
 _REFUSED = (DataError, IntegrityError)  # the rows are at fault, not the connection
 _MeterRow = dict[str, Any]
 
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    for pragma in _SQLITE_PRAGMAS:
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
+# Statements that do not depend on the dialect, built once.
+_tx = transactions.c
+_GET_CHARGE_POINT = select(charge_points).where(charge_points.c.id == bindparam("b_id"))
+_COUNT_CHARGE_POINTS = select(func.count()).select_from(charge_points)
+_CONNECTOR_STATES = (
+    select(connectors)
+    .where(connectors.c.charge_point_id == bindparam("b_cp"))
+    .order_by(connectors.c.connector_id)
+)
+_GET_ID_TAG = select(id_tags).where(id_tags.c.tag == bindparam("b_tag"))
+_ID_TAGS_OF = (
+    select(id_tags).where(id_tags.c.user_id == bindparam("b_user")).order_by(id_tags.c.tag)
+)
+_CREATE_TRANSACTION = insert(transactions).returning(*transactions.c)
+_FIND_TRANSACTION_START = (
+    select(transactions)
+    .where(
+        _tx.charge_point_id == bindparam("b_cp"),
+        _tx.connector_id == bindparam("b_connector"),
+        _tx.started_at == bindparam("b_at", type_=_tx.started_at.type),
+        _tx.id_tag == bindparam("b_tag"),
+        _tx.meter_start_wh == bindparam("b_meter"),
+    )
+    .order_by(_tx.id)
+    .limit(1)
+)
+_GET_TRANSACTION = select(transactions).where(_tx.id == bindparam("b_id"))
+_SET_TRANSACTION_USER = (
+    update(transactions).where(_tx.id == bindparam("b_id")).values(user_id=bindparam("b_user"))
+)
+_STOP_TRANSACTION = (
+    update(transactions)
+    .where(_tx.id == bindparam("b_id"), _tx.stopped_at.is_(None))
+    .values(
+        meter_stop_wh=bindparam("b_meter"),
+        stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
+        stop_reason=bindparam("b_reason"),
+    )
+    .returning(*transactions.c)
+)
+_ACTIVE_TRANSACTIONS = select(transactions).where(_tx.stopped_at.is_(None)).order_by(_tx.id)
+_INSERT_METER_SAMPLES = insert(meter_samples)
+_METER_SAMPLES_OF = (
+    select(meter_samples)
+    .where(meter_samples.c.transaction_id == bindparam("b_tx"))
+    .order_by(meter_samples.c.timestamp, meter_samples.c.id)
+)
 
 
 class SqlStore:
-    """``Store`` over SQLAlchemy Core and an async engine.
+    """``Store`` over SQLAlchemy Core.
 
-    ``engine_kwargs`` go to ``create_async_engine`` (e.g. ``connect_args``). At most
+    ``engine_kwargs`` go to the engine (e.g. ``connect_args``). At most
     ``max_buffered_samples`` meter samples wait in memory; beyond that the oldest are
     dropped, so a dead database cannot exhaust memory.
     """
@@ -91,17 +140,8 @@ class SqlStore:
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self._url = make_url(database_url)
-        # A file database cannot go away under us; a server can (pre-ping costs a round trip).
-        kwargs = {
-            "pool_pre_ping": self._url.get_backend_name() != "sqlite",
-            **(engine_kwargs or {}),
-        }
-        self._engine = create_async_engine(self._url, **kwargs)
-        self._dialect = self._engine.dialect.name
-        if self._dialect == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        elif self._dialect != "postgresql":
-            raise ValueError(f"unsupported database {self._dialect!r}")
+        self._db: Database = open_database(self._url, engine_kwargs)
+        self._dialect = self._db.dialect
         self._batch_size = meter_batch_size
         self._flush_interval = meter_flush_interval
         self._max_buffered = max_buffered_samples
@@ -111,13 +151,30 @@ class SqlStore:
         # was the command path's bottleneck.
         self._statuses: dict[tuple[str, int], ConnectorState] = {}
         self._wake = asyncio.Event()
-        # Every write transaction of this process goes through here, one at a time: SQLite
-        # allows one writer, and letting pool connections race for its lock meant busy-handler
-        # sleeps (up to 100 ms each) and, under a reconnect storm, "database is locked".
-        self._db_write = asyncio.Lock()
-        self._write_lock = asyncio.Lock()  # one sample write at a time, in buffer order
+        self._write_lock = asyncio.Lock()  # one batch write at a time, in buffer order
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        # The dialect's INSERT ... ON CONFLICT statements, built once.
+        self._upsert_boot = self._upsert(
+            charge_points,
+            ["id"],
+            ["vendor", "model", "serial_number", "firmware_version", "last_boot_at"],
+        )
+        self._upsert_id_tag = self._upsert(id_tags, ["tag"], ["user_id", "status", "expiry"])
+        self._upsert_status = self._upsert(
+            connectors, ["charge_point_id", "connector_id"], ["status", "error_code", "updated_at"]
+        )
+        register = self._insert(charge_points)
+        self._register_charge_point = register.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "password_hash": register.excluded.password_hash,
+                # The first registration time is kept.
+                "registered_at": func.coalesce(
+                    charge_points.c.registered_at, register.excluded.registered_at
+                ),
+            },
+        )
 
     # lifecycle
 
@@ -126,17 +183,20 @@ class SqlStore:
         db = self._url.database
         if self._dialect == "sqlite" and db:  # (":memory:" -> mkdir ".", harmless)
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        async with self._begin() as conn:
-            if self._dialect == "postgresql":  # several processes may start at once
-                await conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-            await conn.run_sync(metadata.create_all)
-            version = select(func.max(schema_version.c.version))
-            found = (await conn.execute(version)).scalar()
+        dialect = self._dialect
+
+        def create_schema(conn: Connection) -> None:
+            if dialect == "postgresql":  # several processes may start at once
+                conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+            metadata.create_all(conn)
+            found = conn.execute(select(func.max(schema_version.c.version))).scalar()
             if found is None:
-                await conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
+                conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
             elif found > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema v{found} is newer than this code")
             # Migrations from older versions go here.
+
+        await self._db.write(create_schema)
         self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="meter flusher")
 
@@ -152,7 +212,7 @@ class SqlStore:
         try:
             await self.flush()
         finally:
-            await self._engine.dispose()
+            await self._db.dispose()
 
     async def flush(self) -> None:
         """Write every buffered status and meter sample now; on failure raise, keeping them."""
@@ -174,7 +234,7 @@ class SqlStore:
     # charge points
 
     async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None:
-        r = await self._first(select(charge_points).where(charge_points.c.id == charge_point_id))
+        r = await self._first(_GET_CHARGE_POINT, {"b_id": charge_point_id})
         if r is None:
             return None
         info = ChargePointInfo(r.vendor, r.model, r.serial_number, r.firmware_version)
@@ -182,33 +242,28 @@ class SqlStore:
 
     async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None:
         """Register (or re-key) a charge point; the first registration time is kept."""
-        stmt = self._insert(charge_points).values(
-            id=charge_point_id,
-            password_hash=password_hash,
-            registered_at=datetime.now(UTC),
-        )
-        new = stmt.excluded
-        registered_at = func.coalesce(charge_points.c.registered_at, new.registered_at)
-        set_ = {"password_hash": new.password_hash, "registered_at": registered_at}
-        await self._execute(stmt.on_conflict_do_update(index_elements=["id"], set_=set_))
+        row = {
+            "id": charge_point_id,
+            "password_hash": password_hash,
+            "registered_at": datetime.now(UTC),
+        }
+        await self._execute(self._register_charge_point, row)
 
     async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
         """Upsert what BootNotification said; password and registration stay as they are."""
-        await self._upsert(
-            charge_points,
-            ["id"],
-            id=charge_point_id,
-            vendor=info.vendor,
-            model=info.model,
-            serial_number=info.serial_number,
-            firmware_version=info.firmware_version,
-            last_boot_at=at,
-        )
+        row = {
+            "id": charge_point_id,
+            "vendor": info.vendor,
+            "model": info.model,
+            "serial_number": info.serial_number,
+            "firmware_version": info.firmware_version,
+            "last_boot_at": at,
+        }
+        await self._execute(self._upsert_boot, row)
 
     async def count_charge_points(self) -> int:
-        async with self._engine.connect() as conn:
-            count = select(func.count()).select_from(charge_points)
-            return (await conn.execute(count)).scalar_one()
+        count: int = await self._db.read(lambda c: c.execute(_COUNT_CHARGE_POINTS).scalar_one())
+        return count
 
     # connectors
 
@@ -219,11 +274,9 @@ class SqlStore:
         self._statuses[(state.charge_point_id, state.connector_id)] = state
 
     async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
-        c = connectors.c
-        stmt = select(connectors).where(c.charge_point_id == charge_point_id)
         found = {
             r.connector_id: ConnectorState(**r._mapping)
-            for r in await self._all(stmt.order_by(c.connector_id))
+            for r in await self._all(_CONNECTOR_STATES, {"b_cp": charge_point_id})
         }
         for (cp_id, connector_id), state in list(self._statuses.items()):
             if cp_id == charge_point_id:
@@ -234,11 +287,6 @@ class SqlStore:
         """One upsert batch for the buffered statuses; on failure they stay buffered
         (unless a newer status for the same connector arrived meanwhile)."""
         pending, self._statuses = self._statuses, {}
-        stmt = self._insert(connectors)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["charge_point_id", "connector_id"],
-            set_={k: stmt.excluded[k] for k in ("status", "error_code", "updated_at")},
-        )
         rows = [
             {
                 "charge_point_id": st.charge_point_id,
@@ -250,8 +298,7 @@ class SqlStore:
             for st in pending.values()
         ]
         try:
-            async with self._begin() as conn:
-                await conn.execute(stmt, rows)
+            await self._execute(self._upsert_status, rows)
         except BaseException:
             for key, state in pending.items():
                 self._statuses.setdefault(key, state)
@@ -260,18 +307,16 @@ class SqlStore:
     # id tags
 
     async def get_id_tag(self, tag: str) -> IdTag | None:
-        row = await self._first(select(id_tags).where(id_tags.c.tag == tag))
+        row = await self._first(_GET_ID_TAG, {"b_tag": tag})
         return None if row is None else _id_tag(row)
 
     async def put_id_tag(self, tag: IdTag) -> None:
-        await self._upsert(
-            id_tags, ["tag"], tag=tag.tag, user_id=tag.user_id, status=str(tag.status),
-            expiry=tag.expiry,
-        )  # fmt: skip
+        row = {"tag": tag.tag, "user_id": tag.user_id, "status": str(tag.status),
+               "expiry": tag.expiry}  # fmt: skip
+        await self._execute(self._upsert_id_tag, row)
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
-        stmt = select(id_tags).where(id_tags.c.user_id == user_id)
-        return [_id_tag(r) for r in await self._all(stmt.order_by(id_tags.c.tag))]
+        return [_id_tag(r) for r in await self._all(_ID_TAGS_OF, {"b_user": user_id})]
 
     # transactions
 
@@ -286,7 +331,6 @@ class SqlStore:
         id_tag_status: IdTagStatus,
     ) -> Transaction:
         """Insert and commit; the database's autoincrement id is the OCPP transactionId."""
-        stmt = insert(transactions).returning(*transactions.c)
         values = {
             "charge_point_id": charge_point_id,
             "connector_id": connector_id,
@@ -296,8 +340,8 @@ class SqlStore:
             "meter_start_wh": meter_start_wh,
             "started_at": started_at,
         }
-        async with self._begin() as conn:
-            return _transaction((await conn.execute(stmt, values)).one())
+        row = await self._db.write(lambda c: c.execute(_CREATE_TRANSACTION, values).one())
+        return _transaction(row)
 
     async def find_transaction_start(
         self,
@@ -307,24 +351,22 @@ class SqlStore:
         meter_start_wh: int,
         started_at: datetime,
     ) -> Transaction | None:
-        c = transactions.c
-        stmt = select(transactions).where(
-            c.charge_point_id == charge_point_id,
-            c.connector_id == connector_id,
-            c.started_at == started_at,
-            c.id_tag == id_tag,
-            c.meter_start_wh == meter_start_wh,
-        )
-        row = await self._first(stmt.order_by(c.id).limit(1))
+        params = {
+            "b_cp": charge_point_id,
+            "b_connector": connector_id,
+            "b_at": started_at,
+            "b_tag": id_tag,
+            "b_meter": meter_start_wh,
+        }
+        row = await self._first(_FIND_TRANSACTION_START, params)
         return None if row is None else _transaction(row)
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
-        row = await self._first(select(transactions).where(transactions.c.id == transaction_id))
+        row = await self._first(_GET_TRANSACTION, {"b_id": transaction_id})
         return None if row is None else _transaction(row)
 
     async def set_transaction_user(self, transaction_id: int, user_id: str) -> None:
-        stmt = update(transactions).where(transactions.c.id == transaction_id)
-        await self._execute(stmt.values(user_id=user_id))
+        await self._execute(_SET_TRANSACTION_USER, {"b_id": transaction_id, "b_user": user_id})
 
     async def stop_transaction(
         self,
@@ -334,30 +376,29 @@ class SqlStore:
         reason: str | None,
     ) -> Transaction | None:
         """Close it once: a repeated (replayed) stop gets the first stop back, unchanged."""
-        c = transactions.c
-        stmt = (
-            update(transactions)
-            .where(c.id == transaction_id, c.stopped_at.is_(None))
-            .values(meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason)
-            .returning(*transactions.c)
-        )
-        async with self._begin() as conn:
-            row = (await conn.execute(stmt)).first()
+        params = {
+            "b_id": transaction_id,
+            "b_meter": meter_stop_wh,
+            "b_at": stopped_at,
+            "b_reason": reason,
+        }
+
+        def stop(conn: Connection) -> Row[Any] | None:
+            row = conn.execute(_STOP_TRANSACTION, params).first()
             if row is None:
-                stored = select(transactions).where(c.id == transaction_id)
-                row = (await conn.execute(stored)).first()
+                row = conn.execute(_GET_TRANSACTION, {"b_id": transaction_id}).first()
+            return row
+
+        row = await self._db.write(stop)
         return None if row is None else _transaction(row)
 
     async def active_transactions(self) -> list[Transaction]:
-        c = transactions.c
-        stmt = select(transactions).where(c.stopped_at.is_(None)).order_by(c.id)
-        return [_transaction(r) for r in await self._all(stmt)]
+        return [_transaction(r) for r in await self._all(_ACTIVE_TRANSACTIONS)]
 
     async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
-        c = transactions.c
-        stmt = select(transactions).order_by(c.started_at.desc(), c.id.desc()).limit(limit)
+        stmt = select(transactions).order_by(_tx.started_at.desc(), _tx.id.desc()).limit(limit)
         if user_id is not None:
-            stmt = stmt.where(c.user_id == user_id)
+            stmt = stmt.where(_tx.user_id == user_id)
         return [_transaction(r) for r in await self._all(stmt)]
 
     # meter samples
@@ -370,8 +411,6 @@ class SqlStore:
             self._wake.set()
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
-        c = meter_samples.c
-        stmt = select(meter_samples).where(c.transaction_id == transaction_id)
         return [
             StoredMeterSample(
                 r.charge_point_id,
@@ -383,7 +422,7 @@ class SqlStore:
                     **{f: r._mapping[f] for f in _METER_FIELDS},
                 ),
             )
-            for r in await self._all(stmt.order_by(c.timestamp, c.id))
+            for r in await self._all(_METER_SAMPLES_OF, {"b_tx": transaction_id})
         ]
 
     # internals
@@ -392,29 +431,22 @@ class SqlStore:
         """The dialect's INSERT: the one that has ON CONFLICT."""
         return (sqlite.insert if self._dialect == "sqlite" else postgresql.insert)(table)
 
-    async def _upsert(self, table: Table, keys: list[str], **values: Any) -> None:
-        """INSERT, or UPDATE every given non-key column of the existing row."""
-        stmt = self._insert(table).values(values)
-        set_ = {k: stmt.excluded[k] for k in values if k not in keys}
-        await self._execute(stmt.on_conflict_do_update(index_elements=keys, set_=set_))
+    def _upsert(self, table: Table, keys: list[str], columns: list[str]) -> Insert:
+        """INSERT, or UPDATE ``columns`` of the row with the same ``keys``; run with rows."""
+        stmt = self._insert(table)
+        set_ = {c: stmt.excluded[c] for c in columns}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
 
-    @contextlib.asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, serialised with this process's other writes."""
-        async with self._db_write, self._engine.begin() as conn:
-            yield conn
+    async def _execute(self, stmt: Any, params: Any = None) -> None:
+        await self._db.write(lambda c: c.execute(stmt, params))
 
-    async def _execute(self, stmt: Executable) -> None:
-        async with self._begin() as conn:
-            await conn.execute(stmt)
+    async def _first(self, stmt: Any, params: dict[str, Any] | None = None) -> Row[Any] | None:
+        row: Row[Any] | None = await self._db.read(lambda c: c.execute(stmt, params).first())
+        return row
 
-    async def _first(self, stmt: Executable) -> Row[Any] | None:
-        async with self._engine.connect() as conn:
-            return (await conn.execute(stmt)).first()
-
-    async def _all(self, stmt: Executable) -> Sequence[Row[Any]]:
-        async with self._engine.connect() as conn:
-            return (await conn.execute(stmt)).all()
+    async def _all(self, stmt: Any, params: dict[str, Any] | None = None) -> Sequence[Row[Any]]:
+        rows: Sequence[Row[Any]] = await self._db.read(lambda c: c.execute(stmt, params).all())
+        return rows
 
     def _enqueue(self, rows: Collection[_MeterRow]) -> None:
         overflow = len(self._buffer) + len(rows) - self._max_buffered
@@ -429,16 +461,14 @@ class SqlStore:
         hostage forever: retry row by row and drop only the rows it refuses.
         """
         try:
-            async with self._begin() as conn:
-                await conn.execute(insert(meter_samples), list(pending))
+            await self._execute(_INSERT_METER_SAMPLES, list(pending))
             pending.clear()
             return
         except _REFUSED:
             log.warning("%d meter samples refused; retrying one by one", len(pending))
         while pending:
             try:
-                async with self._begin() as conn:
-                    await conn.execute(insert(meter_samples), [pending[0]])
+                await self._execute(_INSERT_METER_SAMPLES, [pending[0]])
             except _REFUSED:
                 log.exception("dropping a meter sample the database refuses: %r", pending[0])
             pending.popleft()

@@ -1,0 +1,168 @@
+"""How a store operation reaches the database: one unit of work, one hop.
+
+A store operation is written once, as a plain function over a synchronous SQLAlchemy
+``Connection`` (a *unit of work*), and handed to a :class:`Database`, which runs it:
+
+* SQLite (:class:`SqliteDatabase`): on a thread, with the standard library's driver. Every
+  unit of work is *one* hand-off to a thread and back. The async driver we used before
+  (aiosqlite) made a hand-off per cursor call (execute, fetch, close, commit ...), about five
+  per statement; under the command benchmark those hops and the GIL traffic they cause were
+  most of the server's CPU. Writes go to a single writer thread (SQLite has one writer;
+  queueing them here instead of in SQLite's busy handler keeps them in order and never sees
+  "database is locked"); reads go to a small pool of reader threads, which WAL lets run beside
+  the writer.
+* PostgreSQL (:class:`AsyncDatabase`): through the asyncpg driver on the event loop; the unit
+  of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it awaits the
+  network without a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import StaticPool
+
+T = TypeVar("T")
+#: A store operation: runs inside one transaction (writes) or on one connection (reads), and
+#: returns plain values (rows fetched, never a live cursor).
+Work = Callable[[Connection], T]
+
+_SQLITE_PRAGMAS = (
+    "journal_mode=WAL",  # readers don't block the writer
+    "synchronous=FULL",  # a commit that returned survives power loss
+    "foreign_keys=ON",
+    "busy_timeout=5000",  # another process's write: wait for it instead of failing
+)
+#: Reader threads: enough for the app's queries to overlap a write; reads are short.
+SQLITE_READERS = 4
+
+
+class Database(Protocol):
+    """Runs units of work; ``dialect`` is ``"sqlite"`` or ``"postgresql"``."""
+
+    dialect: str
+
+    async def read(self, work: Work[T]) -> T: ...
+
+    async def write(self, work: Work[T]) -> T:
+        """``work`` inside one transaction, committed before this returns."""
+        ...
+
+    async def dispose(self) -> None: ...
+
+
+def open_database(url: URL, engine_kwargs: dict[str, Any] | None = None) -> Database:
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return SqliteDatabase(url, engine_kwargs)
+    if backend == "postgresql":
+        return AsyncDatabase(url, engine_kwargs)
+    raise ValueError(f"unsupported database {backend!r}")
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver's own implicit BEGIN/COMMIT is off: transactions are exactly the ones we
+    # open (SQLAlchemy's documented recipe for pysqlite).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in _SQLITE_PRAGMAS:
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _begin_immediate(conn: Connection) -> None:
+    # Take the write lock at BEGIN, not at the first write: a read-then-write unit of work
+    # then cannot fail half-way on a lock another process took in between.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class SqliteDatabase:
+    """SQLite on threads: one writer, :data:`SQLITE_READERS` readers (see the module doc)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: URL, engine_kwargs: dict[str, Any] | None = None) -> None:
+        url = url.set(drivername="sqlite+pysqlite")
+        kwargs: dict[str, Any] = dict(engine_kwargs or {})
+        connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+        in_memory = url.database in (None, "", ":memory:")
+        if in_memory:  # one connection, or every thread would see its own empty database
+            self._writer = create_engine(
+                url, poolclass=StaticPool, connect_args=connect_args, **kwargs
+            )
+            self._reader = self._writer
+        else:
+            self._writer = create_engine(
+                url, pool_size=1, max_overflow=0, connect_args=connect_args, **kwargs
+            )
+            self._reader = create_engine(
+                url, pool_size=SQLITE_READERS, max_overflow=0, connect_args=connect_args, **kwargs
+            )
+        for engine in {self._writer, self._reader}:
+            event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(self._writer, "begin", _begin_immediate)
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._read_threads = (
+            self._write_thread
+            if in_memory
+            else ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="sqlite-read")
+        )
+
+    @property
+    def database(self) -> str | None:
+        return self._writer.url.database
+
+    async def read(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_threads, _run_read, self._reader, work)
+
+    async def write(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_thread, _run_write, self._writer, work)
+
+    async def dispose(self) -> None:
+        def shut() -> None:
+            self._write_thread.shutdown(wait=True)
+            self._read_threads.shutdown(wait=True)
+            self._writer.dispose()
+            self._reader.dispose()
+
+        await asyncio.to_thread(shut)
+
+
+def _run_read(engine: Engine, work: Work[T]) -> T:
+    with engine.connect() as conn:
+        return work(conn)
+
+
+def _run_write(engine: Engine, work: Work[T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
+
+
+class AsyncDatabase:
+    """A server database through an async driver: units of work run on the event loop."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: URL, engine_kwargs: dict[str, Any] | None = None) -> None:
+        # A server can go away under us; a pre-ping costs a round trip but finds dead
+        # connections before a write does.
+        kwargs = {"pool_pre_ping": True, **(engine_kwargs or {})}
+        self._engine = create_async_engine(url, **kwargs)
+
+    async def read(self, work: Work[T]) -> T:
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(work)
+
+    async def write(self, work: Work[T]) -> T:
+        async with self._engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    async def dispose(self) -> None:
+        await self._engine.dispose()
