@@ -19,9 +19,11 @@ A store operation is written once, as a plain function over a synchronous SQLAlc
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -82,7 +84,15 @@ def _begin_immediate(conn: Connection) -> None:
 
 
 class SqliteDatabase:
-    """SQLite on threads: one writer, :data:`SQLITE_READERS` readers (see the module doc)."""
+    """SQLite on threads: one writer with group commit, :data:`SQLITE_READERS` readers.
+
+    *Group commit*: with ``synchronous=FULL`` every commit is an fsync, and one writer means
+    commits queue behind each other. The writer thread therefore takes every unit of work
+    waiting when it gets to run, runs each inside a SAVEPOINT (so one that fails is rolled back
+    alone and gets its own error) and commits them all with one fsync. A unit of work's caller
+    is answered only after that commit, so "returned" still means "on disk". Under no load a
+    batch is one unit and nothing changes; under load fsyncs no longer grow with the write rate.
+    """
 
     dialect = "sqlite"
 
@@ -106,42 +116,132 @@ class SqliteDatabase:
         for engine in {self._writer, self._reader}:
             event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(self._writer, "begin", _begin_immediate)
-        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-write")
+        self._writes: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
+        self._write_thread = threading.Thread(
+            target=self._write_loop, name="sqlite-write", daemon=True
+        )
+        self._write_thread.start()
+        # In memory, reads share the one connection, so they go through the writer's queue.
         self._read_threads = (
-            self._write_thread
+            None
             if in_memory
             else ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="sqlite-read")
         )
 
-    @property
-    def database(self) -> str | None:
-        return self._writer.url.database
-
     async def read(self, work: Work[T]) -> T:
+        if self._read_threads is None:
+            return await self.write(work)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_threads, _run_read, self._reader, work)
 
     async def write(self, work: Work[T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._write_thread, _run_write, self._writer, work)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.put(_Write(work, future))
+        return await future
 
     async def dispose(self) -> None:
         def shut() -> None:
-            self._write_thread.shutdown(wait=True)
-            self._read_threads.shutdown(wait=True)
+            self._writes.put(None)
+            self._write_thread.join()
+            if self._read_threads is not None:
+                self._read_threads.shutdown(wait=True)
             self._writer.dispose()
             self._reader.dispose()
 
         await asyncio.to_thread(shut)
 
+    def _write_loop(self) -> None:
+        """The writer thread: batches of units of work, one commit per batch."""
+        while True:
+            first = self._writes.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while not stop:
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Write[Any]]) -> None:
+        try:
+            with self._writer.connect() as conn:
+                transaction = conn.begin()
+                if len(batch) == 1:
+                    kept = batch[0].run(conn)
+                else:
+                    kept = False
+                    for write in batch:
+                        savepoint = conn.begin_nested()
+                        if write.run(conn):
+                            savepoint.commit()
+                            kept = True
+                        else:
+                            savepoint.rollback()
+                if kept:
+                    transaction.commit()
+                else:
+                    transaction.rollback()
+        except BaseException as exc:  # BEGIN or COMMIT failed: nothing of the batch is kept
+            for write in batch:
+                write.fail(exc)
+        for write in batch:
+            write.answer()
+
+
+class _Write(Generic[T]):
+    """A unit of work in the writer's queue and what became of it."""
+
+    __slots__ = ("_error", "_future", "_result", "_work")
+
+    def __init__(self, work: Work[T], future: asyncio.Future[T]) -> None:
+        self._work = work
+        self._future = future
+        self._result: T | None = None
+        self._error: BaseException | None = None
+
+    def run(self, conn: Connection) -> bool:
+        """Run the work; False (error kept for the caller) if it raised."""
+        try:
+            self._result = self._work(conn)
+        except Exception as exc:
+            self._error = exc
+            return False
+        return True
+
+    def fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+
+    def answer(self) -> None:
+        """Hand the outcome to the waiting coroutine (called on the writer thread)."""
+        loop = self._future.get_loop()
+        if self._error is not None:
+            loop.call_soon_threadsafe(_set_exception, self._future, self._error)
+        else:
+            loop.call_soon_threadsafe(_set_result, self._future, self._result)
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # the caller may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
 
 def _run_read(engine: Engine, work: Work[T]) -> T:
     with engine.connect() as conn:
-        return work(conn)
-
-
-def _run_write(engine: Engine, work: Work[T]) -> T:
-    with engine.begin() as conn:
         return work(conn)
 
 

@@ -1,0 +1,94 @@
+"""SQLite's writer thread commits queued writes together, and keeps them apart when one fails."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, event
+from sqlalchemy.exc import OperationalError
+
+from charging_api.domain.models import IdTagStatus
+from charging_api.storage import SqlStore
+from charging_api.storage.engines import SqliteDatabase
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+async def test_queued_writes_share_one_commit_and_a_failing_one_is_rolled_back_alone(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'group.db'}"
+    store = SqlStore(url)
+    await store.start()
+    db = store._db
+    assert isinstance(db, SqliteDatabase)
+    commits: list[int] = []
+    event.listen(db._writer, "commit", lambda conn: commits.append(1))
+
+    # Hold the writer thread so the next writes queue up behind it.
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> None:
+        entered.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(db.write(hold))
+    assert await asyncio.to_thread(entered.wait, 10)
+
+    def start(i: int) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(
+            store.create_transaction(
+                "CP1", 1, f"TAG{i}", "u1", i, T0 + timedelta(seconds=i), IdTagStatus.ACCEPTED
+            )
+        )
+
+    before = [start(i) for i in range(10)]
+    bad = asyncio.ensure_future(
+        db.write(lambda c: c.exec_driver_sql("INSERT INTO no_such_table VALUES (1)"))
+    )
+    after = [start(i) for i in range(10, 20)]
+    for _ in range(1000):  # until every coroutine has queued its write
+        if db._writes.qsize() == 21:
+            break
+        await asyncio.sleep(0)
+    assert db._writes.qsize() == 21
+    release.set()
+    await held
+
+    started = await asyncio.gather(*before, *after)
+    with pytest.raises(OperationalError, match="no_such_table"):
+        await bad
+    assert len({tx.id for tx in started}) == 20
+    assert len(commits) == 2  # the held write, then the other 21 together
+    await store.close()
+
+    reopened = SqlStore(url)
+    await reopened.start()
+    try:
+        stored = await reopened.active_transactions()
+        assert sorted(tx.id_tag for tx in stored) == sorted(f"TAG{i}" for i in range(20))
+    finally:
+        await reopened.close()
+
+
+async def test_a_lone_failing_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'lone.db'}")
+    await store.start()
+    try:
+
+        def half_done(conn: Connection) -> None:
+            conn.exec_driver_sql(
+                "INSERT INTO id_tags (tag, user_id, status) VALUES ('T1', 'u1', 'Accepted')"
+            )
+            raise RuntimeError("second half failed")
+
+        with pytest.raises(RuntimeError, match="second half"):
+            await store._db.write(half_done)
+        assert await store.get_id_tag("T1") is None
+    finally:
+        await store.close()
