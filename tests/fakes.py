@@ -126,6 +126,27 @@ class MemoryStore:
                 return tx
         return None
 
+    async def start_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> tuple[Transaction, bool]:
+        found = await self.find_transaction_start(
+            charge_point_id, connector_id, id_tag, meter_start_wh, started_at
+        )
+        if found is not None:
+            return found, False
+        tx = await self.create_transaction(
+            charge_point_id, connector_id, id_tag, user_id, meter_start_wh, started_at,
+            id_tag_status,
+        )  # fmt: skip
+        return tx, True
+
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
         return self.transactions.get(transaction_id)
 

@@ -113,6 +113,7 @@ class _PendingStart:
 
     user_id: str
     id_tag: str
+    record: IdTag  # as read (or stored) when the start was asked for
     created: float
     future: asyncio.Future[Transaction] = field(repr=False)
     timed_out: bool = False
@@ -222,7 +223,8 @@ class ChargingService:
         if not access.may_act_as(principal, user_id):
             raise Forbidden("userId does not match the authenticated user")
         owner = user_id or principal.user_id
-        tag = await self._choose_id_tag(principal, owner, id_tag)
+        record = await self._choose_id_tag(principal, owner, id_tag)
+        tag = record.tag
         # A connected charge point was admitted, so it is known: the read is only needed to
         # tell "unknown" from "offline".
         if not self._gateway.is_online(charge_point_id):
@@ -248,7 +250,7 @@ class ChargingService:
                 {"chargePointId": charge_point_id, "connectorId": connector_id},
             )
         pending = _PendingStart(
-            owner, tag, time.monotonic(), asyncio.get_running_loop().create_future()
+            owner, tag, record, time.monotonic(), asyncio.get_running_loop().create_future()
         )
         self._pending[key] = pending
         self._followers[key] = owner
@@ -292,7 +294,10 @@ class ChargingService:
             if pending.created < horizon:
                 self._forget_pending(key, pending)
 
-    async def _choose_id_tag(self, principal: Principal, owner: str, requested: str | None) -> str:
+    async def _choose_id_tag(
+        self, principal: Principal, owner: str, requested: str | None
+    ) -> IdTag:
+        """The tag to start with, as stored (a token's tag is stored for its user first)."""
         if requested is not None:
             record = await self._store.get_id_tag(requested)
             if not access.may_use_id_tag(principal, owner, requested, record):
@@ -300,18 +305,20 @@ class ChargingService:
             if record is None:
                 # A tag named in a signed token becomes the user's, so the charge point's
                 # Authorize/StartTransaction for it is Accepted.
-                await self._store.put_id_tag(IdTag(requested, owner))
-            return requested
+                record = IdTag(requested, owner)
+                await self._store.put_id_tag(record)
+            return record
         if owner == principal.user_id:
             for tag in sorted(principal.id_tags):
-                record = await self._store.get_id_tag(tag)
-                if access.may_use_id_tag(principal, owner, tag, record):
-                    if record is None:
-                        await self._store.put_id_tag(IdTag(tag, owner))
-                    return tag
+                found = await self._store.get_id_tag(tag)
+                if access.may_use_id_tag(principal, owner, tag, found):
+                    if found is None:
+                        found = IdTag(tag, owner)
+                        await self._store.put_id_tag(found)
+                    return found
         for record in await self._store.id_tags_of(owner):
             if access.verdict_for(record, self._clock.now()).status is IdTagStatus.ACCEPTED:
-                return record.tag
+                return record
         raise NoIdTag(
             "No id tag to charge with: put an idTag claim in the token or register one "
             "(charging-api idtags add TAG --user USER)",
@@ -469,22 +476,22 @@ class ChargingService:
         """Always returns a transactionId (even for an Invalid tag, as OCPP 1.6 requires);
         a replay of a StartTransaction already stored gets the same id."""
         key = (charge_point_id, connector_id)
-        replay = await self._store.find_transaction_start(
-            charge_point_id, connector_id, id_tag, meter_start_wh, timestamp
-        )
-        if replay is not None:
-            return replay.id, IdTagVerdict(replay.id_tag_status)
-        record = await self._store.get_id_tag(id_tag)
-        verdict = access.verdict_for(record, self._clock.now())
         pending = self._pending.get(key)
+        record: IdTag | None
         if pending is not None and pending.id_tag == id_tag:
             user: str | None = pending.user_id
+            # Our remote start: the tag's record was read moments ago (re-read if late).
+            record = await self._store.get_id_tag(id_tag) if pending.timed_out else pending.record
         else:
             pending = None
+            record = await self._store.get_id_tag(id_tag)
             user = record.user_id if record is not None else None
-        tx = await self._store.create_transaction(
+        verdict = access.verdict_for(record, self._clock.now())
+        tx, created = await self._store.start_transaction(
             charge_point_id, connector_id, id_tag, user, meter_start_wh, timestamp, verdict.status
         )
+        if not created:  # a replay: the first answer again, nobody told twice
+            return tx.id, IdTagVerdict(tx.id_tag_status)
         self._remember_live(tx)
         if user is not None:
             self._followers[key] = user

@@ -119,6 +119,21 @@ class Store(Protocol):
         """The transaction this exact StartTransaction created before, if it is a replay."""
         ...
 
+    async def start_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> tuple[Transaction, bool]:
+        """:meth:`find_transaction_start`, else :meth:`create_transaction`, as one durable
+        step: ``(the transaction, True if it is new)``. A replayed StartTransaction gets the
+        transaction it created the first time."""
+        ...
+
     async def get_transaction(self, transaction_id: int) -> Transaction | None: ...
 
     async def set_transaction_user(self, transaction_id: int, user_id: str) -> None: ...

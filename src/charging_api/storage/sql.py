@@ -361,6 +361,43 @@ class SqlStore:
         row = await self._first(_FIND_TRANSACTION_START, params)
         return None if row is None else _transaction(row)
 
+    async def start_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> tuple[Transaction, bool]:
+        """The replay check and the insert in one write transaction (one hop, one commit)."""
+        found = {
+            "b_cp": charge_point_id,
+            "b_connector": connector_id,
+            "b_at": started_at,
+            "b_tag": id_tag,
+            "b_meter": meter_start_wh,
+        }
+        values = {
+            "charge_point_id": charge_point_id,
+            "connector_id": connector_id,
+            "id_tag": id_tag,
+            "user_id": user_id,
+            "id_tag_status": str(id_tag_status),
+            "meter_start_wh": meter_start_wh,
+            "started_at": started_at,
+        }
+
+        def start(conn: Connection) -> tuple[Row[Any], bool]:
+            row = conn.execute(_FIND_TRANSACTION_START, found).first()
+            if row is not None:
+                return row, False
+            return conn.execute(_CREATE_TRANSACTION, values).one(), True
+
+        row, created = await self._db.write(start)
+        return _transaction(row), created
+
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
         row = await self._first(_GET_TRANSACTION, {"b_id": transaction_id})
         return None if row is None else _transaction(row)
