@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from charging_api.api import protocol
 from charging_api.api.hub import UpdateHub
 from charging_api.domain.events import (
     ChargePointConnectionChanged,
@@ -215,3 +216,46 @@ def test_idle_streams_are_bounded_oldest_first() -> None:
     hub.attach("old", comeback)
     hub.on_event(status(cp="CP-7", user=None))
     assert comeback.frames == []  # the dropped stream's subscription went with it
+
+
+class RawInbox:
+    """A session that keeps the exact bytes."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def deliver(self, frame: bytes, droppable: bool) -> None:
+        self.frames.append(frame)
+
+
+def test_spliced_frames_are_byte_for_byte_encode_push() -> None:
+    """Each recipient's frame (its own seq spliced into shared parts) is what encode_push
+    would write for that seq, and resume replays those very bytes."""
+    hub = UpdateHub()
+    alice, ops = RawInbox(), RawInbox()
+    hub.attach("alice", alice)
+    hub.attach("ops", ops)
+    hub.subscribe("ops", None)
+    for _ in range(12):
+        hub.on_event(status(cp="CP-2", user=None))  # ops only: its seq runs ahead of alice's
+    hub.on_event(meter())
+    for inbox, seq in ((alice, 1), (ops, 13)):
+        frame = orjson.loads(inbox.frames[-1])
+        assert frame["seq"] == seq
+        assert inbox.frames[-1] == protocol.encode_push(
+            "meter_values_update", orjson.dumps(frame["data"]), seq, frame["timestamp"]
+        )
+    assert hub.missed_since("ops", 10) == ops.frames[10:]
+
+
+def test_history_wraps_and_still_knows_each_frames_seq() -> None:
+    """A full history drops its oldest frames; what it replays starts at the right seq."""
+    hub = UpdateHub(history_size=4)
+    inbox = RawInbox()
+    hub.attach("alice", inbox)
+    for kwh in range(10):
+        hub.on_event(meter(kwh=float(kwh)))
+    assert hub.missed_since("alice", 5) is None
+    assert hub.missed_since("alice", 6) == inbox.frames[6:]
+    assert hub.missed_since("alice", 8) == inbox.frames[8:]
+    assert hub.missed_since("alice", 10) == []

@@ -4,16 +4,24 @@ Every user has a stream: a sequence counter, a bounded history of the frames pus
 (for ``resume``), the admin subscriptions they hold, and their live sessions. An event goes to
 the stream of the user who owns the session it concerns and to the streams of admins
 subscribed to its charge point: nobody else. The frame's ``data`` is serialised once per event;
-only the ``seq`` differs between recipients.
+only the ``seq`` differs between recipients, spliced in by bytes concatenation
+(:func:`protocol.push_parts`).
+
+The history keeps frames only, no ``(seq, frame)`` tuples: seqs are consecutive, so the oldest
+kept frame's seq follows from the stream's seq and the history's length. That spares a
+GC-tracked allocation per delivery (22,000 a second in the fan-out benchmark), which is what
+paces the collector's runs and their pauses.
 
 No I/O here: a session is anything with ``deliver(frame, droppable)``.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 import orjson
@@ -38,7 +46,7 @@ class Recipient(Protocol):
 class UserStream:
     user_id: str
     seq: int = 0
-    history: deque[tuple[int, bytes, bool]] | None = None
+    history: deque[bytes] | None = None
     sessions: set[Recipient] = field(default_factory=set)
     watch_all: bool = False
     watching: set[str] = field(default_factory=set)
@@ -53,8 +61,11 @@ class UpdateHub:
         self._streams: dict[str, UserStream] = {}
         self._idle: OrderedDict[str, None] = OrderedDict()
         self._watch_all: set[UserStream] = set()
+        self._watch_all_now: tuple[UserStream, ...] = ()  # iterated per event: a snapshot
         self._watch_cp: dict[str, set[UserStream]] = {}
         self.deliveries = 0
+        self._now_millis = -1
+        self._now_cached = ""
 
     # ------------------------------------------------------------- sessions
 
@@ -127,47 +138,57 @@ class UpdateHub:
             self._watch_all.add(stream)
         else:
             self._watch_all.discard(stream)
+        self._watch_all_now = tuple(self._watch_all)
 
     # ---------------------------------------------------------------- events
 
     def on_event(self, event: DomainEvent) -> None:
-        """Bus handler: one event in, one frame per entitled stream out."""
+        """Bus handler: one event in, one frame per entitled stream out (the owner first)."""
+        if isinstance(event, ChargePointConnectionChanged):
+            return  # Offline reaches apps as a status update
+        owner = self._streams.get(event.user_id) if event.user_id is not None else None
+        watchers = self._watch_cp.get(event.charge_point_id)
+        everything = self._watch_all_now
+        if owner is None and not watchers and not everything:
+            return
         if isinstance(event, MeterValuesReceived):
             kind, data, droppable = "meter_values_update", protocol.meter_update(event), True
         elif isinstance(event, ConnectorStatusChanged):
             kind, data, droppable = "charging_status_update", protocol.status_update(event), False
         elif isinstance(event, TransactionStarted | TransactionStopped):
             kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
-        elif isinstance(event, ChargePointConnectionChanged):
-            return
         else:  # pragma: no cover - the union is closed
             return
-        owner = self._streams.get(event.user_id) if event.user_id is not None else None
-        watchers = self._watch_cp.get(event.charge_point_id)
-        if owner is None and not watchers and not self._watch_all:
-            return
-        recipients: set[UserStream] = set(self._watch_all)
-        if watchers:
-            recipients.update(watchers)
+        parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())
         if owner is not None:
-            recipients.add(owner)
-        data_json = orjson.dumps(data)
-        timestamp = utc_now_text()
-        for stream in recipients:
-            self._push(stream, kind, data_json, timestamp, droppable)
+            self._push(owner, parts, droppable)
+        for stream in everything:
+            if stream is not owner:
+                self._push(stream, parts, droppable)
+        if watchers:
+            for stream in tuple(watchers):
+                if stream is not owner and not stream.watch_all:
+                    self._push(stream, parts, droppable)
 
-    def _push(
-        self, stream: UserStream, kind: str, data_json: bytes, timestamp: str, droppable: bool
-    ) -> None:
+    def _push(self, stream: UserStream, parts: tuple[bytes, bytes, bytes], droppable: bool) -> None:
         stream.seq += 1
-        frame = protocol.encode_push(kind, data_json, stream.seq, timestamp)
+        number = b"%d" % stream.seq
+        frame = parts[0] + number + parts[1] + number + parts[2]
         if self._history_size:
             if stream.history is None:
                 stream.history = deque(maxlen=self._history_size)
-            stream.history.append((stream.seq, frame, droppable))
+            stream.history.append(frame)
         for session in stream.sessions:
             session.deliver(frame, droppable)
             self.deliveries += 1
+
+    def _now_text(self) -> str:
+        """``utc_now_text()``, formatted once per millisecond: events come in bursts."""
+        millis = time.time_ns() // 1_000_000
+        if millis != self._now_millis:
+            self._now_millis = millis
+            self._now_cached = utc_now_text()
+        return self._now_cached
 
     def missed_since(self, user_id: str, last_seq: int) -> list[bytes] | None:
         """Frames after ``last_seq`` in order, or None when the gap is older than the history
@@ -179,10 +200,13 @@ class UpdateHub:
             return None
         if last_seq == stream.seq:
             return []
-        history = stream.history or deque()
-        if not history or history[0][0] > last_seq + 1:
+        history = stream.history
+        if not history:
             return None
-        return [frame for seq, frame, _ in history if seq > last_seq]
+        first_kept = stream.seq - len(history) + 1  # seqs are consecutive
+        if first_kept > last_seq + 1:
+            return None
+        return list(islice(history, last_seq + 1 - first_kept, None))
 
     def current_seq(self, user_id: str) -> int:
         stream = self._streams.get(user_id)

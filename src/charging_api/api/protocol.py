@@ -137,16 +137,26 @@ def encode_failure(
     )
 
 
+def push_parts(kind: str, data_json: bytes, timestamp: str) -> tuple[bytes, bytes, bytes]:
+    """The parts of a push that every recipient shares: the frame for ``seq`` is
+    ``head + seq + mid + seq + tail`` (the seq appears twice: in ``id`` and in ``seq``).
+
+    An event goes to up to hundreds of streams (its owner and every admin watching); building
+    the constant bytes once and splicing each recipient's seq in by concatenation costs a
+    fraction of formatting the whole frame per recipient.
+    """
+    return (
+        b'{"id":"evt-',
+        b'","type":"%s","timestamp":"%s","seq":' % (kind.encode(), timestamp.encode()),
+        b',"data":' + data_json + b"}",
+    )
+
+
 def encode_push(kind: str, data_json: bytes, seq: int, timestamp: str) -> bytes:
     """A push frame; ``data_json`` is serialised once per event and shared by recipients."""
-    return b"".join(
-        (
-            b'{"id":"evt-%d","type":"%s","timestamp":"%s","seq":%d,"data":'
-            % (seq, kind.encode(), timestamp.encode(), seq),
-            data_json,
-            b"}",
-        )
-    )
+    head, mid, tail = push_parts(kind, data_json, timestamp)
+    number = b"%d" % seq
+    return head + number + mid + number + tail
 
 
 def encode_connection_push(kind: str, data: dict[str, Any]) -> bytes:
