@@ -169,18 +169,27 @@ _LINES: Final = (("L1", "L1-N"), ("L2", "L2-N"), ("L3", "L3-N"))
 _LINES_TO_NEUTRAL_FIRST: Final = (("L1-N", "L1"), ("L2-N", "L2"), ("L3-N", "L3"))
 
 
-def _number(raw: object) -> float | None:
-    """A finite float from a SampledValue ``value``, or None."""
-    if isinstance(raw, str):
-        try:
-            value = float(raw)
-        except ValueError:
-            return None
-    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        value = float(raw)
-    else:
-        return None
-    return value if math.isfinite(value) else None
+#: measurand -> (headline slot, its location ranks); the slots are the order of _SLOT_MEASURANDS.
+_SLOT_MEASURANDS: Final = (_ENERGY, _POWER, _VOLTAGE, _CURRENT, _SOC)
+_MEASURAND: Final[dict[str, tuple[int, dict[str, int]]]] = {
+    measurand: (slot, _SOC_LOCATION_RANK if measurand == _SOC else _LOCATION_RANK)
+    for slot, measurand in enumerate(_SLOT_MEASURANDS)
+}
+
+def _unit_lookup(measurand: str) -> dict[str | None, float]:
+    """{unit: factor} with the unit in OCPP's own spelling ("kWh") and lower-cased, so the usual
+    unit is found without ``lower()``; ``None`` and ``""`` (no unit) give the natural unit's."""
+    factors = _UNIT_FACTOR[measurand]
+    lookup: dict[str | None, float] = {None: factors[_DEFAULT_UNIT[measurand].lower()]}
+    lookup[""] = lookup[None]
+    lookup.update(factors)
+    for unit in ("Wh", "kWh", "W", "kW", "V", "A", "Percent"):
+        if unit.lower() in factors:
+            lookup[unit] = factors[unit.lower()]
+    return lookup
+
+
+_UNIT_LOOKUP: Final = {measurand: _unit_lookup(measurand) for measurand in _UNIT_FACTOR}
 
 
 def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
@@ -188,6 +197,10 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
 
     Returns None when the timestamp is missing or unparsable. Bad sampled values are skipped.
     See the module docstring for units, locations and the phase rule.
+
+    It runs for every MeterValues, so the usual shape (unphased values in OCPP's own unit
+    spelling) takes a path of plain lookups: unphased values go to five slots, and only
+    phased values go through the (measurand, phase) table the phase rule needs.
     """
     if not isinstance(meter_value, dict):
         return None
@@ -199,50 +212,86 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
     except ValueError:
         return None
 
-    # (measurand, phase or None) -> (location rank, value); first value of the best rank wins.
-    best: dict[tuple[str, str | None], tuple[int, float]] = {}
+    # Unphased: per slot (location rank, value). Phased: (measurand, phase) -> (rank, value).
+    # The first value of the best rank wins.
+    ranks_of: list[int] = [_UNKNOWN_RANK + 1] * 5
+    headline: list[float | None] = [None] * 5
+    phased: dict[tuple[str, str], tuple[int, float]] = {}
     sampled = meter_value.get("sampledValue")
-    if isinstance(sampled, list):
-        for item in sampled:
-            if not isinstance(item, dict) or item.get("format") == "SignedData":
-                continue
-            measurand = item.get("measurand") or _ENERGY
-            factors = _UNIT_FACTOR.get(measurand) if isinstance(measurand, str) else None
-            if factors is None:
-                continue
-            phase = item.get("phase")
-            if phase is not None and not (isinstance(phase, str) and phase in _PHASES):
-                continue
-            unit = item.get("unit") or _DEFAULT_UNIT[measurand]
-            factor = factors.get(unit.lower()) if isinstance(unit, str) else None
+    for item in sampled if isinstance(sampled, list) else ():
+        if not isinstance(item, dict):
+            continue
+        get = item.get
+        if get("format") == "SignedData":
+            continue
+        measurand = get("measurand") or _ENERGY
+        spec = _MEASURAND.get(measurand) if isinstance(measurand, str) else None
+        if spec is None:
+            continue
+        unit = get("unit")
+        factors = _UNIT_LOOKUP[measurand]
+        if unit is None or isinstance(unit, str):
+            factor = factors.get(unit)
             if factor is None:
+                factor = factors.get(unit.lower()) if unit is not None else None
+                if factor is None:
+                    continue
+        elif not unit:  # a falsy non-string (0, [], false): the natural unit, as ``or`` says
+            factor = factors[None]
+        else:
+            continue
+        raw = get("value")
+        if isinstance(raw, str):
+            try:
+                number = float(raw)
+            except ValueError:
                 continue
-            number = _number(item.get("value"))
-            if number is None:
-                continue
-            location = item.get("location") or "Outlet"
-            ranks = _SOC_LOCATION_RANK if measurand == _SOC else _LOCATION_RANK
-            rank = (
-                ranks.get(location, _UNKNOWN_RANK) if isinstance(location, str) else _UNKNOWN_RANK
-            )
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            number = float(raw)
+        else:
+            continue
+        if not math.isfinite(number):
+            continue
+        location = get("location") or "Outlet"
+        ranks = spec[1]
+        rank = ranks.get(location, _UNKNOWN_RANK) if isinstance(location, str) else _UNKNOWN_RANK
+        phase = get("phase")
+        if phase is None:
+            slot = spec[0]
+            if rank < ranks_of[slot]:
+                ranks_of[slot] = rank
+                headline[slot] = _round(number * factor)
+        elif isinstance(phase, str) and phase in _PHASES:
             key = (measurand, phase)
-            current = best.get(key)
+            current = phased.get(key)
             if current is None or rank < current[0]:
-                best[key] = (rank, _round(number * factor))
+                phased[key] = (rank, _round(number * factor))
 
-    values = {key: value for key, (_, value) in best.items()}
+    if not phased:
+        return MeterSample(
+            timestamp=timestamp,
+            energy_import_kwh=headline[0],
+            power_kw=headline[1],
+            voltage=headline[2],
+            current=headline[3],
+            state_of_charge=headline[4],
+        )
+    values: dict[tuple[str, str | None], float] = {
+        (measurand, None): value
+        for measurand, value in zip(_SLOT_MEASURANDS, headline, strict=True)
+        if value is not None
+    }
     phases: dict[str, dict[str, float]] = {}
-    for (measurand, phase), value in values.items():
-        if phase is not None:
-            phases.setdefault(phase, {})[_FIELD[measurand]] = value
-
+    for (measurand, phase), (_, value) in phased.items():
+        values[(measurand, phase)] = value
+        phases.setdefault(phase, {})[_FIELD[measurand]] = value
     return MeterSample(
         timestamp=timestamp,
         energy_import_kwh=_headline_sum(values, _ENERGY),
         power_kw=_headline_sum(values, _POWER),
         voltage=_headline_mean_voltage(values),
         current=_headline_max_current(values),
-        state_of_charge=values.get((_SOC, None)),
+        state_of_charge=headline[4],
         phases=phases,
     )
 
