@@ -478,7 +478,8 @@ class SqlStore:
         await self._db.write(lambda c: c.execute(stmt, params))
 
     async def _first(self, stmt: Any, params: dict[str, Any] | None = None) -> Row[Any] | None:
-        row: Row[Any] | None = await self._db.read(lambda c: c.execute(stmt, params).first())
+        """The first row of a key lookup (see ``Database.lookup``)."""
+        row: Row[Any] | None = await self._db.lookup(lambda c: c.execute(stmt, params).first())
         return row
 
     async def _all(self, stmt: Any, params: dict[str, Any] | None = None) -> Sequence[Row[Any]]:
