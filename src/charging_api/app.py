@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import ssl
@@ -167,6 +168,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     application = Application(settings)
     stop = _stop_on_signals()
     await application.start()
+    # What start-up allocated (modules, schemas, compiled statements) lives as long as the
+    # process: out of the collector's sight, a full collection no longer walks it (~60 ms
+    # pauses under load before this).
+    gc.freeze()
     if ready is not None:
         ready.set()
     try:

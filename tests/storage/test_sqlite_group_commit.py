@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, make_url
 from sqlalchemy.exc import OperationalError
 
-from charging_api.domain.models import IdTagStatus
+from charging_api.domain.models import IdTag, IdTagStatus
 from charging_api.storage import SqlStore
 from charging_api.storage.engines import SqliteDatabase
 
@@ -90,5 +90,27 @@ async def test_a_lone_failing_write_leaves_nothing_behind(tmp_path: Path) -> Non
         with pytest.raises(RuntimeError, match="second half"):
             await store._db.write(half_done)
         assert await store.get_id_tag("T1") is None
+    finally:
+        await store.close()
+
+
+async def test_the_wal_is_checkpointed_beside_the_writer(tmp_path: Path) -> None:
+    """Commits never checkpoint (wal_autocheckpoint=0); a background thread does."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'wal.db'}")
+    quick = SqliteDatabase(make_url(f"sqlite:///{tmp_path / 'wal.db'}"), checkpoint_interval=0.01)
+    await store._db.dispose()
+    store._db = quick
+    await store.start()
+    try:
+        setting = await quick.write(lambda c: c.exec_driver_sql("PRAGMA wal_autocheckpoint"))
+        assert setting.scalar() == 0
+        await store.put_id_tag(IdTag("T1", "u1"))
+        before = quick.checkpoints
+        for _ in range(1000):  # bounded; a checkpoint is due every 10 ms
+            if quick.checkpoints >= before + 2:
+                break
+            await asyncio.sleep(0.01)
+        assert quick.checkpoints >= before + 2
+        assert await store.get_id_tag("T1") == IdTag("T1", "u1")
     finally:
         await store.close()
