@@ -260,12 +260,12 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
             slot = spec[0]
             if rank < ranks_of[slot]:
                 ranks_of[slot] = rank
-                headline[slot] = _round(number * factor)
+                headline[slot] = _scaled(number, factor)
         elif isinstance(phase, str) and phase in _PHASES:
             key = (measurand, phase)
             current = phased.get(key)
             if current is None or rank < current[0]:
-                phased[key] = (rank, _round(number * factor))
+                phased[key] = (rank, _scaled(number, factor))
 
     if not phased:
         return MeterSample(
@@ -294,6 +294,14 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
         state_of_charge=headline[4],
         phases=phases,
     )
+
+
+def _scaled(number: float, factor: float) -> float:
+    """``number * factor`` rounded to 6 decimals. An integral reading already in the seed's unit
+    (``"32"`` A, ``"55"`` %) is its own rounding: ``round()`` (a decimal conversion) is skipped."""
+    if factor == 1.0 and number.is_integer():
+        return number + 0.0  # -0.0 -> 0.0, as _round does
+    return round(number * factor, 6) + 0.0
 
 
 def _round(value: float) -> float:
