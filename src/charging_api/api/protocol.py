@@ -9,6 +9,7 @@ Pushes carry ``seq``, the recipient user's sequence number, for ``resume``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import count
 from typing import Any
 
@@ -165,6 +166,11 @@ def encode_connection_push(kind: str, data: dict[str, Any]) -> bytes:
     return encode_push(kind, orjson.dumps(data), 0, utc_now_text())
 
 
+#: ``format_utc`` of meter sample times, remembered: charge points that sample on the clock
+#: send the same instant, and equal datetimes (the same instant) always give the same text.
+_sample_time = lru_cache(maxsize=4096)(format_utc)
+
+
 def sample_to_wire(sample: MeterSample) -> dict[str, Any]:
     """The seed's ``meterValue`` object, plus ``phases`` when the charge point sent any."""
     wire: dict[str, Any] = {
@@ -172,7 +178,7 @@ def sample_to_wire(sample: MeterSample) -> dict[str, Any]:
         "powerKw": sample.power_kw,
         "voltage": sample.voltage,
         "current": sample.current,
-        "timestamp": format_utc(sample.timestamp),
+        "timestamp": _sample_time(sample.timestamp),
         "stateOfCharge": sample.state_of_charge,
     }
     if sample.phases:
