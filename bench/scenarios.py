@@ -202,7 +202,7 @@ def our_server(ctx: Context, name: str, **extra_env: str) -> ServerProcess:
         WS_API_PORT=str(app_port),
         OCPP_HOST="127.0.0.1",
         OCPP_PORT=str(ocpp_port),
-        DATABASE_URL=f"sqlite+aiosqlite:///{directory / 'bench.db'}",
+        DATABASE_URL=f"sqlite:///{directory / 'bench.db'}",
         JWT_SECRET=SECRET,
         LOG_LEVEL="WARNING",
         MAX_CONNECTIONS="20000",

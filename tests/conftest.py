@@ -47,7 +47,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "ocpp_host": "127.0.0.1",
         "ocpp_port": 0,
         "jwt_secret": SECRET,
-        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'test.db'}",
+        "database_url": f"sqlite:///{tmp_path / 'test.db'}",
         "frontend_url": "http://localhost:3000",
         "start_transaction_timeout": 5,
         "ocpp_call_timeout": 5,

@@ -69,7 +69,7 @@ class ServerProcess:
             "WS_API_PORT": "0",
             "OCPP_HOST": "127.0.0.1",
             "OCPP_PORT": "0",
-            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serverproc.db'}",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'serverproc.db'}",
             "JWT_SECRET": SECRET,
             "FRONTEND_URL": "http://localhost:3000",
             "APP_ENV": "test",

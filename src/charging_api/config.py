@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     ws_open_timeout: float = Field(10.0, gt=0)
 
     # Storage and logs
-    database_url: str = "sqlite+aiosqlite:///./data/charging-api.db"
+    database_url: str = "sqlite:///./data/charging-api.db"
     log_level: str = "INFO"
     log_file: Path | None = None
 

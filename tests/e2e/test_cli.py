@@ -22,7 +22,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() not in keys}
     env.update(
         {
-            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
             "JWT_SECRET": SECRET,
             "APP_ENV": "test",
         }

@@ -26,7 +26,7 @@ def ago(seconds: float) -> str:
 
 
 def db_path(database_url: str) -> str:
-    prefix = "sqlite+aiosqlite:///"
+    prefix = "sqlite:///"
     assert database_url.startswith(prefix), database_url
     return database_url[len(prefix) :]
 

@@ -38,7 +38,7 @@ async def open_store(
         if backend == "sqlite":
             # A missing parent directory is part of the contract: start() creates it.
             store = SqlStore(
-                f"sqlite+aiosqlite:///{tmp_path / 'data' / 'store.db'}", **kwargs
+                f"sqlite:///{tmp_path / 'data' / 'store.db'}", **kwargs
             )
         else:
             if not created:

@@ -114,3 +114,14 @@ async def test_the_wal_is_checkpointed_beside_the_writer(tmp_path: Path) -> None
         assert await store.get_id_tag("T1") == IdTag("T1", "u1")
     finally:
         await store.close()
+
+
+async def test_an_aiosqlite_url_from_older_settings_still_opens(tmp_path: Path) -> None:
+    """DATABASE_URL=sqlite+aiosqlite://... (the old default) is read as sqlite://."""
+    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    await store.start()
+    try:
+        await store.put_id_tag(IdTag("T1", "u1"))
+        assert await store.get_id_tag("T1") == IdTag("T1", "u1")
+    finally:
+        await store.close()

@@ -387,7 +387,7 @@ async def test_schema_version_is_recorded_once(open_store: OpenStore) -> None:
 
 async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
     """SQLite runs in WAL mode with synchronous=FULL, foreign keys and a busy timeout."""
-    store = SqlStore(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
+    store = SqlStore(f"sqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
     await store.start()
     try:
         for run in (store._db.read, store._db.write):  # every connection, readers and writer
