@@ -120,13 +120,13 @@ def _meter_values_check() -> Callable[[Any], bool]:
     payload_required = frozenset(schema["required"])
     meter_value_keys = frozenset(meter_value["properties"])
     sampled_keys = frozenset(sampled["properties"])
-    enums = tuple(
-        (key, frozenset(spec["enum"]))
+    enums = {
+        key: frozenset(spec["enum"])
         for key, spec in sampled["properties"].items()
         if spec.get("type") == "string" and "enum" in spec
-    )
+    }
     assert meter_value_keys == frozenset(meter_value["required"]) == {"timestamp", "sampledValue"}
-    assert frozenset(sampled["required"]) == {"value"} and len(enums) == len(sampled_keys) - 1
+    assert frozenset(sampled["required"]) == {"value"} and {*enums, "value"} == sampled_keys
     connector_max = props["connectorId"]["maximum"]
     tx_min, tx_max = props["transactionId"]["minimum"], props["transactionId"]["maximum"]
 
@@ -152,15 +152,15 @@ def _meter_values_check() -> Callable[[Any], bool]:
             if not _lenient_date_time(timestamp):
                 return False
             for item in items:
-                if type(item) is not dict or not item.keys() <= sampled_keys:
+                if type(item) is not dict or type(item.get("value")) is not str:
                     return False
-                if type(item.get("value")) is not str:
-                    return False
-                for key, allowed in enums:
-                    if key in item:
-                        member = item[key]
-                        if type(member) is not str or member not in allowed:
-                            return False
+                for key, member in item.items():
+                    allowed = enums.get(key)
+                    if allowed is None:
+                        if key != "value":
+                            return False  # not a SampledValue key
+                    elif type(member) is not str or member not in allowed:
+                        return False
         return True
 
     return check
