@@ -125,3 +125,37 @@ async def test_an_aiosqlite_url_from_older_settings_still_opens(tmp_path: Path) 
         assert await store.get_id_tag("T1") == IdTag("T1", "u1")
     finally:
         await store.close()
+
+
+async def test_meter_rows_written_by_the_driver_read_back_through_the_table_types(
+    tmp_path: Path,
+) -> None:
+    """SQLite's meter batch bypasses SQLAlchemy's binding; what it stores must read back the
+    same (zone converted to UTC, microseconds kept or zero) and sort by time."""
+    from datetime import timezone
+
+    from charging_api.domain.models import MeterSample, StoredMeterSample
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'rows.db'}", meter_flush_interval=60)
+    await store.start()
+    try:
+        plus2 = timezone(timedelta(hours=2))
+        times = [
+            datetime(2024, 5, 1, 14, 0, 0, 250, tzinfo=plus2),  # 12:00:00.000250Z
+            T0,  # 12:00:00Z, no microseconds
+            datetime(2024, 5, 1, 11, 59, 59, 999999, tzinfo=UTC),
+        ]
+        phases = {"L1": {"voltage": 230.5}}
+        store.add_meter_samples(
+            [
+                StoredMeterSample("CP1", 1, 9, MeterSample(at, power_kw=7.4, phases=phases))
+                for at in times
+            ]
+        )
+        await store.flush()
+        got = await store.meter_samples_of(9)
+        assert [s.sample.timestamp for s in got] == sorted(t.astimezone(UTC) for t in times)
+        assert all(s.sample.timestamp.tzinfo == UTC for s in got)
+        assert all(s.sample.power_kw == 7.4 and s.sample.phases == phases for s in got)
+    finally:
+        await store.close()

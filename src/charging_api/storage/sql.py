@@ -47,7 +47,7 @@ from charging_api.domain.models import (
     StoredMeterSample,
     Transaction,
 )
-from charging_api.storage.engines import Database, open_database
+from charging_api.storage.engines import Database, Work, open_database
 from charging_api.storage.tables import (
     SCHEMA_VERSION,
     charge_points,
@@ -71,7 +71,19 @@ _METER_FIELDS = (
     "state_of_charge",
 )
 _REFUSED = (DataError, IntegrityError)  # the rows are at fault, not the connection
-_MeterRow = dict[str, Any]
+_SAMPLE_COLUMNS = (
+    "transaction_id",
+    "charge_point_id",
+    "connector_id",
+    "timestamp",
+    *_METER_FIELDS,
+    "phases",
+)
+#: SQLite's meter INSERT, run by the driver's executemany on ready-made tuples: SQLAlchemy's
+#: per-row parameter processing was most of a batch's cost, under the GIL the event loop needs.
+_SQLITE_INSERT_SAMPLES = "INSERT INTO meter_samples ({}) VALUES ({})".format(
+    ", ".join(f'"{c}"' for c in _SAMPLE_COLUMNS), ", ".join("?" * len(_SAMPLE_COLUMNS))
+)
 
 # Statements that do not depend on the dialect, built once.
 _tx = transactions.c
@@ -145,7 +157,7 @@ class SqlStore:
         self._batch_size = meter_batch_size
         self._flush_interval = meter_flush_interval
         self._max_buffered = max_buffered_samples
-        self._buffer: deque[_MeterRow] = deque(maxlen=max_buffered_samples)
+        self._buffer: deque[StoredMeterSample] = deque(maxlen=max_buffered_samples)
         # Latest connector status per connector, written with the next batch: a status is
         # not a promise to a charge point, and one commit (an fsync) per StatusNotification
         # was the command path's bottleneck.
@@ -442,8 +454,14 @@ class SqlStore:
 
     def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
         """Buffer for the flusher. Bad input (naive timestamp, unserialisable phases) raises
-        here, where the caller sees it, instead of poisoning a batch later."""
-        self._enqueue([_meter_row(s) for s in samples])
+        here, where the caller sees it, instead of poisoning a batch later. Rows are made by
+        the batch write (on SQLite, on the writer thread), not here on the hot path."""
+        for s in samples:
+            if s.sample.timestamp.tzinfo is None:
+                raise ValueError(f"naive meter sample timestamp {s.sample.timestamp!r}")
+            if s.sample.phases:
+                orjson.dumps(s.sample.phases)
+        self._enqueue(samples)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
 
@@ -486,30 +504,44 @@ class SqlStore:
         rows: Sequence[Row[Any]] = await self._db.read(lambda c: c.execute(stmt, params).all())
         return rows
 
-    def _enqueue(self, rows: Collection[_MeterRow]) -> None:
+    def _enqueue(self, rows: Collection[StoredMeterSample]) -> None:
         overflow = len(self._buffer) + len(rows) - self._max_buffered
         if overflow > 0:
             log.warning("meter sample buffer full: dropping %d oldest samples", overflow)
         self._buffer.extend(rows)  # the deque's maxlen drops from the old end
 
-    async def _write_samples(self, pending: deque[_MeterRow]) -> None:
-        """One executemany INSERT; rows leave ``pending`` once committed (or refused).
+    async def _write_samples(self, pending: deque[StoredMeterSample]) -> None:
+        """One executemany INSERT; samples leave ``pending`` once committed (or refused).
 
         If the database refuses the batch for its data, one bad row must not hold the rest
         hostage forever: retry row by row and drop only the rows it refuses.
         """
         try:
-            await self._execute(_INSERT_METER_SAMPLES, list(pending))
+            await self._db.write(self._insert_samples(list(pending)))
             pending.clear()
             return
         except _REFUSED:
             log.warning("%d meter samples refused; retrying one by one", len(pending))
         while pending:
             try:
-                await self._execute(_INSERT_METER_SAMPLES, [pending[0]])
+                await self._db.write(self._insert_samples([pending[0]]))
             except _REFUSED:
                 log.exception("dropping a meter sample the database refuses: %r", pending[0])
             pending.popleft()
+
+    def _insert_samples(self, samples: list[StoredMeterSample]) -> Work[None]:
+        """The unit of work that inserts ``samples`` (rows are made where it runs)."""
+        if self._dialect == "sqlite":
+
+            def insert_sqlite(conn: Connection) -> None:
+                conn.exec_driver_sql(_SQLITE_INSERT_SAMPLES, [_sqlite_row(s) for s in samples])
+
+            return insert_sqlite
+
+        def insert_rows(conn: Connection) -> None:
+            conn.execute(_INSERT_METER_SAMPLES, [_meter_row(s) for s in samples])
+
+        return insert_rows
 
     async def _flush_loop(self) -> None:
         """Flush every ``meter_flush_interval``, or as soon as a full batch waits."""
@@ -535,10 +567,8 @@ def _id_tag(r: Row[Any]) -> IdTag:
     return IdTag(r.tag, r.user_id, IdTagStatus(r.status), r.expiry)
 
 
-def _meter_row(s: StoredMeterSample) -> _MeterRow:
+def _meter_row(s: StoredMeterSample) -> dict[str, Any]:
     m = s.sample
-    if m.timestamp.tzinfo is None:
-        raise ValueError(f"naive meter sample timestamp {m.timestamp!r}")
     return {
         "transaction_id": s.transaction_id,
         "charge_point_id": s.charge_point_id,
@@ -547,3 +577,22 @@ def _meter_row(s: StoredMeterSample) -> _MeterRow:
         **{f: getattr(m, f) for f in _METER_FIELDS},
         "phases": orjson.dumps(m.phases).decode(),
     }
+
+
+def _sqlite_row(s: StoredMeterSample) -> tuple[Any, ...]:
+    """A row as SQLAlchemy would bind it on SQLite: UTC without zone, in its DATETIME text
+    format (``YYYY-MM-DD HH:MM:SS.ffffff``), so reads through the table type parse it."""
+    m = s.sample
+    utc = m.timestamp.astimezone(UTC).replace(tzinfo=None)
+    return (
+        s.transaction_id,
+        s.charge_point_id,
+        s.connector_id,
+        utc.isoformat(" ", "microseconds"),
+        m.energy_import_kwh,
+        m.power_kw,
+        m.voltage,
+        m.current,
+        m.state_of_charge,
+        orjson.dumps(m.phases).decode() if m.phases else "{}",
+    )
