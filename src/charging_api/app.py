@@ -168,10 +168,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     application = Application(settings)
     stop = _stop_on_signals()
     await application.start()
-    # What start-up allocated (modules, schemas, compiled statements) lives as long as the
-    # process: out of the collector's sight, a full collection no longer walks it (~60 ms
-    # pauses under load before this).
-    gc.freeze()
+    _tune_garbage_collector()
     if ready is not None:
         ready.set()
     try:
@@ -179,6 +176,22 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.info("shutting down")
     finally:
         await application.stop()
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic collector from pausing the event loop for tens of milliseconds.
+
+    What start-up allocated (modules, schemas, compiled statements) lives as long as the
+    process: frozen, no collection walks it again. Then a young generation of 50,000
+    allocations instead of 700: at thousands of messages a second the default collected the
+    young generation twenty times a second, so objects that live a fraction of a second
+    (buffered meter samples, in-flight messages) were promoted and then walked by full
+    collections, 110–190 ms each with 4,000 connections. Measured in the fan-out benchmark:
+    delivery p99 67–79 ms → 4 ms, max 251 → 22 ms. Garbage in reference cycles waits a
+    little longer to be freed; everything else is freed by reference counting as before.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 @contextlib.asynccontextmanager
