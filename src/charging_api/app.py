@@ -186,8 +186,8 @@ def _tune_garbage_collector() -> None:
     allocations instead of 700: at thousands of messages a second the default collected the
     young generation twenty times a second, so objects that live a fraction of a second
     (buffered meter samples, in-flight messages) were promoted and then walked by full
-    collections, 110–190 ms each with 4,000 connections. Measured in the fan-out benchmark:
-    delivery p99 67–79 ms → 4 ms, max 251 → 22 ms. Garbage in reference cycles waits a
+    collections, 110-190 ms each with 4,000 connections. Measured in the fan-out benchmark:
+    delivery p99 67-79 ms → 4 ms, max 251 → 22 ms. Garbage in reference cycles waits a
     little longer to be freed; everything else is freed by reference counting as before.
     """
     gc.freeze()
