@@ -1,16 +1,14 @@
-"""How a store operation reaches the database: one unit of work, one hop.
+"""How a store operation reaches the database: one unit of work, no needless hop.
 
 A store operation is written once, as a plain function over a synchronous SQLAlchemy
 ``Connection`` (a *unit of work*), and handed to a :class:`Database`, which runs it:
 
-* SQLite (:class:`SqliteDatabase`): on a thread, with the standard library's driver. Every
-  unit of work is *one* hand-off to a thread and back (key lookups: none, see ``lookup``). The async driver we used before
-  (aiosqlite) made a hand-off per cursor call (execute, fetch, close, commit ...), about five
-  per statement; under the command benchmark those hops and the GIL traffic they cause were
-  most of the server's CPU. Writes go to a single writer thread (SQLite has one writer;
-  queueing them here instead of in SQLite's busy handler keeps them in order and never sees
-  "database is locked"); reads go to a small pool of reader threads, which WAL lets run beside
-  the writer.
+* SQLite (:class:`SqliteDatabase`), with the standard library's driver: writes and key lookups
+  on the event loop's thread (each a few dozen microseconds), their durability from a thread
+  that fsyncs the WAL for many commits at once, range reads on reader threads. The async
+  driver we used before (aiosqlite) made a thread hand-off per cursor call (execute, fetch,
+  close, commit ...), about five per statement; those hops and the GIL traffic they caused
+  were most of the server's CPU in the command benchmark, and then its latency.
 * PostgreSQL (:class:`AsyncDatabase`): through the asyncpg driver on the event loop; the unit
   of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it awaits the
   network without a thread.
@@ -20,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
+import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -38,7 +37,7 @@ Work = Callable[[Connection], T]
 
 _SQLITE_PRAGMAS = (
     "journal_mode=WAL",  # readers don't block the writer
-    "synchronous=FULL",  # a commit that returned survives power loss
+    "synchronous=NORMAL",  # commits don't fsync: SqliteDatabase's syncer does, for many
     "foreign_keys=ON",
     "busy_timeout=5000",  # another process's write: wait for it instead of failing
     # No checkpoint inside a commit: the checkpointer thread does them (see SqliteDatabase).
@@ -95,19 +94,29 @@ def _begin_immediate(conn: Connection) -> None:
 
 
 class SqliteDatabase:
-    """SQLite on threads: one writer with group commit, :data:`SQLITE_READERS` readers.
+    """SQLite: writes and key lookups on the event loop's thread, durability from a syncer
+    thread, range reads on :data:`SQLITE_READERS` reader threads.
 
-    *Group commit*: with ``synchronous=FULL`` every commit is an fsync, and one writer means
-    commits queue behind each other. The writer thread therefore takes every unit of work
-    waiting when it gets to run, runs each inside a SAVEPOINT (so one that fails is rolled back
-    alone and gets its own error) and commits them all with one fsync. A unit of work's caller
-    is answered only after that commit, so "returned" still means "on disk". Under no load a
-    batch is one unit and nothing changes; under load fsyncs no longer grow with the write rate.
+    *Why writes run on the loop.* A write is ~50-150 µs of work (SQLAlchemy and SQLite). On a
+    writer thread it also needed the GIL back after every SQLite call (which releases it), each
+    time waiting for the busy event loop to let go: a one-row commit took 0.8 ms at the
+    median even without any fsync, and writes queued behind each other (start p99 ~15-20 ms
+    in the command benchmark). Run where the caller already holds the GIL, it takes its own
+    CPU time and nothing else.
 
-    *Checkpoints* (copying the WAL back into the database file, with its own fsync) would
-    otherwise run inside whichever commit crosses SQLite's threshold, every second or so under
-    load: that commit took up to 65 ms and every write queued behind it. A checkpointer thread
-    runs a PASSIVE checkpoint every ``checkpoint_interval`` instead, beside the writer.
+    *Durability without blocking the loop.* The WAL runs with ``synchronous=NORMAL``: a commit
+    writes its frames to the WAL file without an fsync. ``write`` then waits, without blocking
+    the loop, until the syncer thread has fsynced the WAL file *after* that commit; only then
+    does it return, so "returned" still means "survives power loss" (what ``synchronous=FULL``
+    gave). The syncer covers every commit made before its fsync started: writes that come
+    together share one fsync (group commit), and the fsync itself releases the GIL throughout.
+    SQLite still syncs the WAL before each checkpoint and the database file after it.
+
+    *Checkpoints* (copying the WAL back into the database file) would otherwise run inside
+    whichever commit crosses SQLite's threshold: a checkpointer thread runs a PASSIVE
+    checkpoint every ``checkpoint_interval`` instead.
+
+    An in-memory database has no file to sync: everything runs on the loop, on one connection.
     """
 
     dialect = "sqlite"
@@ -121,8 +130,8 @@ class SqliteDatabase:
         url = url.set(drivername="sqlite+pysqlite")
         kwargs: dict[str, Any] = dict(engine_kwargs or {})
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
-        in_memory = url.database in (None, "", ":memory:")
-        if in_memory:  # one connection, or every thread would see its own empty database
+        self._in_memory = url.database in (None, "", ":memory:")
+        if self._in_memory:  # one connection, or every thread would see its own database
             self._writer = create_engine(
                 url, poolclass=StaticPool, connect_args=connect_args, **kwargs
             )
@@ -142,23 +151,19 @@ class SqliteDatabase:
         for engine in {self._writer, self._reader}:
             event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(self._writer, "begin", _begin_immediate)
-        self._writes: queue.SimpleQueue[_Write[Any] | None] = queue.SimpleQueue()
-        self._write_thread = threading.Thread(
-            target=self._write_loop, name="sqlite-write", daemon=True
-        )
-        self._write_thread.start()
-        # In memory, reads share the one connection, so they go through the writer's queue.
         self._read_threads = (
             None
-            if in_memory
+            if self._in_memory
             else ThreadPoolExecutor(SQLITE_READERS, thread_name_prefix="sqlite-read")
         )
-        self._inline: Connection | None = None  # for lookup(), on the event loop's thread
+        self._write_conn: Connection | None = None  # on the loop's thread
+        self._inline: Connection | None = None  # lookup()'s, on the loop's thread
+        self._syncer = _WalSyncer(url.database or "") if not self._in_memory else None
         self.checkpoints = 0  # completed background checkpoints (for tests and curiosity)
         self._stopping = threading.Event()
         # Started with the first write (the schema's): the file may not exist before.
         self._checkpointer: threading.Thread | None = None
-        if not in_memory:
+        if not self._in_memory:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop,
                 args=(checkpoint_interval,),
@@ -166,9 +171,14 @@ class SqliteDatabase:
                 daemon=True,
             )
 
+    @property
+    def syncs(self) -> int:
+        """fsyncs of the WAL done so far (for tests and curiosity)."""
+        return self._syncer.syncs if self._syncer is not None else 0
+
     async def read(self, work: Work[T]) -> T:
         if self._read_threads is None:
-            return await self.write(work)
+            return await self.lookup(work)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_threads, _run_read, self._reader, work)
 
@@ -178,11 +188,8 @@ class SqliteDatabase:
         A key lookup in SQLite's page cache takes ~20 µs here; the hop to a reader thread and
         back costs ~150 µs of wall time and, on a busy two-core box, a wait for the thread to
         be scheduled: the hop, not the read, was the start command's latency. WAL readers never
-        wait for the writer, so this does not block on writes. Range reads (histories,
-        samples) still go to the reader threads.
+        wait for the writer. Range reads (histories, samples) still go to the reader threads.
         """
-        if self._read_threads is None:
-            return await self.write(work)
         if self._inline is None:
             self._inline = self._reader.connect()
         try:
@@ -191,24 +198,29 @@ class SqliteDatabase:
             self._inline.rollback()  # end the implicit read (keeps no snapshot open)
 
     async def write(self, work: Work[T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writes.put(_Write(work, future))
-        result = await future
-        if self._checkpointer is not None and self._checkpointer.ident is None:
-            self._checkpointer.start()
+        """``work`` in its own transaction, committed, and then the WAL fsynced."""
+        if self._write_conn is None:
+            self._write_conn = self._writer.connect()
+        with self._write_conn.begin():  # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if it raised
+            result = work(self._write_conn)
+        if self._syncer is not None:
+            await self._syncer.synced()
+            if self._checkpointer is not None and self._checkpointer.ident is None:
+                self._checkpointer.start()
         return result
 
     async def dispose(self) -> None:
-        if self._inline is not None:
-            self._inline.close()
-            self._inline = None
+        for conn in (self._inline, self._write_conn):
+            if conn is not None:
+                conn.close()
+        self._inline = self._write_conn = None
 
         def shut() -> None:
             self._stopping.set()
             if self._checkpointer is not None and self._checkpointer.ident is not None:
                 self._checkpointer.join()
-            self._writes.put(None)
-            self._write_thread.join()
+            if self._syncer is not None:
+                self._syncer.close()
             if self._read_threads is not None:
                 self._read_threads.shutdown(wait=True)
             self._writer.dispose()
@@ -228,94 +240,88 @@ class SqliteDatabase:
                 finally:
                     conn.rollback()
 
-    def _write_loop(self) -> None:
-        """The writer thread: batches of units of work, one commit per batch."""
+
+class _WalSyncer:
+    """A thread that fsyncs the WAL file for whoever waits, many commits per fsync.
+
+    ``synced()`` (on the loop, right after a commit) returns once an fsync that *started after
+    the call* has finished. Commits are counted on the loop; the thread notes the count before
+    each fsync and, after it, wakes every waiter at or below that count.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._path = database + "-wal"
+        self._directory = os.path.dirname(os.path.abspath(database))
+        self._fd: int | None = None
+        self._inode: tuple[int, int] | None = None
+        self._committed = 0  # commits that asked for a sync (loop thread only writes it)
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wanted = threading.Event()
+        self._closing = False
+        self.syncs = 0
+        self._thread = threading.Thread(target=self._run, name="sqlite-wal-sync", daemon=True)
+        self._thread.start()
+
+    async def synced(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._committed += 1
+        future = self._loop.create_future()
+        self._waiters.append((self._committed, future))
+        self._wanted.set()
+        await future
+
+    def close(self) -> None:
+        self._closing = True
+        self._wanted.set()
+        self._thread.join()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _run(self) -> None:
         while True:
-            first = self._writes.get()
-            if first is None:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._closing:
                 return
-            batch = [first]
-            stop = False
-            while not stop:
-                try:
-                    item = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                else:
-                    batch.append(item)
-            self._run_batch(batch)
-            if stop:
-                return
+            covered = self._committed  # every commit counted so far is already written
+            error: OSError | None = None
+            try:
+                self._fsync()
+                self.syncs += 1
+            except OSError as exc:
+                log.critical("fsync of %s failed: commits are not durable", self._path)
+                error = exc
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake, covered, error)
 
-    def _run_batch(self, batch: list[_Write[Any]]) -> None:
-        try:
-            with self._writer.connect() as conn:
-                transaction = conn.begin()
-                if len(batch) == 1:
-                    kept = batch[0].run(conn)
-                else:
-                    kept = False
-                    for write in batch:
-                        savepoint = conn.begin_nested()
-                        if write.run(conn):
-                            savepoint.commit()
-                            kept = True
-                        else:
-                            savepoint.rollback()
-                if kept:
-                    transaction.commit()
-                else:
-                    transaction.rollback()
-        except BaseException as exc:  # BEGIN or COMMIT failed: nothing of the batch is kept
-            for write in batch:
-                write.fail(exc)
-        for write in batch:
-            write.answer()
+    def _fsync(self) -> None:
+        """fsync the WAL; (re)open it if it is new (first write, or SQLite re-created it)."""
+        found = os.stat(self._path)
+        if self._fd is None or self._inode != (found.st_dev, found.st_ino):
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = os.open(self._path, os.O_RDONLY)
+            self._inode = (found.st_dev, found.st_ino)
+            directory = os.open(self._directory, os.O_RDONLY)
+            try:  # the new file's directory entry must survive too
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        os.fsync(self._fd)
 
-
-class _Write(Generic[T]):
-    """A unit of work in the writer's queue and what became of it."""
-
-    __slots__ = ("_error", "_future", "_result", "_work")
-
-    def __init__(self, work: Work[T], future: asyncio.Future[T]) -> None:
-        self._work = work
-        self._future = future
-        self._result: T | None = None
-        self._error: BaseException | None = None
-
-    def run(self, conn: Connection) -> bool:
-        """Run the work; False (error kept for the caller) if it raised."""
-        try:
-            self._result = self._work(conn)
-        except Exception as exc:
-            self._error = exc
-            return False
-        return True
-
-    def fail(self, exc: BaseException) -> None:
-        if self._error is None:
-            self._error = exc
-
-    def answer(self) -> None:
-        """Hand the outcome to the waiting coroutine (called on the writer thread)."""
-        loop = self._future.get_loop()
-        if self._error is not None:
-            loop.call_soon_threadsafe(_set_exception, self._future, self._error)
-        else:
-            loop.call_soon_threadsafe(_set_result, self._future, self._result)
-
-
-def _set_result(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():  # the caller may have been cancelled meanwhile
-        future.set_result(result)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+    def _wake(self, covered: int, error: OSError | None) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= covered:
+            _, future = waiters.popleft()
+            if future.done():  # the waiting write was cancelled
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 def _run_read(engine: Engine, work: Work[T]) -> T:

@@ -1,4 +1,4 @@
-"""SQLite's writer thread commits queued writes together, and keeps them apart when one fails."""
+"""SQLite specifics: durability by the WAL syncer, background checkpoints, the meter fast path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, make_url
+from sqlalchemy import Connection, make_url
 from sqlalchemy.exc import OperationalError
 
 from charging_api.domain.models import IdTag, IdTagStatus
@@ -19,26 +19,28 @@ from charging_api.storage.engines import SqliteDatabase
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-async def test_queued_writes_share_one_commit_and_a_failing_one_is_rolled_back_alone(
+async def test_a_write_returns_only_after_an_fsync_and_commits_together_share_one(
     tmp_path: Path,
 ) -> None:
+    """Durability: no write returns before an fsync of the WAL that began after its commit.
+    Group commit: writes that arrive while an fsync runs share the next one. A failing write
+    is rolled back alone and fails at once."""
     url = f"sqlite:///{tmp_path / 'group.db'}"
     store = SqlStore(url)
     await store.start()
     db = store._db
-    assert isinstance(db, SqliteDatabase)
-    commits: list[int] = []
-    event.listen(db._writer, "commit", lambda conn: commits.append(1))
-
-    # Hold the writer thread so the next writes queue up behind it.
+    assert isinstance(db, SqliteDatabase) and db._syncer is not None
+    syncer = db._syncer
+    real_fsync = syncer._fsync
     entered, release = threading.Event(), threading.Event()
 
-    def hold(conn: Connection) -> None:
+    def held_fsync() -> None:
         entered.set()
-        release.wait(10)
+        assert release.wait(10)
+        real_fsync()
 
-    held = asyncio.ensure_future(db.write(hold))
-    assert await asyncio.to_thread(entered.wait, 10)
+    syncer._fsync = held_fsync  # type: ignore[method-assign]
+    syncs_before = db.syncs
 
     def start(i: int) -> asyncio.Future[Any]:
         return asyncio.ensure_future(
@@ -47,24 +49,15 @@ async def test_queued_writes_share_one_commit_and_a_failing_one_is_rolled_back_a
             )
         )
 
-    before = [start(i) for i in range(10)]
-    bad = asyncio.ensure_future(
-        db.write(lambda c: c.exec_driver_sql("INSERT INTO no_such_table VALUES (1)"))
-    )
-    after = [start(i) for i in range(10, 20)]
-    for _ in range(1000):  # until every coroutine has queued its write
-        if db._writes.qsize() == 21:
-            break
-        await asyncio.sleep(0)
-    assert db._writes.qsize() == 21
-    release.set()
-    await held
-
-    started = await asyncio.gather(*before, *after)
+    writes = [start(i) for i in range(20)]
     with pytest.raises(OperationalError, match="no_such_table"):
-        await bad
+        await db.write(lambda c: c.exec_driver_sql("INSERT INTO no_such_table VALUES (1)"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    assert not any(w.done() for w in writes)  # committed, but not yet on disk
+    release.set()
+    started = await asyncio.gather(*writes)
     assert len({tx.id for tx in started}) == 20
-    assert len(commits) == 2  # the held write, then the other 21 together
+    assert db.syncs - syncs_before in (1, 2)  # 20 commits, one or two fsyncs
     await store.close()
 
     reopened = SqlStore(url)
