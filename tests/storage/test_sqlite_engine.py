@@ -152,3 +152,21 @@ async def test_meter_rows_written_by_the_driver_read_back_through_the_table_type
         assert all(s.sample.power_kw == 7.4 and s.sample.phases == phases for s in got)
     finally:
         await store.close()
+
+
+async def test_an_in_memory_database_works_on_one_connection() -> None:
+    """sqlite:// (no file): no syncer, no threads' private databases; reads see writes."""
+    from charging_api.domain.models import MeterSample, StoredMeterSample
+
+    store = SqlStore("sqlite://", meter_flush_interval=60)
+    await store.start()
+    try:
+        await store.put_id_tag(IdTag("T1", "u1"))
+        tx = await store.create_transaction("CP1", 1, "T1", "u1", 0, T0, IdTagStatus.ACCEPTED)
+        store.add_meter_samples([StoredMeterSample("CP1", 1, tx.id, MeterSample(T0))])
+        await store.flush()
+        assert await store.get_id_tag("T1") == IdTag("T1", "u1")
+        assert [t.id for t in await store.active_transactions()] == [tx.id]
+        assert len(await store.meter_samples_of(tx.id)) == 1
+    finally:
+        await store.close()
