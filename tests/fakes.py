@@ -84,7 +84,7 @@ class MemoryStore:
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return [t for t in self.id_tags.values() if t.user_id == user_id]
 
-    async def create_transaction(
+    async def start_transaction(
         self,
         charge_point_id: str,
         connector_id: int,
@@ -93,7 +93,12 @@ class MemoryStore:
         meter_start_wh: int,
         started_at: datetime,
         id_tag_status: IdTagStatus,
-    ) -> Transaction:
+    ) -> tuple[Transaction, bool]:
+        start = (charge_point_id, connector_id, id_tag, meter_start_wh, started_at)
+        for tx in self.transactions.values():
+            if (tx.charge_point_id, tx.connector_id, tx.id_tag, tx.meter_start_wh,
+                    tx.started_at) == start:  # fmt: skip
+                return tx, False
         tx = Transaction(
             next(self._ids),
             charge_point_id,
@@ -105,46 +110,6 @@ class MemoryStore:
             id_tag_status,
         )
         self.transactions[tx.id] = tx
-        return tx
-
-    async def find_transaction_start(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        meter_start_wh: int,
-        started_at: datetime,
-    ) -> Transaction | None:
-        for tx in self.transactions.values():
-            if (
-                tx.charge_point_id,
-                tx.connector_id,
-                tx.id_tag,
-                tx.meter_start_wh,
-                tx.started_at,
-            ) == (charge_point_id, connector_id, id_tag, meter_start_wh, started_at):
-                return tx
-        return None
-
-    async def start_transaction(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        user_id: str | None,
-        meter_start_wh: int,
-        started_at: datetime,
-        id_tag_status: IdTagStatus,
-    ) -> tuple[Transaction, bool]:
-        found = await self.find_transaction_start(
-            charge_point_id, connector_id, id_tag, meter_start_wh, started_at
-        )
-        if found is not None:
-            return found, False
-        tx = await self.create_transaction(
-            charge_point_id, connector_id, id_tag, user_id, meter_start_wh, started_at,
-            id_tag_status,
-        )  # fmt: skip
         return tx, True
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None:

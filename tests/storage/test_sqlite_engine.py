@@ -44,7 +44,7 @@ async def test_a_write_returns_only_after_an_fsync_and_commits_together_share_on
 
     def start(i: int) -> asyncio.Future[Any]:
         return asyncio.ensure_future(
-            store.create_transaction(
+            store.start_transaction(
                 "CP1", 1, f"TAG{i}", "u1", i, T0 + timedelta(seconds=i), IdTagStatus.ACCEPTED
             )
         )
@@ -56,7 +56,7 @@ async def test_a_write_returns_only_after_an_fsync_and_commits_together_share_on
     assert not any(w.done() for w in writes)  # committed, but not yet on disk
     release.set()
     started = await asyncio.gather(*writes)
-    assert len({tx.id for tx in started}) == 20
+    assert len({tx.id for tx, _ in started}) == 20
     assert db.syncs - syncs_before in (1, 2)  # 20 commits, one or two fsyncs
     await store.close()
 
@@ -162,7 +162,7 @@ async def test_an_in_memory_database_works_on_one_connection() -> None:
     await store.start()
     try:
         await store.put_id_tag(IdTag("T1", "u1"))
-        tx = await store.create_transaction("CP1", 1, "T1", "u1", 0, T0, IdTagStatus.ACCEPTED)
+        tx, _ = await store.start_transaction("CP1", 1, "T1", "u1", 0, T0, IdTagStatus.ACCEPTED)
         store.add_meter_samples([StoredMeterSample("CP1", 1, tx.id, MeterSample(T0))])
         await store.flush()
         assert await store.get_id_tag("T1") == IdTag("T1", "u1")

@@ -40,9 +40,11 @@ async def start_tx(
     connector: int = 1,
     tag: str = "TAG1",
 ) -> Any:
-    return await store.create_transaction(
+    tx, created = await store.start_transaction(
         cp, connector, tag, user, meter, at, IdTagStatus.ACCEPTED
     )
+    assert created
+    return tx
 
 
 def sample(tx: int | None, at: datetime, **fields: Any) -> StoredMeterSample:
@@ -74,22 +76,26 @@ async def test_transaction_ids_unique_increasing_and_stable_across_reopen(
     assert later.id > ids[-1]
 
 
-async def test_find_transaction_start_detects_replay(open_store: OpenStore) -> None:
-    """A replayed StartTransaction finds the transaction it created, even in another time zone."""
+async def test_a_replayed_start_gets_the_transaction_it_created(open_store: OpenStore) -> None:
+    """The same StartTransaction again (even stamped in another time zone) gets the first
+    transaction back, not a new one; any difference (meter, connector, time) is a new start."""
     store = await open_store()
     tx = await start_tx(store)
     same_instant = T0.astimezone(timezone(timedelta(hours=2)))
-    assert (
-        await store.find_transaction_start("CP1", 1, "TAG1", 1000, same_instant) == tx
+    again = await store.start_transaction(
+        "CP1", 1, "TAG1", "u1", 1000, same_instant, IdTagStatus.ACCEPTED
     )
-    assert await store.find_transaction_start("CP1", 1, "TAG1", 1001, T0) is None
-    assert await store.find_transaction_start("CP1", 2, "TAG1", 1000, T0) is None
-    assert (
-        await store.find_transaction_start(
-            "CP1", 1, "TAG1", 1000, T0 + timedelta(seconds=1)
+    assert again == (tx, False)
+    for cp, connector, meter, at in [
+        ("CP1", 1, 1001, T0),
+        ("CP1", 2, 1000, T0),
+        ("CP1", 1, 1000, T0 + timedelta(seconds=1)),
+    ]:
+        other, created = await store.start_transaction(
+            cp, connector, "TAG1", "u1", meter, at, IdTagStatus.ACCEPTED
         )
-        is None
-    )
+        assert created and other.id != tx.id
+    assert len(await store.active_transactions()) == 4
 
 
 async def test_datetimes_come_back_aware_utc(open_store: OpenStore) -> None:

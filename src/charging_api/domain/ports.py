@@ -95,30 +95,6 @@ class Store(Protocol):
     async def id_tags_of(self, user_id: str) -> list[IdTag]: ...
 
     # transactions
-    async def create_transaction(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        user_id: str | None,
-        meter_start_wh: int,
-        started_at: datetime,
-        id_tag_status: IdTagStatus,
-    ) -> Transaction:
-        """Insert and commit; the returned id is the new OCPP transactionId."""
-        ...
-
-    async def find_transaction_start(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        meter_start_wh: int,
-        started_at: datetime,
-    ) -> Transaction | None:
-        """The transaction this exact StartTransaction created before, if it is a replay."""
-        ...
-
     async def start_transaction(
         self,
         charge_point_id: str,
@@ -129,9 +105,11 @@ class Store(Protocol):
         started_at: datetime,
         id_tag_status: IdTagStatus,
     ) -> tuple[Transaction, bool]:
-        """:meth:`find_transaction_start`, else :meth:`create_transaction`, as one durable
-        step: ``(the transaction, True if it is new)``. A replayed StartTransaction gets the
-        transaction it created the first time."""
+        """Record a StartTransaction durably: ``(the transaction, True if it is new)``.
+
+        The new transaction's id is the OCPP transactionId. A replay (same charge point,
+        connector, id tag, meter start and instant) gets the transaction it created the
+        first time, and False."""
         ...
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None: ...

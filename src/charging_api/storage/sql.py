@@ -332,47 +332,6 @@ class SqlStore:
 
     # transactions
 
-    async def create_transaction(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        user_id: str | None,
-        meter_start_wh: int,
-        started_at: datetime,
-        id_tag_status: IdTagStatus,
-    ) -> Transaction:
-        """Insert and commit; the database's autoincrement id is the OCPP transactionId."""
-        values = {
-            "charge_point_id": charge_point_id,
-            "connector_id": connector_id,
-            "id_tag": id_tag,
-            "user_id": user_id,
-            "id_tag_status": str(id_tag_status),
-            "meter_start_wh": meter_start_wh,
-            "started_at": started_at,
-        }
-        row = await self._db.write(lambda c: c.execute(_CREATE_TRANSACTION, values).one())
-        return _transaction(row)
-
-    async def find_transaction_start(
-        self,
-        charge_point_id: str,
-        connector_id: int,
-        id_tag: str,
-        meter_start_wh: int,
-        started_at: datetime,
-    ) -> Transaction | None:
-        params = {
-            "b_cp": charge_point_id,
-            "b_connector": connector_id,
-            "b_at": started_at,
-            "b_tag": id_tag,
-            "b_meter": meter_start_wh,
-        }
-        row = await self._first(_FIND_TRANSACTION_START, params)
-        return None if row is None else _transaction(row)
-
     async def start_transaction(
         self,
         charge_point_id: str,
@@ -383,8 +342,9 @@ class SqlStore:
         started_at: datetime,
         id_tag_status: IdTagStatus,
     ) -> tuple[Transaction, bool]:
-        """The replay check and the insert in one write transaction (one hop, one commit)."""
-        found = {
+        """The replay check and the insert in one write transaction (one commit); the
+        database's autoincrement id is the OCPP transactionId."""
+        same_start = {
             "b_cp": charge_point_id,
             "b_connector": connector_id,
             "b_at": started_at,
@@ -402,7 +362,7 @@ class SqlStore:
         }
 
         def start(conn: Connection) -> tuple[Row[Any], bool]:
-            row = conn.execute(_FIND_TRANSACTION_START, found).first()
+            row = conn.execute(_FIND_TRANSACTION_START, same_start).first()
             if row is not None:
                 return row, False
             return conn.execute(_CREATE_TRANSACTION, values).one(), True

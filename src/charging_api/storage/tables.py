@@ -120,7 +120,7 @@ transactions = Table(
     Column("meter_stop_wh", BigInteger),
     Column("stopped_at", UtcDateTime),
     Column("stop_reason", String),
-    # find_transaction_start (replayed StartTransaction) looks up by these.
+    # start_transaction's replay check (a replayed StartTransaction) looks up by these.
     Index("ix_transactions_start", "charge_point_id", "connector_id", "started_at"),
     Index("ix_transactions_user_started", "user_id", "started_at"),
     Index("ix_transactions_started", "started_at"),
