@@ -3,10 +3,14 @@
 Tens of thousands of idle connections make every per-connection object count. These tests pin
 the savings so a refactor cannot quietly bring them back: the handshake's headers and our 101
 response are dropped once a connection is open, and an idle app session holds no send queue
-and no writer task. Each test also checks the connection still works afterwards.
+and no writer task. Each test also checks the connection still works afterwards. A closed
+connection is freed by reference counting, not left to the cyclic garbage collector.
 """
 
 from __future__ import annotations
+
+import asyncio
+import gc
 
 from websockets.asyncio.server import ServerConnection
 
@@ -54,3 +58,32 @@ async def test_a_charge_point_connection_keeps_no_handshake(server: RunningServe
         _assert_handshake_forgotten(ws, "/ocpp/CP-IDLE")
         reply = await cp.status(1, "Available")  # the connection still answers
         assert reply is not None
+
+
+async def test_closed_connections_are_freed_without_the_cycle_collector(
+    server: RunningServer,
+) -> None:
+    """A closed connection must not wait for a full garbage collection to be freed: with
+    thousands of connections those collections pause the loop for 100+ ms. (The OCPP door's
+    subprotocol selector used to keep every charge point connection in a reference cycle.)"""
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(3):
+            async with connected_charge_point(server.ocpp_url, f"CP-GONE-{i}") as cp:
+                assert await cp.status(1, "Available") is not None
+            async with app_client(server, server.token(f"user{i}")) as app:
+                assert (await app.request("heartbeat"))["type"] == "heartbeat"
+        for _ in range(500):  # until the server's handlers have finished (bounded)
+            if not server.app.ocpp_server._connections and not server.app.app_server.sessions:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.app.ocpp_server._connections and not server.app.app_server.sessions
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if type(o) is ServerConnection]
+        assert left == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

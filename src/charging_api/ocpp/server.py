@@ -338,6 +338,11 @@ def forget_handshake(ws: ServerConnection) -> None:
     if ws.request is not None:
         ws.request.headers = _NO_HEADERS
     ws.response = None
+    # ``serve(select_subprotocol=...)`` leaves a closure over the connection on its protocol:
+    # connection -> protocol -> closure -> connection, a cycle that only the cyclic collector
+    # frees. Used only during the handshake; without it a closed connection is freed at once
+    # (56 objects a charge point's connection otherwise left for the collector).
+    vars(ws.protocol).pop("select_subprotocol", None)
 
 
 def _select_subprotocol(
