@@ -87,10 +87,10 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _begin_immediate(conn: Connection) -> None:
-    # Take the write lock at BEGIN, not at the first write: a read-then-write unit of work
-    # then cannot fail half-way on a lock another process took in between.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def driver_connection(conn: Connection) -> Any:
+    """The DB-API connection under ``conn`` (a ``sqlite3.Connection`` on SQLite), for units of
+    work on the hot path that skip SQLAlchemy's statement execution (see ``SqlStore``)."""
+    return conn.connection.driver_connection
 
 
 class SqliteDatabase:
@@ -150,7 +150,6 @@ class SqliteDatabase:
             )
         for engine in {self._writer, self._reader}:
             event.listen(engine, "connect", _on_sqlite_connect)
-        event.listen(self._writer, "begin", _begin_immediate)
         self._read_threads = (
             None
             if self._in_memory
@@ -201,8 +200,22 @@ class SqliteDatabase:
         """``work`` in its own transaction, committed, and then the WAL fsynced."""
         if self._write_conn is None:
             self._write_conn = self._writer.connect()
-        with self._write_conn.begin():  # BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if it raised
-            result = work(self._write_conn)
+        conn = self._write_conn
+        raw = driver_connection(conn)
+        # The transaction is opened and closed on the driver (SQLAlchemy's begin(), its event
+        # and its commit cost more than the one-row writes they wrapped). IMMEDIATE takes the
+        # write lock at BEGIN, so a read-then-write unit cannot fail half-way on a lock.
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            raw.execute("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        finally:
+            if conn.in_transaction():  # SQLAlchemy autobegan (a no-op on this driver): reset
+                conn.rollback()
         if self._syncer is not None:
             await self._syncer.synced()
             if self._checkpointer is not None and self._checkpointer.ident is None:

@@ -47,7 +47,7 @@ from charging_api.domain.models import (
     StoredMeterSample,
     Transaction,
 )
-from charging_api.storage.engines import Database, Work, open_database
+from charging_api.storage.engines import Database, Work, driver_connection, open_database
 from charging_api.storage.tables import (
     SCHEMA_VERSION,
     charge_points,
@@ -125,6 +125,24 @@ _STOP_TRANSACTION = (
     )
     .returning(*transactions.c)
 )
+# SQLite's start and stop, run on the driver: on the command path SQLAlchemy's execution
+# (parameter processing, result set-up) cost several times the SQLite work of a one-row write.
+# Values are bound as SQLAlchemy would bind them on SQLite (see _sqlite_time), so rows written
+# either way compare and read back the same.
+_TX_COLUMNS = ", ".join(f'"{f}"' for f in Transaction.__dataclass_fields__)
+_SQLITE_FIND_START = (
+    f"SELECT {_TX_COLUMNS} FROM transactions WHERE charge_point_id = ? AND connector_id = ?"
+    " AND started_at = ? AND id_tag = ? AND meter_start_wh = ? ORDER BY id LIMIT 1"
+)
+_SQLITE_CREATE_TRANSACTION = (
+    "INSERT INTO transactions (charge_point_id, connector_id, id_tag, user_id, id_tag_status,"
+    f" meter_start_wh, started_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_TX_COLUMNS}"
+)
+_SQLITE_STOP_TRANSACTION = (
+    "UPDATE transactions SET meter_stop_wh = ?, stopped_at = ?, stop_reason = ?"
+    f" WHERE id = ? AND stopped_at IS NULL RETURNING {_TX_COLUMNS}"
+)
+_SQLITE_GET_TRANSACTION = f"SELECT {_TX_COLUMNS} FROM transactions WHERE id = ?"
 _ACTIVE_TRANSACTIONS = select(transactions).where(_tx.stopped_at.is_(None)).order_by(_tx.id)
 _INSERT_METER_SAMPLES = insert(meter_samples)
 _METER_SAMPLES_OF = (
@@ -344,7 +362,22 @@ class SqlStore:
     ) -> tuple[Transaction, bool]:
         """The replay check and the insert in one write transaction (one commit); the
         database's autoincrement id is the OCPP transactionId."""
-        same_start = {
+        if self._dialect == "sqlite":
+            at = _sqlite_time(started_at)
+            same_start = (charge_point_id, connector_id, at, id_tag, meter_start_wh)
+            new = (charge_point_id, connector_id, id_tag, user_id, str(id_tag_status),
+                   meter_start_wh, at)  # fmt: skip
+
+            def start_sqlite(conn: Connection) -> tuple[tuple[Any, ...], bool]:
+                raw = driver_connection(conn)
+                found = raw.execute(_SQLITE_FIND_START, same_start).fetchall()
+                if found:
+                    return found[0], False
+                return raw.execute(_SQLITE_CREATE_TRANSACTION, new).fetchall()[0], True
+
+            found_or_new, created = await self._db.write(start_sqlite)
+            return _sqlite_transaction(found_or_new), created
+        same_start_params = {
             "b_cp": charge_point_id,
             "b_connector": connector_id,
             "b_at": started_at,
@@ -362,7 +395,7 @@ class SqlStore:
         }
 
         def start(conn: Connection) -> tuple[Row[Any], bool]:
-            row = conn.execute(_FIND_TRANSACTION_START, same_start).first()
+            row = conn.execute(_FIND_TRANSACTION_START, same_start_params).first()
             if row is not None:
                 return row, False
             return conn.execute(_CREATE_TRANSACTION, values).one(), True
@@ -385,6 +418,18 @@ class SqlStore:
         reason: str | None,
     ) -> Transaction | None:
         """Close it once: a repeated (replayed) stop gets the first stop back, unchanged."""
+        if self._dialect == "sqlite":
+            stop_values = (meter_stop_wh, _sqlite_time(stopped_at), reason, transaction_id)
+
+            def stop_sqlite(conn: Connection) -> tuple[Any, ...] | None:
+                raw = driver_connection(conn)
+                rows = raw.execute(_SQLITE_STOP_TRANSACTION, stop_values).fetchall()
+                if not rows:  # already stopped (or unknown): what is stored
+                    rows = raw.execute(_SQLITE_GET_TRANSACTION, (transaction_id,)).fetchall()
+                return rows[0] if rows else None
+
+            stopped = await self._db.write(stop_sqlite)
+            return None if stopped is None else _sqlite_transaction(stopped)
         params = {
             "b_id": transaction_id,
             "b_meter": meter_stop_wh,
@@ -539,16 +584,37 @@ def _meter_row(s: StoredMeterSample) -> dict[str, Any]:
     }
 
 
+def _sqlite_time(at: datetime) -> str:
+    """A datetime as SQLAlchemy binds our UtcDateTime on SQLite: UTC without zone, in its
+    DATETIME text format (``YYYY-MM-DD HH:MM:SS.ffffff``); naive input refused like there."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store only takes aware datetimes")
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_utc(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _sqlite_transaction(row: tuple[Any, ...]) -> Transaction:
+    """A transactions row read on the driver (columns in Transaction's field order)."""
+    tx_id, cp, connector, tag, user, meter_start, started, status, meter_stop, stopped, why = row
+    started_at = _sqlite_utc(started)
+    assert started_at is not None
+    return Transaction(
+        tx_id, cp, connector, tag, user, meter_start, started_at, IdTagStatus(status),
+        meter_stop, _sqlite_utc(stopped), why,
+    )  # fmt: skip
+
+
 def _sqlite_row(s: StoredMeterSample) -> tuple[Any, ...]:
-    """A row as SQLAlchemy would bind it on SQLite: UTC without zone, in its DATETIME text
-    format (``YYYY-MM-DD HH:MM:SS.ffffff``), so reads through the table type parse it."""
+    """A meter_samples row bound as SQLAlchemy would on SQLite (see ``_sqlite_time``)."""
     m = s.sample
-    utc = m.timestamp.astimezone(UTC).replace(tzinfo=None)
     return (
         s.transaction_id,
         s.charge_point_id,
         s.connector_id,
-        utc.isoformat(" ", "microseconds"),
+        _sqlite_time(m.timestamp),
         m.energy_import_kwh,
         m.power_kw,
         m.voltage,
