@@ -125,8 +125,8 @@ _STOP_TRANSACTION = (
     )
     .returning(*transactions.c)
 )
-# SQLite's start and stop, run on the driver: on the command path SQLAlchemy's execution
-# (parameter processing, result set-up) cost several times the SQLite work of a one-row write.
+# SQLite's start, stop and hot key lookups, run on the driver: on the command path SQLAlchemy's
+# execution (parameter processing, result set-up) cost several times the SQLite work itself.
 # Values are bound as SQLAlchemy would bind them on SQLite (see _sqlite_time), so rows written
 # either way compare and read back the same.
 _TX_COLUMNS = ", ".join(f'"{f}"' for f in Transaction.__dataclass_fields__)
@@ -143,6 +143,7 @@ _SQLITE_STOP_TRANSACTION = (
     f" WHERE id = ? AND stopped_at IS NULL RETURNING {_TX_COLUMNS}"
 )
 _SQLITE_GET_TRANSACTION = f"SELECT {_TX_COLUMNS} FROM transactions WHERE id = ?"
+_SQLITE_GET_ID_TAG = "SELECT tag, user_id, status, expiry FROM id_tags WHERE tag = ?"
 _ACTIVE_TRANSACTIONS = select(transactions).where(_tx.stopped_at.is_(None)).order_by(_tx.id)
 _INSERT_METER_SAMPLES = insert(meter_samples)
 _METER_SAMPLES_OF = (
@@ -337,6 +338,12 @@ class SqlStore:
     # id tags
 
     async def get_id_tag(self, tag: str) -> IdTag | None:
+        if self._dialect == "sqlite":  # every start reads one (see _SQLITE_GET_ID_TAG)
+            found = await self._sqlite_lookup(_SQLITE_GET_ID_TAG, (tag,))
+            if found is None:
+                return None
+            tag_, user_id, status, expiry = found
+            return IdTag(tag_, user_id, IdTagStatus(status), _sqlite_utc(expiry))
         row = await self._first(_GET_ID_TAG, {"b_tag": tag})
         return None if row is None else _id_tag(row)
 
@@ -404,6 +411,9 @@ class SqlStore:
         return _transaction(row), created
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
+        if self._dialect == "sqlite":
+            found = await self._sqlite_lookup(_SQLITE_GET_TRANSACTION, (transaction_id,))
+            return None if found is None else _sqlite_transaction(found)
         row = await self._first(_GET_TRANSACTION, {"b_id": transaction_id})
         return None if row is None else _transaction(row)
 
@@ -504,6 +514,13 @@ class SqlStore:
         """The first row of a key lookup (see ``Database.lookup``)."""
         row: Row[Any] | None = await self._db.lookup(lambda c: c.execute(stmt, params).first())
         return row
+
+    async def _sqlite_lookup(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """The first row of a key lookup run on the driver (SQLite only)."""
+        found: tuple[Any, ...] | None = await self._db.lookup(
+            lambda c: driver_connection(c).execute(sql, params).fetchone()
+        )
+        return found
 
     async def _all(self, stmt: Any, params: dict[str, Any] | None = None) -> Sequence[Row[Any]]:
         rows: Sequence[Row[Any]] = await self._db.read(lambda c: c.execute(stmt, params).all())
