@@ -469,8 +469,8 @@ class SqlStore:
 
     def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
         """Buffer for the flusher. Bad input (naive timestamp, unserialisable phases) raises
-        here, where the caller sees it, instead of poisoning a batch later. Rows are made by
-        the batch write (on SQLite, on the writer thread), not here on the hot path."""
+        here, where the caller sees it, instead of poisoning a batch later. Rows are made once
+        per batch by the flusher, not here on the hot path."""
         for s in samples:
             if s.sample.timestamp.tzinfo is None:
                 raise ValueError(f"naive meter sample timestamp {s.sample.timestamp!r}")
