@@ -170,3 +170,30 @@ async def test_an_in_memory_database_works_on_one_connection() -> None:
         assert len(await store.meter_samples_of(tx.id)) == 1
     finally:
         await store.close()
+
+
+async def test_without_wal_the_database_file_is_what_gets_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where SQLite cannot use WAL (some network file systems), writes still return once
+    synced: the syncer falls back to the database file."""
+    from charging_api.storage import engines
+
+    no_wal = tuple(
+        "journal_mode=DELETE" if p.startswith("journal_mode") else p
+        for p in engines._SQLITE_PRAGMAS
+    )
+    monkeypatch.setattr(engines, "_SQLITE_PRAGMAS", no_wal)
+    store = SqlStore(f"sqlite:///{tmp_path / 'nowal.db'}")
+    await store.start()
+    try:
+        db = store._db
+        assert isinstance(db, SqliteDatabase)
+        mode = await db.lookup(lambda c: c.exec_driver_sql("PRAGMA journal_mode").scalar())
+        assert mode == "delete" and not (tmp_path / "nowal.db-wal").exists()
+        before = db.syncs
+        await store.put_id_tag(IdTag("T1", "u1"))
+        assert db.syncs > before
+        assert await store.get_id_tag("T1") == IdTag("T1", "u1")
+    finally:
+        await store.close()

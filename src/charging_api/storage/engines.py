@@ -263,7 +263,8 @@ class _WalSyncer:
     """
 
     def __init__(self, database: str) -> None:
-        self._path = database + "-wal"
+        self._wal = database + "-wal"
+        self._database = database
         self._directory = os.path.dirname(os.path.abspath(database))
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
@@ -305,18 +306,23 @@ class _WalSyncer:
                 self._fsync()
                 self.syncs += 1
             except OSError as exc:
-                log.critical("fsync of %s failed: commits are not durable", self._path)
+                log.critical("fsync of %s failed: commits are not durable", self._wal)
                 error = exc
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._wake, covered, error)
 
     def _fsync(self) -> None:
-        """fsync the WAL; (re)open it if it is new (first write, or SQLite re-created it)."""
-        found = os.stat(self._path)
+        """fsync the WAL; (re)open it if it is new (first write, or SQLite re-created it).
+
+        Where SQLite could not use WAL (some network file systems) commits go to the database
+        file itself, and that is what gets synced.
+        """
+        path = self._wal if os.path.exists(self._wal) else self._database
+        found = os.stat(path)
         if self._fd is None or self._inode != (found.st_dev, found.st_ino):
             if self._fd is not None:
                 os.close(self._fd)
-            self._fd = os.open(self._path, os.O_RDONLY)
+            self._fd = os.open(path, os.O_RDONLY)
             self._inode = (found.st_dev, found.st_ino)
             directory = os.open(self._directory, os.O_RDONLY)
             try:  # the new file's directory entry must survive too
