@@ -6,8 +6,10 @@ losing the last fraction of a second of them in a crash is acceptable, so they a
 written in batches by a background task that this store owns.
 
 Each method is one unit of work handed to the :mod:`~charging_api.storage.engines` database
-(one thread hop on SQLite). Statements are built once, with bound parameters, so a call does
-not rebuild and re-hash a SQLAlchemy expression; SQLAlchemy's compiled cache does the rest.
+(on SQLite, writes and key lookups run on the event loop, range reads on reader threads).
+Statements are built once, with bound parameters, so a call does not rebuild and re-hash a
+SQLAlchemy expression; SQLAlchemy's compiled cache does the rest. The hottest SQLite
+statements skip SQLAlchemy's execution altogether (the ``_SQLITE_*`` strings).
 """
 
 from __future__ import annotations
