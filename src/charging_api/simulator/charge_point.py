@@ -16,7 +16,8 @@ Flows (OCPP 1.6-J, charge point side):
   when none is named), else Rejected; then ``StatusNotification`` Preparing, ``Authorize``,
   ``StartTransaction``, ``StatusNotification`` Charging, and ``MeterValues`` every
   ``meter_interval`` seconds while charging;
-* ``RemoteStopTransaction``: Accepted when this charge point runs that transaction, else
+* ``RemoteStopTransaction``: Accepted when this charge point runs that transaction (or has a
+  StartTransaction whose answer has not reached it yet: stopped once started), else
   Rejected; then ``StatusNotification`` Finishing, ``StopTransaction`` (reason Remote),
   ``StatusNotification`` Available.
 
@@ -97,6 +98,10 @@ class SimConnector:
     transaction_id: int | None = None
     id_tag: str | None = None
     stopping: bool = False
+    # A StartTransaction is on the wire, its transactionId not yet ours; a RemoteStop naming a
+    # transaction in that window is kept in ``stop_when_started`` (see on_remote_stop).
+    starting: bool = False
+    stop_when_started: int | None = None
     voltage_v: float = 230.0
     current_a: float = 0.0
     _last_update: float | None = field(default=None, repr=False)
@@ -402,6 +407,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                     await self._status(connector, ChargePointStatus.available)
                     return
                 connector.begin(time.monotonic(), self._rng)
+                connector.starting = True
                 started = await self.call(
                     call.StartTransaction(
                         connector_id=n,
@@ -415,6 +421,8 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                 raise
             except Exception:
                 log.exception("%s connector %d: start failed", self.id, n)
+                connector.starting, connector.stopping = False, False
+                connector.stop_when_started = None
                 connector.end(time.monotonic(), self._rng)
                 connector.status = ChargePointStatus.available  # reported on reconnect at worst
                 with contextlib.suppress(Exception):
@@ -422,6 +430,8 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                 return
             connector.transaction_id = int(started.transaction_id)
             connector.id_tag = id_tag
+            connector.starting = False
+            stop_asked, connector.stop_when_started = connector.stop_when_started, None
             log.info("%s connector %d transaction %d started", self.id, n, started.transaction_id)
             verdict = started.id_tag_info["status"]
             if verdict != AuthorizationStatus.accepted:
@@ -433,6 +443,11 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             await self._status(connector, ChargePointStatus.charging)
             self._start_metering(connector)
             self.transaction_started.set()
+            if stop_asked == connector.transaction_id:
+                self._spawn(self._stop_sequence(n, Reason.remote), f"stop:{n}")
+            elif stop_asked is not None:
+                log.info("%s RemoteStop of transaction %s was not this start's", self.id, stop_asked)
+                connector.stopping = False
 
     # --- metering ---------------------------------------------------------------------------
 
@@ -485,6 +500,13 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             if connector.transaction_id == transaction_id and not connector.stopping:
                 connector.stopping = True
                 self._pending_stops[call_unique_id] = n
+                return result.RemoteStopTransaction(status=RemoteStartStopStatus.accepted)
+        for connector in self.connectors.values():
+            if connector.starting and not connector.stopping:
+                # The central system may name a transaction before our StartTransaction's
+                # answer has reached us (it told the app first): stop it once it is ours.
+                connector.stopping = True
+                connector.stop_when_started = transaction_id
                 return result.RemoteStopTransaction(status=RemoteStartStopStatus.accepted)
         log.info("%s RemoteStop of unknown transaction %s rejected", self.id, transaction_id)
         return result.RemoteStopTransaction(status=RemoteStartStopStatus.rejected)
