@@ -27,6 +27,7 @@ async def test_a_remote_stop_before_the_start_answer_stops_the_transaction_once_
     stopped: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
     tasks: set[asyncio.Task[None]] = set()
+    asked: list[str] = []  # the RemoteStart is sent once
 
     async def answer_start_after_the_stop(ws: ServerConnection, unique_id: str) -> None:
         # The stop first, for the id we are about to give; then the answer.
@@ -58,7 +59,9 @@ async def test_a_remote_stop_before_the_start_answer_stops_the_transaction_once_
             elif action == "StopTransaction" and not stopped.done():
                 stopped.set_result(payload)
             await ws.send(json.dumps([3, unique_id, reply]))
-            if action == "BootNotification":
+            if action == "StatusNotification" and payload["status"] == "Available" and not asked:
+                asked.append(unique_id)
+                # Booted (it reports its connectors after the boot answer): start a charge.
                 await ws.send(json.dumps([2, "rs", "RemoteStartTransaction", {"idTag": "T1"}]))
 
     async with serve(
