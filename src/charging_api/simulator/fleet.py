@@ -7,8 +7,11 @@ with the charge point id as user name when a password is given), runs a
 :class:`~charging_api.simulator.charge_point.SimulatedChargePoint` until the socket closes, and
 reconnects after a capped exponential backoff with jitter (1 s doubling to 60 s, each wait drawn
 uniformly from its upper half). The backoff starts over once a connection got as far as an
-accepted BootNotification. Connectors (energy register, transaction under way) survive
-reconnects.
+accepted BootNotification. The charge point's memory (connectors with their energy register,
+transaction under way, availability and reservation; configuration, local list, charging
+profiles, firmware version) survives reconnects. A charge point that closed the socket to reboot
+(Reset, firmware installed) connects again after ``SimTimings.reboot`` seconds, even when
+``reconnect`` is false: a reboot is the charger's own doing, not a lost connection.
 
 Logging: one INFO line on ``charging_api.simulator`` per state change of a charge point
 (connected, booted, connector status, transaction started/stopped, disconnected). The ``ocpp``
@@ -34,6 +37,8 @@ from charging_api.simulator.charge_point import (
     SimulatedChargePoint,
     new_connectors,
 )
+from charging_api.simulator.core import new_memory
+from charging_api.simulator.memory import ChargerMemory, SimTimings
 
 __all__ = ["backoff_delay", "charge_point_ids", "run_charge_point", "run_fleet"]
 
@@ -78,15 +83,22 @@ async def run_charge_point(
     basic_auth_password: str | None = None,
     state: dict[int, SimConnector] | None = None,
     on_connect: Callable[[SimulatedChargePoint], None] | None = None,
+    memory: ChargerMemory | None = None,
+    timings: SimTimings | None = None,
 ) -> None:
     """Keep one simulated charge point connected to ``{url}/{charge_point_id}``.
 
     Returns when ``stop`` is set (closing the socket), or after the first connection ends when
-    ``reconnect`` is false. ``on_connect`` sees each new :class:`SimulatedChargePoint` before it
-    runs (tests use it to await the charge point's events).
+    ``reconnect`` is false (a reboot reconnects all the same). ``on_connect`` sees each new
+    :class:`SimulatedChargePoint` before it runs (tests use it to await the charge point's
+    events). ``memory`` (else one made from ``state``/``connectors``, ``meter_interval`` and
+    ``timings``) is what the charge point keeps across connections.
     """
     stop = stop or asyncio.Event()
-    state = state if state is not None else new_connectors(connectors)
+    if memory is None:
+        memory = new_memory(
+            state if state is not None else new_connectors(connectors), meter_interval, timings
+        )
     target = charge_point_url(url, charge_point_id)
     headers = (
         {"Authorization": build_authorization_basic(charge_point_id, basic_auth_password)}
@@ -95,7 +107,7 @@ async def run_charge_point(
     )
     attempt = 0
     while not stop.is_set():
-        booted = False
+        booted = rebooting = False
         try:
             async with connect(
                 target, subprotocols=[SUBPROTOCOL], additional_headers=headers
@@ -108,22 +120,22 @@ async def run_charge_point(
                 else:
                     log.info("%s connected to %s", charge_point_id, target)
                     cp = SimulatedChargePoint(
-                        charge_point_id, ws, meter_interval=meter_interval, state=state
+                        charge_point_id, ws, meter_interval=meter_interval, memory=memory
                     )
                     if on_connect is not None:
                         on_connect(cp)
                     await _run_until_stopped(cp, ws, stop)
-                    booted = cp.booted.is_set()
+                    booted, rebooting = cp.booted.is_set(), cp.rebooting
         except InvalidStatus as exc:
             log.warning("%s refused: HTTP %d", charge_point_id, exc.response.status_code)
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             log.warning("%s cannot connect: %s", charge_point_id, str(exc) or type(exc).__name__)
         except Exception:
             log.exception("%s crashed", charge_point_id)
-        if stop.is_set() or not reconnect:
+        if stop.is_set() or not (reconnect or rebooting):
             break
         attempt = 0 if booted else attempt + 1
-        delay = backoff_delay(max(attempt - 1, 0))
+        delay = memory.timings.reboot if rebooting else backoff_delay(max(attempt - 1, 0))
         log.info("%s reconnecting in %.1fs", charge_point_id, delay)
         try:
             async with asyncio.timeout(delay):
@@ -156,6 +168,7 @@ async def run_fleet(
     reconnect: bool = True,
     stop: asyncio.Event | None = None,
     basic_auth_password: str | None = None,
+    timings: SimTimings | None = None,
 ) -> None:
     """Run ``count`` simulated charge points against the central system at ``url``.
 
@@ -186,6 +199,7 @@ async def run_fleet(
                     reconnect=reconnect,
                     stop=stop,
                     basic_auth_password=basic_auth_password,
+                    timings=timings,
                 ),
                 name=charge_point_id,
             )
