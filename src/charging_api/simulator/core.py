@@ -301,7 +301,9 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
         """Report a connector after (re)boot; pick up a transaction that outlived a connection."""
         n = connector.connector_id
         if connector.transaction_id is None:
-            connector.stopping = False
+            # A start cut off by the lost connection never happened.
+            connector.stopping = connector.starting = False
+            connector.stop_when_started = None
             connector.id_tag = None
             reservation = connector.reservation
             if reservation is not None and reservation.expiry <= datetime.now(UTC):
