@@ -63,6 +63,7 @@ def test_a_daily_profile_repeats_every_day() -> None:
     assert install(store, 0, night) == "Accepted"
     assert store.limit_a(1, T0 + timedelta(days=3, minutes=30)) == 8
     assert store.limit_a(1, T0 + timedelta(days=3, hours=2)) == 16
+    assert store.limit_a(1, T0 - timedelta(hours=23)) is None  # not before its first day
 
 
 def test_a_relative_tx_profile_counts_from_the_transaction_start() -> None:

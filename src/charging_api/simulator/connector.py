@@ -50,6 +50,8 @@ class SimConnector:
     # transaction in that window is kept in ``stop_when_started`` (see on_remote_stop).
     starting: bool = False
     stop_when_started: int | None = None
+    #: Why the transaction is being stopped (sent again after a reconnect with the same reason).
+    stop_reason: str | None = None
     voltage_v: float = 230.0
     current_a: float = 0.0
     #: The charging-profile limit in force (amperes at the nominal 230 V), None: no limit.

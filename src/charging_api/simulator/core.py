@@ -315,7 +315,8 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
                 connector.scheduled_operative = None
             await self._status(connector, connector.idle_status())
         elif connector.stopping:
-            self._spawn(self._stop_sequence(n, Reason.remote), f"stop:{n}")
+            reason = connector.stop_reason or Reason.remote
+            self._spawn(self._stop_sequence(n, reason), f"stop:{n}")
         else:
             async with self._locks[n]:
                 log.info(
@@ -617,6 +618,7 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
             if transaction_id is None:
                 connector.stopping = False
                 return
+            connector.stop_reason = reason
             await self._stop_metering(n)
             connector.end(time.monotonic(), self._rng)
             await self._status(connector, ChargePointStatus.finishing)
@@ -645,6 +647,7 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
             connector.id_tag = None
             connector.started_at = None
             connector.stopping = False
+            connector.stop_reason = None
             connector.limit_a = None
             self.memory.profiles.transaction_ended(n)
             log.info(

@@ -105,7 +105,7 @@ class Profile:
             return tx_start
         assert self.start_schedule is not None
         step = RECURRENCE.get(self.recurrency or "") if self.kind == "Recurring" else None
-        if step is None:
+        if step is None or at < self.start_schedule:
             return self.start_schedule
         k = math.floor((at - self.start_schedule) / step)
         return self.start_schedule + k * step
