@@ -186,6 +186,7 @@ async def simulator(
                 "CP-OPS",
                 connectors=connectors,
                 meter_interval=meter_interval,
+                reconnect=False,  # a reboot reconnects all the same
                 stop=halt,
                 timings=timings,
                 on_connect=harness.chargers.append,
@@ -537,6 +538,21 @@ async def test_reserve_now_holds_the_connector_for_its_tag() -> None:
         assert busy.status == "Occupied"
 
 
+async def test_reserve_now_then_the_holder_presents_a_card() -> None:
+    """ReserveNow, then a local start by the reserving tag: its StartTransaction carries the
+    reservationId and the reservation is used up."""
+    async with simulator() as h:
+        expiry = iso(datetime.now(UTC) + timedelta(minutes=5))
+        await h.send(
+            call.ReserveNow(connector_id=1, expiry_date=expiry, id_tag="CARD", reservation_id=11)
+        )
+        await h.inbox.expect("StatusNotification", connector_id=1, status="Reserved")
+        assert h.sim.start_local("CARD")
+        started = await h.inbox.expect("StartTransaction", id_tag="CARD")
+        assert started["reservation_id"] == 11
+        assert (await h.send(call.CancelReservation(reservation_id=11))).status == "Rejected"
+
+
 async def test_reserve_now_refuses_unavailable_and_unknown_connectors() -> None:
     """ReserveNow: Unavailable on an inoperative connector, Rejected for connector 0, an unknown
     connector or an expiry in the past."""
@@ -610,6 +626,23 @@ async def test_set_charging_profile_lowers_the_power_in_meter_values() -> None:
         h.inbox.skip()
         await h.inbox.expect("MeterValues", where=lambda p: power(p) > 6000)
         assert (await h.send(call.ClearChargingProfile(id=1))).status == "Unknown"
+
+
+async def test_remote_start_transaction_with_a_charging_profile_limits_the_charge() -> None:
+    """RemoteStartTransaction with a chargingProfile: the transaction is held under it from the
+    first MeterValues on."""
+    async with simulator(meter_interval=0.2) as h:
+        answer = await h.send(
+            call.RemoteStartTransaction(
+                id_tag="TAG-1", connector_id=1, charging_profile=tx_profile(16, "A", profile_id=4)
+            )
+        )
+        assert answer.status == "Accepted"
+        await h.inbox.expect("StatusNotification", connector_id=1, status="Charging")
+        for _ in range(3):
+            assert power(await h.inbox.expect("MeterValues")) <= 16 * 230
+        schedule = await h.send(call.GetCompositeSchedule(connector_id=1, duration=60))
+        assert float(schedule.charging_schedule["charging_schedule_period"][0]["limit"]) == 16.0
 
 
 async def test_set_charging_profile_follows_the_installation_rules() -> None:

@@ -454,6 +454,8 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
                     if reservation is not None and reservation.id_tag == id_tag
                     else None
                 )
+                if reservation_id is not None:
+                    connector.reservation = None  # used up by this StartTransaction
                 connector.limit_a = self._limit(connector)
                 connector.begin(time.monotonic(), self._rng)
                 connector.starting = True
@@ -478,8 +480,6 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
                 with contextlib.suppress(Exception):
                     await self._settle(connector)
                 return
-            if reservation_id is not None:
-                connector.reservation = None  # consumed by this StartTransaction
             connector.transaction_id = int(started.transaction_id)
             connector.id_tag = id_tag
             connector.started_at = datetime.now(UTC)
