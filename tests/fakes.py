@@ -20,6 +20,7 @@ from charging_api.domain.models import (
     IdTagStatus,
     StoredMeterSample,
     Transaction,
+    id_tag_key,
 )
 from charging_api.domain.ports import EventHandler
 from charging_api.errors import ChargePointOffline
@@ -40,7 +41,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.charge_points: dict[str, ChargePoint] = {}
         self.connectors: dict[tuple[str, int], ConnectorState] = {}
-        self.id_tags: dict[str, IdTag] = {}
+        self.id_tags: dict[str, IdTag] = {}  # by id_tag_key: case-insensitive, as in SQL
         self.transactions: dict[int, Transaction] = {}
         self.samples: list[StoredMeterSample] = []
         self._ids = itertools.count(1)
@@ -76,10 +77,13 @@ class MemoryStore:
         return [s for (cp, _), s in sorted(self.connectors.items()) if cp == charge_point_id]
 
     async def get_id_tag(self, tag: str) -> IdTag | None:
-        return self.id_tags.get(tag)
+        return self.id_tags.get(id_tag_key(tag))
 
     async def put_id_tag(self, tag: IdTag) -> None:
-        self.id_tags[tag.tag] = tag
+        key = id_tag_key(tag.tag)
+        old = self.id_tags.get(key)
+        spelling = old.tag if old is not None else tag.tag  # the first registration's
+        self.id_tags[key] = IdTag(spelling, tag.user_id, tag.status, tag.expiry)
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return [t for t in self.id_tags.values() if t.user_id == user_id]

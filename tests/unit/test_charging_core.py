@@ -72,7 +72,8 @@ async def test_start_uses_the_token_id_tag_and_registers_it_to_the_user() -> Non
     world = World()
     await world.online("CP1")
     await world.started()
-    assert world.store.id_tags["TAG-A"].user_id == "alice"
+    registered = await world.store.get_id_tag("TAG-A")
+    assert registered is not None and registered.user_id == "alice"
     verdict = await world.service.on_authorize("CP1", "TAG-A")
     assert verdict.status is IdTagStatus.ACCEPTED
 
