@@ -1,5 +1,5 @@
 """What only ``SqlStore`` promises, on SQLite and PostgreSQL: batched meter writes, rows the
-database refuses, a bounded buffer, the recorded schema version.
+database refuses, a bounded buffer, the recorded schema version and its migrations.
 
 "Written" here means in the table, read with SQL: ``meter_samples_of`` may answer from the
 buffer too.
@@ -11,14 +11,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, select, text, update
 
-from charging_api.domain.models import MeterSample, StoredMeterSample
+from charging_api.domain.models import IdTag, MeterSample, StoredMeterSample
 from charging_api.storage import SqlStore
-from charging_api.storage.tables import meter_samples, schema_version
+from charging_api.storage.tables import SCHEMA_VERSION, meter_samples, schema_version
 
 OpenSqlStore = Callable[..., Awaitable[SqlStore]]  # the conftest fixture
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -133,7 +134,7 @@ async def test_meter_buffer_is_bounded(
 
 
 async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> None:
-    """start() records schema version 1, and a restart does not add another row."""
+    """start() records the schema version once, and a restart does not add another row."""
     await (await open_sql_store()).close()
     store = await open_sql_store()
     versions = await store._db.read(
@@ -142,4 +143,61 @@ async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> 
     count = await store._db.read(
         lambda c: c.execute(select(func.count()).select_from(meter_samples)).scalar_one()
     )
-    assert versions == [1] and count == 0
+    assert versions == [SCHEMA_VERSION] and count == 0
+
+
+def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
+    """A unit of work that turns a fresh schema into v1 (no ``tag_key``) holding ``tags``."""
+
+    def run(conn: Connection) -> None:
+        conn.exec_driver_sql("DROP INDEX ux_id_tags_tag_key")
+        conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN tag_key")
+        for tag in tags:
+            conn.execute(
+                text("INSERT INTO id_tags (tag, user_id, status) VALUES (:t, 'u1', 'Accepted')"),
+                {"t": tag},
+            )
+        conn.execute(update(schema_version).values(version=1))
+
+    return run
+
+
+async def test_a_v1_database_gets_case_insensitive_id_tags(open_sql_store: OpenSqlStore) -> None:
+    """Opening a v1 database keys its id tags case-insensitively, spellings kept."""
+    store = await open_sql_store()
+    await store._db.write(_back_to_v1("Old-Tag", "other"))
+    await store.close()
+    store = await open_sql_store()
+    assert await store.get_id_tag("OLD-TAG") == IdTag("Old-Tag", "u1")
+    assert await store.get_id_tag("OTHER") == IdTag("other", "u1")
+    await store.put_id_tag(IdTag("old-tag", "u2"))  # the same tag: updated, not a second row
+    assert [t.tag for t in await store.id_tags_of("u2")] == ["Old-Tag"]
+    versions = await store._db.read(
+        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+    )
+    assert versions == [SCHEMA_VERSION]
+
+
+async def test_a_v1_database_with_one_tag_in_two_cases_is_refused_unchanged(
+    tmp_path: Path,
+) -> None:
+    """v1 tags differing only in case: start-up names them and leaves the database at v1."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    store = SqlStore(url)
+    await store.start()
+    await store._db.write(_back_to_v1("TAG-A", "tag-a"))
+    await store.close()
+    store = SqlStore(url)
+    try:
+        with pytest.raises(RuntimeError, match=r"TAG-A / tag-a"):
+            await store.start()
+        versions = await store._db.read(
+            lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+        )
+        assert versions == [1]
+        columns = await store._db.read(
+            lambda c: [r[1] for r in c.exec_driver_sql("PRAGMA table_info(id_tags)")]
+        )
+        assert "tag_key" not in columns
+    finally:
+        await store._db.dispose()

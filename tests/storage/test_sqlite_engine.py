@@ -76,7 +76,8 @@ async def test_a_lone_failing_write_leaves_nothing_behind(tmp_path: Path) -> Non
 
         def half_done(conn: Connection) -> None:
             conn.exec_driver_sql(
-                "INSERT INTO id_tags (tag, user_id, status) VALUES ('T1', 'u1', 'Accepted')"
+                "INSERT INTO id_tags (tag, tag_key, user_id, status)"
+                " VALUES ('T1', 't1', 'u1', 'Accepted')"
             )
             raise RuntimeError("second half failed")
 

@@ -224,6 +224,22 @@ async def test_id_tag_upsert_and_id_tags_of(open_store: OpenStore) -> None:
     assert [t.tag for t in await store.id_tags_of("u1")] == ["B"]
 
 
+async def test_id_tags_are_case_insensitive_and_keep_their_spelling(
+    open_store: OpenStore,
+) -> None:
+    """Tag lookups ignore case (OCPP CiString20, non-ASCII too); the first spelling is kept."""
+    store = await open_store()
+    await store.put_id_tag(IdTag("Tag-Ab", "u1"))
+    for asked in ("Tag-Ab", "tag-ab", "TAG-AB"):
+        assert await store.get_id_tag(asked) == IdTag("Tag-Ab", "u1")
+    await store.put_id_tag(IdTag("TAG-AB", "u1", IdTagStatus.BLOCKED, T0))  # the same card
+    assert await store.get_id_tag("tag-ab") == IdTag("Tag-Ab", "u1", IdTagStatus.BLOCKED, T0)
+    assert [t.tag for t in await store.id_tags_of("u1")] == ["Tag-Ab"]
+    await store.put_id_tag(IdTag("ÄRGER-Ω", "u2"))  # SQL lower() folds ASCII only on SQLite
+    assert await store.get_id_tag("ärger-ω") == IdTag("ÄRGER-Ω", "u2")
+    assert await store.get_id_tag("tag-ab ") is None
+
+
 async def test_connector_status_upsert(open_store: OpenStore) -> None:
     """set_connector_status keeps one row per connector, holding the latest status."""
     store = await open_store()

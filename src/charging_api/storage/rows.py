@@ -21,6 +21,7 @@ from charging_api.domain.models import (
     MeterSample,
     StoredMeterSample,
     Transaction,
+    id_tag_key,
 )
 
 #: The meter readings of a sample: one column each, named as the MeterSample field.
@@ -34,7 +35,9 @@ def transaction(values: Values) -> Transaction:
 
 
 def id_tag(values: Values) -> IdTag:
-    return IdTag(**{**values, "status": IdTagStatus(values["status"])})
+    """``tag_key`` (derived from ``tag``) is not part of the value."""
+    status = IdTagStatus(values["status"])
+    return IdTag(values["tag"], values["user_id"], status, values["expiry"])
 
 
 def connector_state(values: Values) -> ConnectorState:
@@ -87,4 +90,4 @@ def status_row(state: ConnectorState) -> dict[str, Any]:
 
 def id_tag_row(tag: IdTag) -> dict[str, Any]:
     return {"tag": tag.tag, "user_id": tag.user_id, "status": str(tag.status),
-            "expiry": tag.expiry}  # fmt: skip
+            "expiry": tag.expiry, "tag_key": id_tag_key(tag.tag)}  # fmt: skip

@@ -25,11 +25,18 @@ from charging_api.domain.models import (
     IdTagStatus,
     StoredMeterSample,
     Transaction,
+    id_tag_key,
 )
 from charging_api.storage import rows
 from charging_api.storage.engines import Work, driver_connection
 from charging_api.storage.statements import SqlStatements
-from charging_api.storage.tables import UtcDateTime, id_tags, meter_samples, transactions
+from charging_api.storage.tables import (
+    DERIVED,
+    UtcDateTime,
+    id_tags,
+    meter_samples,
+    transactions,
+)
 
 _DIALECT = sqlite.dialect()
 T = TypeVar("T")
@@ -77,17 +84,18 @@ class DriverTable:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.names = tuple(c.name for c in table.columns)
+        self._derived = frozenset(c.name for c in table.columns if c.info.get(DERIVED))
         self.columns = ", ".join(f'"{n}"' for n in self.names)
         self._readers = tuple((c.name, r) for c in table.columns if (r := _reader(c)) is not None)
 
     def maker(self, kind: type[T], **convert: Callable[[Any], Any]) -> Callable[[Sequence[Any]], T]:
         """A function from a row (fetched with :attr:`columns`) to the dataclass ``kind``,
-        each field given the column of the same name (every column must be a field and
-        every field a column, as ``kind(**row_mapping)`` needs on the portable path);
+        each field given the column of the same name (every column but a derived one must
+        be a field and every field a column);
         ``convert`` overrides a column type's conversion. Built once: on the hot path, one
         C-level reordering and the conversions of the columns that need one."""
         fields = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
-        if set(fields) != set(self.names):
+        if set(fields) != set(self.names) - self._derived:
             raise ValueError(
                 f"{self.table.name} columns {sorted(self.names)} are not the fields of"
                 f" {kind.__name__} {sorted(fields)}"
@@ -178,7 +186,7 @@ _STOP_TRANSACTION = (
     f" WHERE id = ? AND stopped_at IS NULL RETURNING {_TX.columns}"
 )
 _GET_TRANSACTION = f"SELECT {_TX.columns} FROM transactions WHERE id = ?"
-_GET_ID_TAG = f"SELECT {_ID_TAG.columns} FROM id_tags WHERE tag = ?"
+_GET_ID_TAG = f"SELECT {_ID_TAG.columns} FROM id_tags WHERE tag_key = ?"
 #: The meter batch's columns, in the order :func:`_sample_row` makes its tuples.
 _SAMPLE_COLUMNS = (
     "transaction_id",
@@ -198,7 +206,7 @@ class SqliteStatements(SqlStatements):
         return sqlite.insert(table)
 
     def get_id_tag(self, tag: str) -> Work[IdTag | None]:
-        return _first(_GET_ID_TAG, (tag,), _id_tag)
+        return _first(_GET_ID_TAG, (id_tag_key(tag),), _id_tag)
 
     def start_transaction(
         self,

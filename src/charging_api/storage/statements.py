@@ -16,7 +16,7 @@ starting processes need. Rows become domain values by column name (:mod:`.rows`)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -31,6 +31,7 @@ from charging_api.domain.models import (
     IdTagStatus,
     StoredMeterSample,
     Transaction,
+    id_tag_key,
 )
 from charging_api.storage import rows
 from charging_api.storage.engines import Work
@@ -53,7 +54,7 @@ _CONNECTOR_STATES = (
     .where(connectors.c.charge_point_id == bindparam("b_cp"))
     .order_by(connectors.c.connector_id)
 )
-_GET_ID_TAG = select(id_tags).where(id_tags.c.tag == bindparam("b_tag"))
+_GET_ID_TAG = select(id_tags).where(id_tags.c.tag_key == bindparam("b_key"))
 _ID_TAGS_OF = (
     select(id_tags).where(id_tags.c.user_id == bindparam("b_user")).order_by(id_tags.c.tag)
 )
@@ -106,7 +107,9 @@ class SqlStatements:
             ["id"],
             ["vendor", "model", "serial_number", "firmware_version", "last_boot_at"],
         )
-        self._upsert_id_tag = self._upsert(id_tags, ["tag"], ["user_id", "status", "expiry"])
+        # Keyed by tag_key: another spelling of a registered tag updates that tag, which
+        # keeps the spelling it was registered with.
+        self._upsert_id_tag = self._upsert(id_tags, ["tag_key"], ["user_id", "status", "expiry"])
         self._upsert_status = self._upsert(
             connectors, ["charge_point_id", "connector_id"], ["status", "error_code", "updated_at"]
         )
@@ -186,7 +189,7 @@ class SqlStatements:
 
     def get_id_tag(self, tag: str) -> Work[IdTag | None]:
         def run(conn: Connection) -> IdTag | None:
-            row = conn.execute(_GET_ID_TAG, {"b_tag": tag}).first()
+            row = conn.execute(_GET_ID_TAG, {"b_key": id_tag_key(tag)}).first()
             return None if row is None else rows.id_tag(row._mapping)
 
         return run
@@ -293,13 +296,52 @@ class SqlStatements:
 
 
 def ensure_schema(conn: Connection) -> None:
+    """Create what is missing; bring an older schema up to :data:`SCHEMA_VERSION`, one
+    step of :data:`MIGRATIONS` at a time, in the same transaction."""
     metadata.create_all(conn)
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
     if found is None:
         conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
     elif found > SCHEMA_VERSION:
         raise RuntimeError(f"database schema v{found} is newer than this code")
-    # Migrations from older versions go here.
+    elif found < SCHEMA_VERSION:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+        conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
+
+
+def _id_tag_keys(conn: Connection) -> None:
+    """v2: ``id_tags.tag_key``, the case-insensitive key, filled in for every tag.
+
+    Tags registered under v1 that differ only in case are one card to OCPP (CiString20) and
+    cannot both keep their registration: the migration refuses, naming them, and the
+    database stays at v1 until the operator removes all but one of each. (A migrated table
+    carries ``DEFAULT ''`` on the column, which SQLite needs to add a NOT NULL column; the
+    store writes the key with every row, so the default never applies.)
+    """
+    conn.exec_driver_sql("ALTER TABLE id_tags ADD COLUMN tag_key VARCHAR NOT NULL DEFAULT ''")
+    by_key: dict[str, list[str]] = {}
+    for tag in conn.execute(select(id_tags.c.tag).order_by(id_tags.c.tag)).scalars():
+        by_key.setdefault(id_tag_key(tag), []).append(tag)
+    clashes = [spellings for spellings in by_key.values() if len(spellings) > 1]
+    if clashes:
+        named = "; ".join(" / ".join(spellings) for spellings in clashes)
+        raise RuntimeError(
+            f"id tags registered in several cases ({named}) are one tag to OCPP: delete all "
+            "but one spelling of each from the id_tags table, then start again"
+        )
+    if by_key:
+        conn.execute(
+            update(id_tags)
+            .where(id_tags.c.tag == bindparam("b_tag"))
+            .values(tag_key=bindparam("b_key")),
+            [{"b_tag": t, "b_key": key} for key, (t,) in by_key.items()],
+        )
+    next(i for i in id_tags.indexes if i.name == "ux_id_tags_tag_key").create(conn)
+
+
+#: version -> the step that brings the schema from the version before to it.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _id_tag_keys}
 
 
 def _execute(stmt: Any, params: Any) -> Work[None]:
