@@ -162,15 +162,13 @@ class MeterSample:
     @property
     def has_values(self) -> bool:
         """False when nothing was measured: such a sample is never stored nor pushed."""
-        return bool(self.phases) or any(
-            v is not None
-            for v in (
-                self.energy_import_kwh,
-                self.power_kw,
-                self.voltage,
-                self.current,
-                self.state_of_charge,
-            )
+        return (
+            self.energy_import_kwh is not None  # the usual case decides at once
+            or self.power_kw is not None
+            or self.voltage is not None
+            or self.current is not None
+            or self.state_of_charge is not None
+            or bool(self.phases)
         )
 
 
