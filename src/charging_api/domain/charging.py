@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from charging_api.domain import access
@@ -689,20 +689,8 @@ class ChargingService:
             if None in tx_ids and len(tx_ids) > 1:
                 tx_ids.discard(None)  # a waiting start beside a session: one copy will do
             for tx_id in sorted(tx_ids, key=lambda t: -1 if t is None else t):
-                await self._bus.publish(
-                    ConnectorStatusChanged(
-                        cp_id,
-                        0,
-                        event.status,
-                        event.error_code,
-                        event.timestamp,
-                        tx_id,
-                        user,
-                        event.info,
-                        event.vendor_error_code,
-                        owner_only=True,
-                    )
-                )
+                copy = replace(event, transaction_id=tx_id, user_id=user, owner_only=True)
+                await self._bus.publish(copy)
 
     async def on_meter_values(
         self,
