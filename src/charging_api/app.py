@@ -205,8 +205,23 @@ async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
         await store.close()
 
 
+class IdTagSpellingConflict(ValueError):
+    """``idtags add`` named a tag already registered in another case (id tags are CiString20)."""
+
+
 async def add_id_tag(settings: Settings, tag: str, user_id: str | None, status: str) -> None:
+    """Register ``tag`` (or update the owner and status of the same spelling).
+
+    Id tags are case-insensitive, so ``tag-a`` beside a registered ``TAG-A`` is the same card:
+    it is refused (:class:`IdTagSpellingConflict`), never silently merged into the other.
+    """
     async with _opened_store(settings) as store:
+        known = await store.get_id_tag(tag)
+        if known is not None and known.tag != tag:
+            raise IdTagSpellingConflict(
+                f"id tag {tag} is already registered as {known.tag} (id tags are "
+                f"case-insensitive); to change it, run: charging-api idtags add {known.tag} ..."
+            )
         await store.put_id_tag(IdTag(tag, user_id, IdTagStatus(status)))
 
 

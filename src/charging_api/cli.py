@@ -105,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "idtags":
         if args.action == "add":
-            app.run(app.add_id_tag(settings, args.tag, args.user, args.status))
+            try:
+                app.run(app.add_id_tag(settings, args.tag, args.user, args.status))
+            except app.IdTagSpellingConflict as exc:
+                print(f"charging-api: {exc}", file=sys.stderr)
+                return 1
             print(f"id tag {args.tag} registered" + (f" to {args.user}" if args.user else ""))
         else:
             for tag in app.run(app.list_id_tags(settings, args.user)):

@@ -94,6 +94,26 @@ def test_idtags_added_are_listed_for_their_user(tmp_path: Path) -> None:
     assert listed_other.stdout.splitlines() == ["TAG-CLI-2\tBlocked"]
 
 
+def test_idtags_add_refuses_a_tag_registered_in_another_case(tmp_path: Path) -> None:
+    """``idtags add tag-a`` beside ``TAG-A`` is refused (exit 1, one line) and changes nothing."""
+    assert run_cli(tmp_path, "idtags", "add", "TAG-A", "--user", "U1").returncode == 0
+    refused = run_cli(tmp_path, "idtags", "add", "tag-a", "--user", "U2", "--status", "Blocked")
+    assert refused.returncode == 1, refused
+    assert refused.stderr.strip().splitlines() == [
+        "charging-api: id tag tag-a is already registered as TAG-A (id tags are case-insensitive);"
+        " to change it, run: charging-api idtags add TAG-A ..."
+    ]
+    assert run_cli(tmp_path, "idtags", "list", "--user", "U1").stdout.splitlines() == [
+        "TAG-A\tAccepted"
+    ]
+    assert run_cli(tmp_path, "idtags", "list", "--user", "U2").stdout == ""
+    again = run_cli(tmp_path, "idtags", "add", "TAG-A", "--user", "U1", "--status", "Blocked")
+    assert again.returncode == 0, again.stderr
+    assert run_cli(tmp_path, "idtags", "list", "--user", "U1").stdout.splitlines() == [
+        "TAG-A\tBlocked"
+    ]
+
+
 async def test_serve_answers_health_in_the_seed_shape_and_exits_0_on_sigterm(
     tmp_path: Path,
 ) -> None:

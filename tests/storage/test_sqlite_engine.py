@@ -76,7 +76,8 @@ async def test_a_lone_failing_write_leaves_nothing_behind(tmp_path: Path) -> Non
 
         def half_done(conn: Connection) -> None:
             conn.exec_driver_sql(
-                "INSERT INTO id_tags (tag, user_id, status) VALUES ('T1', 'u1', 'Accepted')"
+                "INSERT INTO id_tags (tag, tag_key, user_id, status)"
+                " VALUES ('T1', 't1', 'u1', 'Accepted')"
             )
             raise RuntimeError("second half failed")
 
@@ -195,5 +196,23 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
         await store.put_id_tag(IdTag("T1", "u1"))
         assert db.syncs > before
         assert await store.get_id_tag("T1") == IdTag("T1", "u1")
+    finally:
+        await store.close()
+
+
+async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
+    """SQLite runs in WAL mode, foreign keys on, with a busy timeout. synchronous=NORMAL: a
+    commit does not fsync, the store's WAL syncer does before the write returns (tested above)."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
+    await store.start()
+    try:
+        for run in (store._db.read, store._db.write):  # every connection, readers and writer
+            pragmas = await run(
+                lambda c: [
+                    c.exec_driver_sql(f"PRAGMA {p}").scalar()
+                    for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+                ]
+            )
+            assert pragmas == ["wal", 1, 1, 5000]
     finally:
         await store.close()

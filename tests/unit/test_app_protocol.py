@@ -242,6 +242,17 @@ def test_status_updates_name_transaction_and_error_only_when_there_are_some() ->
     }
 
 
+def test_status_updates_pass_on_the_charge_points_info_and_vendor_error_code() -> None:
+    """info and vendorErrorCode appear as the charge point sent them, only when it did."""
+    event = ConnectorStatusChanged(
+        "CP", 1, "SuspendedEVSE", "OtherError", WHEN, 9, "alice", "Load shedding", "LS-7"
+    )
+    assert protocol.status_update(event) == {
+        "chargePointId": "CP", "connectorId": 1, "status": "SuspendedEVSE", "transactionId": 9,
+        "errorCode": "OtherError", "info": "Load shedding", "vendorErrorCode": "LS-7",
+    }  # fmt: skip
+
+
 def test_meter_updates_carry_the_seeds_meter_value() -> None:
     """kWh, kW, V, A, the sample's time and SoC; phases only when the charge point sent some."""
     sample = MeterSample(WHEN, 15.234, 7.5, 230.1, 32.6, 75.0)

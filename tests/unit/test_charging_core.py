@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 import pytest
@@ -14,13 +15,21 @@ from charging_api.domain.events import (
     TransactionStarted,
     TransactionStopped,
 )
-from charging_api.domain.models import IdTag, IdTagStatus, MeterSample, Principal, Role
+from charging_api.domain.models import (
+    ConnectorState,
+    IdTag,
+    IdTagStatus,
+    MeterSample,
+    Principal,
+    Role,
+)
 from charging_api.errors import (
     ChargePointNotFound,
     ChargePointOffline,
     ChargePointRejected,
     ChargePointTimeout,
     ConnectorBusy,
+    ConnectorNotFound,
     Forbidden,
     NoIdTag,
     TransactionNotActive,
@@ -72,7 +81,8 @@ async def test_start_uses_the_token_id_tag_and_registers_it_to_the_user() -> Non
     world = World()
     await world.online("CP1")
     await world.started()
-    assert world.store.id_tags["TAG-A"].user_id == "alice"
+    registered = await world.store.get_id_tag("TAG-A")
+    assert registered is not None and registered.user_id == "alice"
     verdict = await world.service.on_authorize("CP1", "TAG-A")
     assert verdict.status is IdTagStatus.ACCEPTED
 
@@ -332,3 +342,36 @@ async def test_meter_values_naming_another_charge_points_transaction_reach_nobod
         for e in world.bus.events[before:]
     )
     assert await world.store.meter_samples_of(tx_id) == []
+
+
+async def test_connectors_are_known_from_storage_then_from_new_statuses() -> None:
+    """After a restart the reported connectors come from storage; a later report adds one."""
+    world = World()
+    await world.online("CP1")
+    for connector in (0, 1):
+        await world.store.set_connector_status(ConnectorState("CP1", connector, "Available"))
+    with pytest.raises(ConnectorNotFound):
+        await world.service.start(ALICE, "CP1", 2)
+    assert world.gateway.calls.empty()
+    await world.service.on_status("CP1", 2, "Available", "NoError", None)
+    task = asyncio.create_task(world.service.start(ALICE, "CP1", 2))
+    _, action, payload = await asyncio.wait_for(world.gateway.calls.get(), 5)
+    assert (action, payload["connectorId"]) == ("RemoteStartTransaction", 2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_tag_refused_once_its_expiry_passes_on_the_core_clock() -> None:
+    """The same tag starts before its expiryDate and is FORBIDDEN (Expired) after it."""
+    world = World()
+    await world.online("CP1")
+    expiry = world.clock.now() + timedelta(minutes=1)
+    await world.store.put_id_tag(IdTag("TAG-A", "alice", expiry=expiry))
+    await world.started()
+    world.clock.advance(61)
+    with pytest.raises(Forbidden) as refused:
+        await world.service.start(ALICE, "CP1", 2)
+    assert refused.value.details == {"idTag": "TAG-A", "idTagStatus": "Expired"}
+    assert (await world.service.on_authorize("CP1", "tag-a")).status is IdTagStatus.EXPIRED
+    assert world.gateway.calls.empty()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,6 +97,19 @@ def test_an_owner_who_also_watches_gets_the_event_once() -> None:
     hub.subscribe("admin", ["CP-1"])
     hub.on_event(status(user="admin"))
     assert len(inbox["admin"].frames) == 1
+
+
+def test_a_charge_point_wide_copy_reaches_its_owner_only() -> None:
+    """A connector-0 Faulted: watchers see the original once, each owner their own copy."""
+    hub, inbox = hub_with("alice", "bob", "ops")
+    hub.subscribe("ops", ["CP-1"])
+    hub.on_event(ConnectorStatusChanged("CP-1", 0, "Faulted", "GroundFailure", WHEN, None, None))
+    for user, tx in (("alice", 7), ("bob", 8)):
+        copy = ConnectorStatusChanged("CP-1", 0, "Faulted", "GroundFailure", WHEN, tx, user)
+        hub.on_event(dataclasses.replace(copy, owner_only=True))
+    assert [m["data"].get("transactionId") for m in inbox["ops"].messages] == [None]
+    assert [m["data"]["transactionId"] for m in inbox["alice"].messages] == [7]
+    assert [m["data"]["transactionId"] for m in inbox["bob"].messages] == [8]
 
 
 def test_seq_counts_per_user_and_the_data_is_shared() -> None:

@@ -71,7 +71,20 @@ HEADLINE_CASES: list[tuple[str, list[Any], dict[str, float]]] = [
     ("default unit of current is A", [sv("32.6", CUR)], {"current": 32.6}),
     ("SoC in Percent", [sv("75", SOC, unit="Percent", location="EV")], {"soc": 75.0}),
     ("unit case-insensitive", [sv("7500", P, unit="w")], {"power": 7.5}),
-    ("unit that does not fit skipped", [sv("10", E, unit="varh")], {}),
+    ("unit that does not fit skipped", [sv("10", E, unit="varh"), sv("7", P)], {"power": 0.007}),
+    ("decimal comma", [sv("123,4", E, unit="Wh")], {"energy": 0.1234}),
+    (
+        "decimal comma in every field",
+        [
+            sv("15234,5", E, unit="Wh"),
+            sv("7,4", P, unit="kW"),
+            sv("230,1", V),
+            sv("16,25", CUR),
+            sv("75,5", SOC, location="EV"),
+        ],
+        {"energy": 15.2345, "power": 7.4, "voltage": 230.1, "current": 16.25, "soc": 75.5},
+    ),
+    ("negative decimal comma", [sv("-0,5", CUR)], {"current": -0.5}),
     (
         "three-phase energy and power summed",
         [
@@ -143,8 +156,9 @@ HEADLINE_CASES: list[tuple[str, list[Any], dict[str, float]]] = [
             sv("50", "Frequency"),
             sv("1200", "Energy.Active.Export.Register"),
             sv("12", "Temperature"),
+            sv("230", V),
         ],
-        {},
+        {"voltage": 230.0},
     ),
     (
         "Outlet preferred over other locations",
@@ -170,7 +184,11 @@ HEADLINE_CASES: list[tuple[str, list[Any], dict[str, float]]] = [
         [sv("7000", P, location="Inlet")],
         {"power": 7.0},
     ),
-    ("malformed entries skipped", ["x", None, {"no": "value"}, sv("1", E, phase="L9")], {}),
+    (
+        "malformed entries skipped",
+        ["x", None, {"no": "value"}, sv("1", E, phase="L9"), sv("2", V)],
+        {"voltage": 2.0},
+    ),
 ]
 
 
@@ -219,10 +237,35 @@ def test_three_phase_sum_is_rounded() -> None:
     assert sample.energy_import_kwh == 0.3
 
 
-def test_no_sampled_values_gives_empty_sample() -> None:
-    """A MeterValue with a timestamp but no usable values is a sample of nothing, not None."""
-    assert meter_value_to_sample({"timestamp": TS}) == MeterSample(timestamp=AT)
-    assert meter_value_to_sample({"timestamp": TS, "sampledValue": []}) == MeterSample(timestamp=AT)
+@pytest.mark.parametrize(
+    "sampled",
+    [
+        None,
+        [],
+        [sv("10", E, unit="varh")],
+        [sv("21.5", "Temperature")],
+        [sv("a1b2c3", E, format="SignedData")],
+        ["x", None, {"no": "value"}, sv("1", E, phase="L9")],
+        [sv("1,234.5"), sv("1.234,5"), sv("1,2,3"), sv(",5"), sv("5,"), sv("n/a")],
+    ],
+    ids=["absent", "empty", "unit", "unknown measurand", "signed", "malformed", "not numbers"],
+)
+def test_no_usable_value_gives_none(sampled: list[Any] | None) -> None:
+    """A MeterValue with a timestamp but no usable value is not a sample (never an empty row)."""
+    meter_value: dict[str, Any] = {"timestamp": TS}
+    if sampled is not None:
+        meter_value["sampledValue"] = sampled
+    assert meter_value_to_sample(meter_value) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("123,4", 0.1234), (" 7,25 ", 0.00725), ("+2,0", 0.002), ("1,234", 0.001234)],
+)
+def test_decimal_comma_is_the_decimal_point(text: str, expected: float) -> None:
+    """``"123,4"`` (a charger set to a European locale) is read as 123.4 Wh, not skipped."""
+    assert sample_of(sv(text)).energy_import_kwh == expected
+    assert sample_of(sv(text, phase="L1")).phases == {"L1": {"energyImportKWh": expected}}
 
 
 @pytest.mark.parametrize(

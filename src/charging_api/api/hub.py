@@ -147,8 +147,13 @@ class UpdateHub:
         if isinstance(event, ChargePointConnectionChanged):
             return  # Offline reaches apps as a status update
         owner = self._streams.get(event.user_id) if event.user_id is not None else None
-        watchers = self._watch_cp.get(event.charge_point_id)
-        everything = self._watch_all_now
+        watchers: set[UserStream] | None = None
+        everything: tuple[UserStream, ...] = ()
+        if isinstance(event, ConnectorStatusChanged) and event.owner_only:
+            pass  # a copy for the owner: subscribers got the charge point's original
+        else:
+            watchers = self._watch_cp.get(event.charge_point_id)
+            everything = self._watch_all_now
         if owner is None and not watchers and not everything:
             return
         if isinstance(event, MeterValuesReceived):

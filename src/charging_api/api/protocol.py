@@ -196,6 +196,10 @@ def status_update(event: ConnectorStatusChanged) -> dict[str, Any]:
         data["transactionId"] = event.transaction_id
     if event.error_code and event.error_code != "NoError":
         data["errorCode"] = event.error_code
+    if event.info:
+        data["info"] = event.info
+    if event.vendor_error_code:
+        data["vendorErrorCode"] = event.vendor_error_code
     return data
 
 

@@ -2,7 +2,8 @@
 
 Rules:
 1. A user may charge with an id tag only if the tag is theirs: named in their token's ``idTag``
-   claim, or registered to them in storage. An admin may use any tag.
+   claim, or registered to them in storage. An admin may use any tag. Tags compare
+   case-insensitively (OCPP's CiString20, :func:`~charging_api.domain.models.id_tag_key`).
 2. A user may act only as themselves: a ``userId`` in a request must be the token's user
    (admins may act for anyone).
 3. A user may stop only transactions they own; an admin may stop any.
@@ -19,7 +20,13 @@ import hmac
 import secrets
 from datetime import datetime
 
-from charging_api.domain.models import IdTag, IdTagStatus, IdTagVerdict, Principal
+from charging_api.domain.models import (
+    IdTag,
+    IdTagStatus,
+    IdTagVerdict,
+    Principal,
+    id_tag_key,
+)
 
 
 def may_act_as(principal: Principal, user_id: str | None) -> bool:
@@ -33,7 +40,10 @@ def may_use_id_tag(principal: Principal, user_id: str, tag: str, record: IdTag |
         return True
     if record is not None and record.user_id is not None:
         return record.user_id == user_id
-    return tag in principal.id_tags and user_id == principal.user_id
+    if user_id != principal.user_id:
+        return False
+    key = id_tag_key(tag)
+    return any(id_tag_key(claimed) == key for claimed in principal.id_tags)
 
 
 def may_stop(principal: Principal, owner_user_id: str | None) -> bool:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from charging_api.domain import access
@@ -35,6 +35,7 @@ from charging_api.domain.models import (
     Principal,
     StoredMeterSample,
     Transaction,
+    same_id_tag,
 )
 from charging_api.domain.ports import ChargerGateway, Clock, EventBus, Store
 from charging_api.errors import (
@@ -44,6 +45,7 @@ from charging_api.errors import (
     ChargePointTimeout,
     ChargingApiError,
     ConnectorBusy,
+    ConnectorNotFound,
     Forbidden,
     NoIdTag,
     TransactionNotActive,
@@ -147,6 +149,12 @@ class ChargingService:
         self._live_on_connector: dict[ConnectorKey, int] = {}
         self._pending: dict[ConnectorKey, _PendingStart] = {}
         self._followers: dict[ConnectorKey, str] = {}
+        # Highest connector id each charge point has reported (read from storage once per
+        # charge point, then kept up to date by on_status): the start's CONNECTOR_NOT_FOUND.
+        self._highest_connector: dict[str, int] = {}
+        # Charge points whose connector 0 reported Faulted last: the status that ends the
+        # fault reaches the same session owners.
+        self._faulted_charge_points: set[str] = set()
         self._starts_by_request: dict[
             tuple[str, str], tuple[float, asyncio.Future[StartOutcome]]
         ] = {}
@@ -237,6 +245,7 @@ class ChargingService:
                 f"Charge point {charge_point_id} is not connected",
                 {"chargePointId": charge_point_id},
             )
+        await self._check_connector(charge_point_id, connector_id)
         key = (charge_point_id, connector_id)
         self._drop_stale_pending()
         stale = self._pending.get(key)
@@ -294,10 +303,38 @@ class ChargingService:
             if pending.created < horizon:
                 self._forget_pending(key, pending)
 
+    async def _check_connector(self, charge_point_id: str, connector_id: int) -> None:
+        """CONNECTOR_NOT_FOUND for a connector beyond those the charge point has reported.
+
+        OCPP 1.6 numbers connectors 1..N and a charge point reports each one with a
+        StatusNotification after it boots, so the highest id it reported is N. A charge point
+        that has reported no connector yet (some report late, or only once a session begins)
+        gets the benefit of the doubt: the start goes ahead and the charge point answers for
+        itself. Storage is read once per charge point; on_status keeps the number current.
+        """
+        highest = self._highest_connector.get(charge_point_id)
+        if highest is None:
+            states = await self._store.connector_states(charge_point_id)
+            highest = max((state.connector_id for state in states), default=0)
+            self._highest_connector[charge_point_id] = highest
+        if highest and connector_id > highest:
+            raise ConnectorNotFound(
+                f"Charge point {charge_point_id} has no connector {connector_id} "
+                f"(it reported connectors 1 to {highest})",
+                {"chargePointId": charge_point_id, "connectorId": connector_id},
+            )
+
     async def _choose_id_tag(
         self, principal: Principal, owner: str, requested: str | None
     ) -> IdTag:
-        """The tag to start with, as stored (a token's tag is stored for its user first)."""
+        """The tag to start with, as stored (a token's tag is stored for its user first).
+
+        Tags match case-insensitively and the stored spelling is used. A tag named in the
+        request, or the token's ``idTag`` claim, that storage knows but Authorize would not
+        accept (Blocked, Expired, past its expiry date, ...) is FORBIDDEN here, before any
+        RemoteStart, with Authorize's answer in ``details.idTagStatus``: the charge point would
+        refuse it, or worse, start a session on it anyway.
+        """
         if requested is not None:
             record = await self._store.get_id_tag(requested)
             if not access.may_use_id_tag(principal, owner, requested, record):
@@ -307,15 +344,23 @@ class ChargingService:
                 # Authorize/StartTransaction for it is Accepted.
                 record = IdTag(requested, owner)
                 await self._store.put_id_tag(record)
+            self._refuse_unless_accepted(record)
             return record
         if owner == principal.user_id:
+            refused: IdTag | None = None
             for tag in sorted(principal.id_tags):
                 found = await self._store.get_id_tag(tag)
                 if access.may_use_id_tag(principal, owner, tag, found):
                     if found is None:
                         found = IdTag(tag, owner)
                         await self._store.put_id_tag(found)
+                    elif not self._accepted(found):
+                        refused = refused or found
+                        continue
                     return found
+            if refused is not None:
+                # The token names this tag: no quiet fall-back to another card.
+                self._refuse_unless_accepted(refused)
         for record in await self._store.id_tags_of(owner):
             if access.verdict_for(record, self._clock.now()).status is IdTagStatus.ACCEPTED:
                 return record
@@ -324,6 +369,17 @@ class ChargingService:
             "(charging-api idtags add TAG --user USER)",
             {"userId": owner},
         )
+
+    def _accepted(self, record: IdTag) -> bool:
+        return access.verdict_for(record, self._clock.now()).status is IdTagStatus.ACCEPTED
+
+    def _refuse_unless_accepted(self, record: IdTag) -> None:
+        verdict = access.verdict_for(record, self._clock.now())
+        if verdict.status is not IdTagStatus.ACCEPTED:
+            raise Forbidden(
+                f"Id tag {record.tag} may not charge: it is {verdict.status.value}",
+                {"idTag": record.tag, "idTagStatus": verdict.status.value},
+            )
 
     async def stop(
         self,
@@ -478,7 +534,7 @@ class ChargingService:
         key = (charge_point_id, connector_id)
         pending = self._pending.get(key)
         record: IdTag | None
-        if pending is not None and pending.id_tag == id_tag:
+        if pending is not None and same_id_tag(pending.id_tag, id_tag):
             user: str | None = pending.user_id
             # Our remote start: the tag's record was read moments ago (re-read if late).
             record = await self._store.get_id_tag(id_tag) if pending.timed_out else pending.record
@@ -573,22 +629,33 @@ class ChargingService:
         status: str,
         error_code: str,
         timestamp: datetime | None,
+        info: str | None = None,
+        vendor_error_code: str | None = None,
     ) -> None:
-        """Store the connector's status and tell the user following that connector."""
+        """Store the connector's status and tell the user following that connector.
+
+        ``info`` and ``vendor_error_code`` (the charge point's own words) travel with the
+        push. Connector 0 is the charge point itself: see :meth:`_tell_session_owners`.
+        """
         key = (charge_point_id, connector_id)
         at = timestamp or self._clock.now()
         await self._store.set_connector_status(
             ConnectorState(charge_point_id, connector_id, status, error_code, at)
         )
+        highest = self._highest_connector.get(charge_point_id)
+        if highest is not None and connector_id > highest:
+            self._highest_connector[charge_point_id] = connector_id
         tx_id = self._live_on_connector.get(key)
         user = self._followers.get(key)
         if user is None and tx_id is not None:
             user = self._live[tx_id].user_id
-        await self._bus.publish(
-            ConnectorStatusChanged(
-                charge_point_id, connector_id, status, error_code, at, tx_id, user
-            )
-        )
+        event = ConnectorStatusChanged(
+            charge_point_id, connector_id, status, error_code, at, tx_id, user, info,
+            vendor_error_code,
+        )  # fmt: skip
+        await self._bus.publish(event)
+        if connector_id == 0:
+            await self._tell_session_owners(event)
         if status == "Available" and tx_id is None:
             pending = self._pending.get(key)
             if pending is not None and pending.timed_out:
@@ -596,6 +663,34 @@ class ChargingService:
                 self._forget_pending(key, pending)
             if key not in self._pending:
                 self._followers.pop(key, None)
+
+    async def _tell_session_owners(self, event: ConnectorStatusChanged) -> None:
+        """A charge point's ``Faulted`` (connector 0) concerns every session on it.
+
+        Its owners (and users waiting for a start there) each get a copy with their own
+        transactionId; so does the status that ends the fault. Other connector-0 statuses
+        (the routine ``Available`` after a boot) stay with subscribed admins.
+        """
+        cp_id = event.charge_point_id
+        if event.status == "Faulted":
+            self._faulted_charge_points.add(cp_id)
+        elif cp_id in self._faulted_charge_points:
+            self._faulted_charge_points.discard(cp_id)
+        else:
+            return
+        told: dict[str, set[int | None]] = {}
+        for key, user in self._followers.items():
+            if key[0] == cp_id:
+                told.setdefault(user, set()).add(self._live_on_connector.get(key))
+        for live in self._live.values():
+            if live.charge_point_id == cp_id and live.user_id is not None:
+                told.setdefault(live.user_id, set()).add(live.transaction_id)
+        for user, tx_ids in told.items():
+            if None in tx_ids and len(tx_ids) > 1:
+                tx_ids.discard(None)  # a waiting start beside a session: one copy will do
+            for tx_id in sorted(tx_ids, key=lambda t: -1 if t is None else t):
+                copy = replace(event, transaction_id=tx_id, user_id=user, owner_only=True)
+                await self._bus.publish(copy)
 
     async def on_meter_values(
         self,
@@ -607,9 +702,16 @@ class ChargingService:
         """The hot path: no database read, one batched write, one publish per live sample.
 
         Samples older than ``meter_live_window`` (a replay after an outage) are stored but not
-        pushed as if they were live.
+        pushed as if they were live. Samples with no usable value are dropped. Connector 0 is
+        the charge point's main meter: its samples are stored for the charge point, without a
+        transaction, even when they name one, so they never count as a session's energy.
         """
-        if transaction_id is None:
+        samples = [sample for sample in samples if sample.has_values]
+        if not samples:
+            return
+        if connector_id == 0:
+            transaction_id = None
+        elif transaction_id is None:
             transaction_id = self._live_on_connector.get((charge_point_id, connector_id))
         live = self._live.get(transaction_id) if transaction_id is not None else None
         if live is None and transaction_id is not None:

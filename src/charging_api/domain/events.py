@@ -16,6 +16,14 @@ from charging_api.domain.models import MeterSample
 
 @dataclass(frozen=True, slots=True)
 class ConnectorStatusChanged:
+    """A StatusNotification (or our own ``Offline``) for one connector; 0 is the charge point.
+
+    ``info`` and ``vendor_error_code`` are the charge point's free-text details, passed on
+    as sent. ``owner_only`` marks the copy of a charge-point-wide status (connector 0) made
+    for the owner of one session on that charge point: it goes to ``user_id`` alone, since
+    subscribers to the charge point already got the original.
+    """
+
     charge_point_id: str
     connector_id: int
     status: str
@@ -23,6 +31,9 @@ class ConnectorStatusChanged:
     timestamp: datetime
     transaction_id: int | None
     user_id: str | None
+    info: str | None = None
+    vendor_error_code: str | None = None
+    owner_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,32 @@ class IdTagStatus(StrEnum):
     CONCURRENT_TX = "ConcurrentTx"
 
 
+def id_tag_key(tag: str) -> str:
+    """The form under which id tags are compared and looked up.
+
+    OCPP 1.6 types ``idTag`` as CiString20: case-insensitive. Every comparison of two tags
+    (Authorize, StartTransaction against a pending remote start, an app's start, a token's
+    ``idTag`` claim) and every storage lookup goes through this one function, so ``"tag-a"``
+    and ``"TAG-A"`` are the same card everywhere. Unicode case folding (``str.casefold``)
+    rather than ``lower()``: it is the caseless match Unicode defines, and the stores compute
+    it here, in Python, never with SQL ``lower()`` (SQLite folds only ASCII, PostgreSQL
+    follows the database's collation), so all backends agree. The tag itself is kept and
+    shown as it was registered.
+    """
+    return tag.casefold()
+
+
+def same_id_tag(a: str, b: str) -> bool:
+    """Whether two id tags name the same card (see :func:`id_tag_key`)."""
+    return a == b or id_tag_key(a) == id_tag_key(b)
+
+
 @dataclass(frozen=True, slots=True)
 class IdTag:
-    """An RFID card or app token id, and the user it belongs to (if any)."""
+    """An RFID card or app token id, and the user it belongs to (if any).
+
+    ``tag`` is spelled as registered; it is compared case-insensitively (:func:`id_tag_key`).
+    """
 
     tag: str
     user_id: str | None
@@ -135,6 +158,18 @@ class MeterSample:
     current: float | None = None
     state_of_charge: float | None = None
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def has_values(self) -> bool:
+        """False when nothing was measured: such a sample is never stored nor pushed."""
+        return (
+            self.energy_import_kwh is not None  # the usual case decides at once
+            or self.power_kw is not None
+            or self.voltage is not None
+            or self.current is not None
+            or self.state_of_charge is not None
+            or bool(self.phases)
+        )
 
 
 @dataclass(frozen=True, slots=True)

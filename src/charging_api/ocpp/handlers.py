@@ -55,6 +55,8 @@ async def status_notification(service: ChargingService, cp_id: str, p: Payload) 
         p["status"],
         p["errorCode"],
         parse_ocpp_datetime(timestamp) if timestamp else None,
+        info=p.get("info"),
+        vendor_error_code=p.get("vendorErrorCode"),
     )
     return {}
 
@@ -64,6 +66,13 @@ async def authorize(service: ChargingService, cp_id: str, p: Payload) -> Payload
 
 
 async def start_transaction(service: ChargingService, cp_id: str, p: Payload) -> Payload:
+    """Connector 0 is the charge point itself, where no transaction can run: the ValueError
+    is answered with CALLERROR PropertyConstraintViolation and nothing is stored."""
+    if p["connectorId"] < 1:
+        raise ValueError(
+            f"StartTransaction connectorId must be 1 or more, not {p['connectorId']}: "
+            "connector 0 is the charge point itself"
+        )
     transaction_id, verdict = await service.on_start_transaction(
         cp_id, p["connectorId"], p["idTag"], p["meterStart"], parse_ocpp_datetime(p["timestamp"])
     )

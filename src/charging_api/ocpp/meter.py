@@ -7,7 +7,10 @@ request; the app door calls :func:`sample_to_wire` to build the seed's ``meterVa
 Reading a ``SampledValue`` (OCPP 1.6 rules)
 -------------------------------------------
 * ``value`` is a string (a bare JSON number is accepted too); a value that does not parse as a
-  finite number is skipped, never raised.
+  finite number is skipped, never raised. A decimal comma, as chargers configured for many
+  European locales send it, is read as the decimal point: ``"123,4"`` is 123.4. Only a single
+  comma with no point is taken that way (so ``"1,234"`` is 1.234: meters do not group
+  thousands); ``"1,234.5"`` and ``"1.234,5"`` mix separators and are skipped, not guessed.
 * ``format: SignedData`` values are skipped (they are not numbers).
 * ``measurand`` defaults to ``Energy.Active.Import.Register``.
 * An absent ``unit`` takes the measurand's natural unit: energy Wh, power W, voltage V,
@@ -21,7 +24,8 @@ Reading a ``SampledValue`` (OCPP 1.6 rules)
 * Several values for the same measurand and phase that differ only in ``location``: the best
   location wins, ``Outlet`` (the default) > ``Inlet`` > ``Cable`` > ``EV`` > ``Body``; for SoC,
   ``EV`` comes first. Among equal locations the first value wins.
-* A ``MeterValue`` without a parsable ``timestamp`` gives None.
+* A ``MeterValue`` without a parsable ``timestamp`` gives None, and so does one with no usable
+  value (only unknown measurands, signed data or unreadable numbers): it is not a sample.
 
 Phase rule
 ----------
@@ -195,7 +199,8 @@ _UNIT_LOOKUP: Final = {measurand: _unit_lookup(measurand) for measurand in _UNIT
 def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
     """Turn one OCPP 1.6 ``MeterValue`` (wire, camelCase) into a :class:`MeterSample`.
 
-    Returns None when the timestamp is missing or unparsable. Bad sampled values are skipped.
+    Returns None when the timestamp is missing or unparsable, or when no sampled value is
+    usable (so no empty sample is ever stored). Bad sampled values are skipped.
     See the module docstring for units, locations and the phase rule.
 
     It runs for every MeterValues, so the usual shape (unphased values in OCPP's own unit
@@ -245,7 +250,10 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
             try:
                 number = float(raw)
             except ValueError:
-                continue
+                with_comma = _decimal_comma(raw)
+                if with_comma is None:
+                    continue
+                number = with_comma
         elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
             number = float(raw)
         else:
@@ -268,6 +276,8 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
                 phased[key] = (rank, _scaled(number, factor))
 
     if not phased:
+        if ranks_of == _NOTHING_RANKED:
+            return None
         return MeterSample(
             timestamp=timestamp,
             energy_import_kwh=headline[0],
@@ -294,6 +304,20 @@ def meter_value_to_sample(meter_value: dict[str, Any]) -> MeterSample | None:
         state_of_charge=headline[4],
         phases=phases,
     )
+
+
+_NOTHING_RANKED: Final = [_UNKNOWN_RANK + 1] * 5
+
+
+def _decimal_comma(raw: str) -> float | None:
+    """``"123,4"`` -> 123.4: one comma, no point, digits on both sides; anything else None."""
+    whole, comma, fraction = raw.strip().partition(",")
+    if not comma or "." in raw or "," in fraction:
+        return None
+    digits = whole[1:] if whole[:1] in ("+", "-") else whole
+    if not (digits.isdigit() and fraction.isdigit() and digits.isascii() and fraction.isascii()):
+        return None
+    return float(f"{whole}.{fraction}")
 
 
 def _scaled(number: float, factor: float) -> float:

@@ -28,8 +28,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-#: Bump together with a migration step in ``SqlStore.start`` when the schema changes.
-SCHEMA_VERSION = 1
+#: Bump together with a migration step (``statements.MIGRATIONS``) when the schema changes.
+SCHEMA_VERSION = 2
+
+#: ``Column.info`` key of a column computed from others by the store: written with every row,
+#: never read back into a domain value (the domain type has no field of that name).
+DERIVED = "derived"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -98,10 +102,16 @@ connectors = Table(
 id_tags = Table(
     "id_tags",
     metadata,
-    Column("tag", String, primary_key=True),
+    Column("tag", String, primary_key=True),  # as registered: the spelling is kept
     Column("user_id", String, index=True),
     Column("status", String, nullable=False),
     Column("expiry", UtcDateTime),
+    # ``id_tag_key(tag)``: what every lookup compares, so tags are case-insensitive (OCPP's
+    # CiString20) alike on every database. Computed in Python, not with SQL ``lower()``:
+    # SQLite folds only ASCII and PostgreSQL folds by the database's collation. Unique, so
+    # two spellings of one tag cannot both be registered.
+    Column("tag_key", String, nullable=False, info={DERIVED: True}),
+    Index("ux_id_tags_tag_key", "tag_key", unique=True),
 )
 
 transactions = Table(

@@ -1,0 +1,203 @@
+"""What only ``SqlStore`` promises, on SQLite and PostgreSQL: batched meter writes, rows the
+database refuses, a bounded buffer, the recorded schema version and its migrations.
+
+"Written" here means in the table, read with SQL: ``meter_samples_of`` may answer from the
+buffer too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Connection, func, select, text, update
+
+from charging_api.domain.models import IdTag, MeterSample, StoredMeterSample
+from charging_api.storage import SqlStore
+from charging_api.storage.tables import SCHEMA_VERSION, meter_samples, schema_version
+
+OpenSqlStore = Callable[..., Awaitable[SqlStore]]  # the conftest fixture
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def sample(tx: int | None, at: datetime, **fields: Any) -> StoredMeterSample:
+    return StoredMeterSample("CP1", 1, tx, MeterSample(timestamp=at, **fields))
+
+
+async def written_times(store: SqlStore, transaction_id: int) -> list[datetime]:
+    """Timestamps of the samples of ``transaction_id`` in the table, in time order."""
+    column = meter_samples.c.timestamp
+    stmt = (
+        select(column)
+        .where(meter_samples.c.transaction_id == transaction_id)
+        .order_by(column, meter_samples.c.id)
+    )
+    found: list[datetime] = await store._db.read(lambda c: list(c.execute(stmt).scalars()))
+    return found
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_full_batch_is_written_without_waiting_for_the_interval(
+    open_sql_store: OpenSqlStore,
+) -> None:
+    """Reaching meter_batch_size wakes the flusher at once, long before the interval."""
+    store = await open_sql_store(meter_flush_interval=60, meter_batch_size=3)
+    store.add_meter_samples([sample(7, T0 + timedelta(seconds=i)) for i in range(3)])
+
+    async def written() -> bool:
+        return len(await written_times(store, 7)) == 3
+
+    await eventually(written)
+
+
+async def test_flusher_writes_after_the_interval(open_sql_store: OpenSqlStore) -> None:
+    """A partial batch is written by the background flusher after meter_flush_interval."""
+    store = await open_sql_store(meter_flush_interval=0.05, meter_batch_size=1000)
+    store.add_meter_samples([sample(7, T0)])
+
+    async def written() -> bool:
+        return len(await written_times(store, 7)) == 1
+
+    await eventually(written)
+
+
+async def test_flush_writes_what_is_buffered(open_sql_store: OpenSqlStore) -> None:
+    """Nothing reaches the table before a flush (or the flusher); flush() writes it all."""
+    store = await open_sql_store(meter_flush_interval=60, meter_batch_size=1000)
+    store.add_meter_samples([sample(7, T0 + timedelta(seconds=1)), sample(7, T0)])
+    assert await written_times(store, 7) == []
+    await store.flush()
+    assert await written_times(store, 7) == [T0, T0 + timedelta(seconds=1)]
+
+
+async def test_failed_batch_is_logged_kept_and_retried(
+    open_sql_store: OpenSqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing batch write is logged, the flusher survives, and the samples are written later."""
+    store = await open_sql_store(meter_flush_interval=0.02, meter_batch_size=1000)
+    await store._db.write(
+        lambda c: c.execute(text("ALTER TABLE meter_samples RENAME TO meter_samples_away"))
+    )
+    caplog.set_level(logging.ERROR, logger="charging_api.storage.sql")
+    store.add_meter_samples([sample(7, T0), sample(7, T0 + timedelta(seconds=1))])
+
+    async def failure_logged() -> bool:
+        return any("meter samples failed" in r.getMessage() for r in caplog.records)
+
+    await eventually(failure_logged)
+    await store._db.write(
+        lambda c: c.execute(text("ALTER TABLE meter_samples_away RENAME TO meter_samples"))
+    )
+
+    async def written() -> bool:
+        return len(await written_times(store, 7)) == 2
+
+    await eventually(written)
+
+
+async def test_refused_sample_is_dropped_and_the_rest_written(
+    open_sql_store: OpenSqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One sample the database refuses (a NOT NULL violation) does not block its batch forever."""
+    store = await open_sql_store(meter_flush_interval=60, meter_batch_size=1000)
+    bad = StoredMeterSample(cast(str, None), 1, 7, MeterSample(T0 + timedelta(seconds=1)))
+    store.add_meter_samples([sample(7, T0), bad, sample(7, T0 + timedelta(seconds=2))])
+    with caplog.at_level(logging.ERROR, logger="charging_api.storage.sql"):
+        await store.flush()
+    assert await written_times(store, 7) == [T0, T0 + timedelta(seconds=2)]
+    assert any("refuses" in r.getMessage() for r in caplog.records)
+
+
+async def test_meter_buffer_is_bounded(
+    open_sql_store: OpenSqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beyond max_buffered_samples the oldest samples are dropped with a warning."""
+    store = await open_sql_store(
+        meter_flush_interval=60, meter_batch_size=1000, max_buffered_samples=5
+    )
+    with caplog.at_level(logging.WARNING, logger="charging_api.storage.sql"):
+        store.add_meter_samples([sample(7, T0 + timedelta(seconds=i)) for i in range(8)])
+    assert any("dropping 3 oldest" in r.getMessage() for r in caplog.records)
+    await store.flush()
+    assert await written_times(store, 7) == [T0 + timedelta(seconds=i) for i in range(3, 8)]
+
+
+async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> None:
+    """start() records the schema version once, and a restart does not add another row."""
+    await (await open_sql_store()).close()
+    store = await open_sql_store()
+    versions = await store._db.read(
+        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+    )
+    count = await store._db.read(
+        lambda c: c.execute(select(func.count()).select_from(meter_samples)).scalar_one()
+    )
+    assert versions == [SCHEMA_VERSION] and count == 0
+
+
+def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
+    """A unit of work that turns a fresh schema into v1 (no ``tag_key``) holding ``tags``."""
+
+    def run(conn: Connection) -> None:
+        conn.exec_driver_sql("DROP INDEX ux_id_tags_tag_key")
+        conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN tag_key")
+        for tag in tags:
+            conn.execute(
+                text("INSERT INTO id_tags (tag, user_id, status) VALUES (:t, 'u1', 'Accepted')"),
+                {"t": tag},
+            )
+        conn.execute(update(schema_version).values(version=1))
+
+    return run
+
+
+async def test_a_v1_database_gets_case_insensitive_id_tags(open_sql_store: OpenSqlStore) -> None:
+    """Opening a v1 database keys its id tags case-insensitively, spellings kept."""
+    store = await open_sql_store()
+    await store._db.write(_back_to_v1("Old-Tag", "other"))
+    await store.close()
+    store = await open_sql_store()
+    assert await store.get_id_tag("OLD-TAG") == IdTag("Old-Tag", "u1")
+    assert await store.get_id_tag("OTHER") == IdTag("other", "u1")
+    await store.put_id_tag(IdTag("old-tag", "u2"))  # the same tag: updated, not a second row
+    assert [t.tag for t in await store.id_tags_of("u2")] == ["Old-Tag"]
+    versions = await store._db.read(
+        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+    )
+    assert versions == [SCHEMA_VERSION]
+
+
+async def test_a_v1_database_with_one_tag_in_two_cases_is_refused_unchanged(
+    tmp_path: Path,
+) -> None:
+    """v1 tags differing only in case: start-up names them and leaves the database at v1."""
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    store = SqlStore(url)
+    await store.start()
+    await store._db.write(_back_to_v1("TAG-A", "tag-a"))
+    await store.close()
+    store = SqlStore(url)
+    try:
+        with pytest.raises(RuntimeError, match=r"TAG-A / tag-a"):
+            await store.start()
+        versions = await store._db.read(
+            lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+        )
+        assert versions == [1]
+        columns = await store._db.read(
+            lambda c: [r[1] for r in c.exec_driver_sql("PRAGMA table_info(id_tags)")]
+        )
+        assert "tag_key" not in columns
+    finally:
+        await store._db.dispose()
