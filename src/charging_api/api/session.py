@@ -221,10 +221,11 @@ class AppSession:
         )
 
     def covers(self, last_seq: int) -> bool:
-        """Whether a ``resume`` without ``epoch`` may trust ``last_seq``: only seqs this
-        connection was told (in its ``auth_response`` or a push since) are provably from this
-        server process; an older number may come from before a restart."""
-        return last_seq >= self.first_seq
+        """Whether a ``resume`` without ``epoch`` may trust ``last_seq``: only a seq numbered
+        after this connection logged in (so pushed to this very connection) is provably from
+        this server process. Any other number, the login's own ``seq`` included, may come from
+        before a restart, where the same numbers meant other pushes."""
+        return last_seq > self.first_seq
 
     # ------------------------------------------------------------- deadlines
 
