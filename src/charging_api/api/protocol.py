@@ -117,7 +117,7 @@ def request_id_of(message: dict[str, Any]) -> MessageId | None:
 
 def wire_time(now: float) -> str:
     """Epoch seconds as the wire's timestamp text (``2024-01-15T10:30:00.000Z``)."""
-    return format_utc(datetime.fromtimestamp(now, UTC))
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def encode_reply(request_id: MessageId, kind: str, data: dict[str, Any], now: float) -> bytes:
