@@ -168,7 +168,7 @@ async def resume(door: Door, conn: Connection, request: protocol.Request, now: f
             {"currentSeq": current, "epoch": door.epoch},
         )
     conn.replay(frames)
-    return {"success": True, "replayed": len(frames), "currentSeq": current}
+    return protocol.resume_reply(len(frames), current)
 
 
 async def get_state(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
@@ -189,7 +189,7 @@ async def subscribe(door: Door, conn: Connection, request: protocol.Request, now
         watching = door.hub.subscribe(principal.user_id, cps)
     else:
         watching = door.hub.unsubscribe(principal.user_id, cps)
-    return {"success": True, "chargePointIds": watching}
+    return protocol.watching_reply(watching)
 
 
 async def get_transactions(
@@ -198,7 +198,7 @@ async def get_transactions(
     data = request.data
     assert isinstance(data, m.GetTransactionsRequest)
     txs = await door.service.history_of(_principal(conn), data.limit)
-    return {"transactions": [protocol.transaction_to_wire(tx) for tx in txs]}
+    return protocol.transactions_reply(txs)
 
 
 async def get_meter_values(
@@ -206,11 +206,8 @@ async def get_meter_values(
 ) -> Data:
     data = request.data
     assert isinstance(data, m.GetMeterValuesRequest)
-    samples = await door.service.meter_samples_of(_principal(conn), data.transactionId)
-    return {
-        "transactionId": data.transactionId,
-        "meterValues": [protocol.sample_to_wire(s.sample) for s in samples],
-    }
+    stored = await door.service.meter_samples_of(_principal(conn), data.transactionId)
+    return protocol.meter_values_reply(data.transactionId, [s.sample for s in stored])
 
 
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).

@@ -291,6 +291,26 @@ def stop_reply(outcome: StopOutcome) -> dict[str, Any]:
     }
 
 
+def resume_reply(replayed: int, current_seq: int) -> dict[str, Any]:
+    return {"success": True, "replayed": replayed, "currentSeq": current_seq}
+
+
+def watching_reply(watching: list[str] | str) -> dict[str, Any]:
+    """``subscribe_response`` / ``unsubscribe_response`` data: what is watched now."""
+    return {"success": True, "chargePointIds": watching}
+
+
+def transactions_reply(transactions: list[Transaction]) -> dict[str, Any]:
+    return {"transactions": [transaction_to_wire(tx) for tx in transactions]}
+
+
+def meter_values_reply(transaction_id: int, samples: list[MeterSample]) -> dict[str, Any]:
+    return {
+        "transactionId": transaction_id,
+        "meterValues": [sample_to_wire(sample) for sample in samples],
+    }
+
+
 def state_reply(seq: int, state: UserState) -> dict[str, Any]:
     return {
         "seq": seq,
