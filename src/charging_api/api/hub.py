@@ -3,7 +3,8 @@
 Every user has a stream: a sequence counter, a bounded history of the frames pushed to them
 (for ``resume``), the admin subscriptions they hold, and their live sessions. An event goes to
 the stream of the user who owns the session it concerns and to the streams of admins
-subscribed to its charge point: nobody else. The frame's ``data`` is serialised once per event;
+subscribed to its charge point: nobody else. A stream's sessions all get its frames, so a stream
+holds subscriptions only while every attached session is admin (:meth:`UpdateHub.set_role`). The frame's ``data`` is serialised once per event;
 only the ``seq`` differs between recipients, spliced in by bytes concatenation
 (:func:`protocol.push_parts`).
 
