@@ -101,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in))
+        try:
+            token = app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in)
+        except ValueError as exc:
+            print(f"charging-api: --expires-in: {exc}", file=sys.stderr)
+            return 2
+        print(token)
         return 0
     if args.command == "idtags":
         if args.action == "add":

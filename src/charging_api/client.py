@@ -11,8 +11,8 @@ does, plus what it promises and does not do (automatic reconnection).
 - pushes are de-duplicated by ``seq`` and handed over in ``seq`` order: pushes that arrive
   while a ``resume`` is under way (live ones can overtake the replay) are held until its
   answer, then sorted;
-- ``start_charging`` keeps its message id across a reconnect and retries once, which the server
-  answers idempotently (no second transaction).
+- ``start_charging`` keeps its message (id, timestamp, data) across a reconnect and retries
+  once, which the server answers idempotently (no second transaction).
 
 Uses only ``websockets`` and ``orjson``: no server code, so apps can vendor it.
 """
@@ -164,7 +164,9 @@ class ChargingClient:
                 self._resync(current)  # another server instance: its seq is another stream
             else:
                 try:
-                    await self._request_now("resume", {"lastSeq": self.last_seq})
+                    await self._request_now(
+                        "resume", {"lastSeq": self.last_seq, "epoch": previous.get("epoch")}
+                    )
                 except RequestFailed as exc:
                     if exc.code != "RESYNC_REQUIRED":
                         raise
@@ -218,7 +220,11 @@ class ChargingClient:
     # ------------------------------------------------------------------ requests
 
     async def _request_now(
-        self, kind: str, data: dict[str, Any] | None, message_id: str | None = None
+        self,
+        kind: str,
+        data: dict[str, Any] | None,
+        message_id: str | None = None,
+        timestamp: str | None = None,
     ) -> dict[str, Any]:
         ws = self._ws
         if ws is None:
@@ -226,11 +232,7 @@ class ChargingClient:
         mid = message_id or f"py-{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[mid] = future
-        envelope: dict[str, Any] = {
-            "id": mid,
-            "type": kind,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        }
+        envelope: dict[str, Any] = {"id": mid, "type": kind, "timestamp": timestamp or _now()}
         if data is not None:
             envelope["data"] = data
         try:
@@ -254,14 +256,16 @@ class ChargingClient:
         retries: int = 0,
         message_id: str | None = None,
     ) -> dict[str, Any]:
-        """Send one request and return the reply; with ``retries``, the same message id is
-        sent again after a reconnect (safe for requests the server treats idempotently)."""
+        """Send one request and return the reply; with ``retries``, the same message (same id,
+        timestamp and data) is sent again after a reconnect: the server answers a start sent
+        again with the first attempt's outcome."""
         mid = message_id or f"py-{next(self._ids)}"
+        stamp = _now()
         for attempt in itertools.count():
             if not self.connected.is_set():
                 await asyncio.wait_for(self.connected.wait(), self.request_timeout)
             try:
-                return await self._request_now(kind, data, mid)
+                return await self._request_now(kind, data, mid, stamp)
             except ConnectionLost:
                 if attempt >= retries or not self._reconnect:
                     raise
@@ -294,6 +298,10 @@ class ChargingClient:
                 update = await self._updates.get()
                 if kind is None or update.get("type") == kind:
                     return update
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _data(reply: dict[str, Any]) -> dict[str, Any]:

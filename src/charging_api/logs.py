@@ -1,8 +1,10 @@
 """Structured log lines (``key=value``) that never carry tokens or secrets.
 
-Every record passes a redaction filter: anything shaped like a JWT, a ``Bearer``/``Basic``
-credential, or one of the configured secrets is replaced by ``[redacted]`` before it is written,
-whatever code logged it (our own, a library's, an exception's text).
+Anything shaped like a JWT, a ``Bearer``/``Basic`` credential, or one of the configured secrets
+is replaced by ``[redacted]`` before it is written, whatever code logged it (our own, a
+library's, an exception's text). Two layers: a filter redacts each record's message (for every
+handler, including ones added later), and the formatter redacts the whole formatted line, so the
+``trace=`` part (an exception's text and its chained causes, e.g. SQL parameters) is covered too.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
@@ -40,7 +42,11 @@ class RedactingFilter(logging.Filter):
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``time=... level=INFO logger=charging_api.x msg="..."``"""
+    """``time=... level=INFO logger=charging_api.x msg="..."``, passed whole through ``redact``."""
+
+    def __init__(self, redact: Callable[[str], str] | None = None) -> None:
+        super().__init__()
+        self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage().replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -51,15 +57,15 @@ class KeyValueFormatter(logging.Formatter):
         if record.exc_info and record.levelno >= logging.ERROR:
             trace = self.formatException(record.exc_info).replace("\n", "\\n")
             line += f' trace="{trace}"'
-        return line
+        return self._redact(line) if self._redact is not None else line
 
 
 def configure(level: str, log_file: Path | None, secrets: Iterable[str]) -> None:
     import time
 
-    formatter = KeyValueFormatter()
-    formatter.converter = time.gmtime
     redactor = RedactingFilter(secrets)
+    formatter = KeyValueFormatter(redactor.redact)
+    formatter.converter = time.gmtime
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)

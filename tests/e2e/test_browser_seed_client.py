@@ -23,6 +23,7 @@ from playwright.async_api import Browser, ConsoleMessage, async_playwright
 from charging_api.simulator.charge_point import SimulatedChargePoint
 from charging_api.simulator.fleet import run_charge_point
 from tests.conftest import RunningServer, make_settings, running_server
+from tests.reliability.helpers import transactions_in_db
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO.parent / "shared" / "seed" / "charging-websocket-api-README.md"
@@ -225,6 +226,44 @@ async def test_seed_charging_client_starts_and_stops_in_chromium(tmp_path: Path)
         assert errors == [], errors
         # The pushes reached the seed's switch in handleMessage (it logs them).
         assert any(line.startswith("log: Status update:") for line in console), console
+
+
+async def test_seed_client_twice_in_a_row_starts_two_real_charges(tmp_path: Path) -> None:
+    """Two page loads within the idempotency window run the seed's start/stop flow with the
+    same message ids ("2" start, "3" stop) and the same start: each run is a new charge (a new
+    RemoteStart and a new transaction), not the first run's stopped transaction replayed."""
+    body = page_html(seed_client_class())
+    async with (
+        page_server(body) as origin,
+        running_server(make_settings(tmp_path, frontend_url=origin)) as server,
+        simulated_charge_point(server, CP) as cp,
+        chromium() as browser,
+    ):
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        token = server.token("browser-user", id_tag=ID_TAG)
+        started: list[int] = []
+        for _ in range(2):
+            response = await page.goto(origin + "/")  # a fresh page: a new ChargingClient
+            assert response is not None and response.ok
+            cp.transaction_started.clear()
+            cp.transaction_stopped.clear()
+            result: dict[str, Any] = await page.evaluate(
+                FLOW, {"wsUrl": server.app_url, "token": token, "cpId": CP, "idTag": ID_TAG}
+            )
+            start, stop = result["start"], result["stop"]
+            assert (start["id"], stop["id"]) == ("2", "3")
+            assert start["data"]["success"] is True, start
+            assert stop["data"]["success"] is True, stop
+            # The charge point was really asked, and really started and stopped.
+            await asyncio.wait_for(cp.transaction_started.wait(), 15)
+            await asyncio.wait_for(cp.transaction_stopped.wait(), 15)
+            started.append(start["data"]["transactionId"])
+        assert started[0] != started[1], started
+        rows = transactions_in_db(server.settings.database_url)
+        assert sorted(row[0] for row in rows) == sorted(started)
+        assert errors == [], errors
 
 
 async def test_page_from_another_origin_cannot_connect(tmp_path: Path) -> None:

@@ -59,6 +59,17 @@ def test_token_prints_a_jwt_that_verifies_with_the_secret(tmp_path: Path) -> Non
     assert claims["exp"] >= before + 24 * 3600  # JWT_EXPIRES_IN defaults to the seed's 24h
 
 
+def test_token_refuses_a_lifetime_past_year_9999(tmp_path: Path) -> None:
+    """``token --expires-in 300000000000`` prints no token the server would choke on: exit 2,
+    one line naming --expires-in."""
+    done = run_cli(tmp_path, "token", "--user", "u", "--expires-in", "300000000000")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "--expires-in" in lines[0] and "9999" in lines[0]
+
+
 def test_bad_port_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
     """``WS_API_PORT=abc serve`` stops at start-up: exit 2, one stderr line naming WS_API_PORT."""
     done = run_cli(tmp_path, "serve", WS_API_PORT="abc")

@@ -195,3 +195,66 @@ async def test_start_retried_across_a_cut_starts_once(tmp_path: Path) -> None:
             assert client.reconnects == 1
         rows = transactions_in_db(server.settings.database_url)
         assert [(r[0], r[3]) for r in rows] == [(started.transaction_id, "py")]
+
+
+async def test_two_client_runs_in_a_row_each_start_a_real_charge(tmp_path: Path) -> None:
+    """Two ChargingClient instances, one after the other within the idempotency window, send
+    the same message ids (py-1, py-2, ...) with the same start: each run is a new request
+    (a RemoteStart and a new transaction), not the first run's outcome replayed."""
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+    ):
+        token = server.token("py", id_tag=TAG)
+        transactions = []
+        for _ in range(2):
+            async with fast_client(server.app_url, token) as client:
+                tx = await start_with(client, cp)  # asserts the RemoteStart reached the cp
+                stopped = await client.stop_charging(CP, tx)
+                assert stopped["success"] is True and stopped["transactionId"] == tx
+                assert (await cp.remote_stops.get()) == {"transaction_id": tx}
+                await cp.stop_tx(tx, 1000, reason="Remote")
+                updates_seen = []
+                for _ in range(5):  # Started, then Stopped (bounded)
+                    update = await client.next_update("transaction_update", timeout=5)
+                    updates_seen.append(update["data"]["status"])
+                    if update["data"]["status"] == "Stopped":
+                        break
+                assert updates_seen == ["Started", "Stopped"]
+                transactions.append(tx)
+        assert transactions[0] != transactions[1]
+        rows = transactions_in_db(server.settings.database_url)
+        assert sorted(r[0] for r in rows) == sorted(transactions)
+
+
+async def test_a_repeated_id_answers_only_the_same_request(tmp_path: Path) -> None:
+    """Over one socket: the same id with other data is a new request (its own RemoteStart);
+    the identical message sent again gets the first outcome without asking the charge point."""
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+        connected_charge_point(server.ocpp_url, "CP-OTHER") as other,
+        fast_client(server.app_url, server.token("py", id_tag=TAG)) as client,
+    ):
+        first = asyncio.create_task(
+            client.request(
+                "start_charging_request", {"chargePointId": CP, "connectorId": 1}, message_id="2"
+            )
+        )
+        assert (await asyncio.wait_for(cp.remote_starts.get(), 5))["connector_id"] == 1
+        tx1 = (await cp.start_tx(1, TAG, 0)).transaction_id
+        assert (await first)["data"]["transactionId"] == tx1
+
+        second = asyncio.create_task(
+            client.request(
+                "start_charging_request",
+                {"chargePointId": "CP-OTHER", "connectorId": 2},
+                message_id="2",
+            )
+        )
+        assert (await asyncio.wait_for(other.remote_starts.get(), 5))["connector_id"] == 2
+        tx2 = (await other.start_tx(2, TAG, 0)).transaction_id
+        reply = (await second)["data"]
+        assert (reply["transactionId"], reply["connectorId"]) == (tx2, 2)
+        assert tx2 != tx1
+        assert cp.remote_starts.empty()

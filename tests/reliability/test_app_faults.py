@@ -53,7 +53,8 @@ async def test_resume_replays_exactly_the_missed_pushes_in_order(tmp_path: Path)
         async with app_at(server.app_url) as back:
             auth = await back.request("auth_request", {"token": token})
             assert auth["data"]["seq"] == 6  # tells the app how far the stream has gone
-            resumed = await back.request("resume", {"lastSeq": 3})
+            epoch = auth["data"]["epoch"]  # the same process: the first session was told it too
+            resumed = await back.request("resume", {"lastSeq": 3, "epoch": epoch})
             assert resumed["type"] == "resume_response"
             assert resumed["data"] == {"success": True, "replayed": 3, "currentSeq": 6}
             replayed = await drain_pushes(back)
@@ -63,7 +64,7 @@ async def test_resume_replays_exactly_the_missed_pushes_in_order(tmp_path: Path)
                 (6, ("meter_values_update", 0.3)),
             ]
             # Nothing twice: resuming from where we are now replays nothing.
-            again = await back.request("resume", {"lastSeq": 6})
+            again = await back.request("resume", {"lastSeq": 6, "epoch": epoch})
             assert again["data"] == {"success": True, "replayed": 0, "currentSeq": 6}
             await cp.meter(1, tx, energy(400))
             live = await drain_pushes(back)
@@ -90,11 +91,14 @@ async def test_gap_older_than_history_is_resync_required_and_get_state_rebuilds(
         await cp.status(2, "Charging")
 
         async with app_at(server.app_url, token) as back:
-            reply = await back.request("resume", {"lastSeq": last_seen}, timeout=5)
+            epoch = server.app.app_server.epoch
+            reply = await back.request(
+                "resume", {"lastSeq": last_seen, "epoch": epoch}, timeout=5
+            )
             assert reply["type"] == "resume_response"
             assert reply["data"]["success"] is False
             assert reply["error"]["code"] == "RESYNC_REQUIRED"
-            assert reply["error"]["details"] == {"currentSeq": 9}
+            assert reply["error"]["details"] == {"currentSeq": 9, "epoch": epoch}
             ahead = await back.request("resume", {"lastSeq": 50})  # e.g. from before a restart
             assert ahead["error"]["code"] == "RESYNC_REQUIRED"
             assert await drain_pushes(back) == []  # nothing half-replayed
@@ -262,7 +266,11 @@ async def test_stuck_app_client_loses_meter_updates_then_is_closed_1013(tmp_path
 
             # The app reconnects and resumes: every status update kept for it arrives, once.
             async with app_at(server.app_url, slow_token) as back:
-                reply = await back.request("resume", {"lastSeq": last_seen}, timeout=5)
+                reply = await back.request(
+                    "resume",
+                    {"lastSeq": last_seen, "epoch": server.app.app_server.epoch},
+                    timeout=5,
+                )
                 assert reply["data"]["success"] is True, reply
                 replayed = await drain_pushes(back)
                 assert [p["seq"] for p in replayed] == list(
@@ -291,7 +299,9 @@ async def test_resume_longer_than_the_send_queue_is_replayed_whole(tmp_path: Pat
         for status in statuses:  # status updates: never droppable
             await cp.status(1, status)
         async with app_at(server.app_url, token) as back:
-            reply = await back.request("resume", {"lastSeq": last_seen}, timeout=5)
+            reply = await back.request(
+                "resume", {"lastSeq": last_seen, "epoch": server.app.app_server.epoch}, timeout=5
+            )
             assert reply["data"] == {
                 "success": True,
                 "replayed": len(statuses),

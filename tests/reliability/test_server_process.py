@@ -23,6 +23,7 @@ from tests.reliability.helpers import (
     energy,
     energy_samples_in_db,
     meter_batch,
+    start_charge,
     summary,
     transactions_in_db,
 )
@@ -180,3 +181,56 @@ async def test_sigterm_with_a_stuck_app_client_still_exits_in_bounded_time(tmp_p
         assert elapsed < 9, f"drain took {elapsed:.1f}s"
         assert stuck.pushes.empty()
         proxy.cut()  # (so that our own side of the stuck client closes at once)
+
+
+async def test_resume_without_epoch_after_a_restart_is_resync_not_a_silent_gap(
+    tmp_path: Path,
+) -> None:
+    """A lastSeq from before a restart, sent without epoch, is RESYNC_REQUIRED even when the
+    new process has numbered that far already (it used to replay only the pushes after that
+    number, silently dropping the rest, here the transaction_update Stopped)."""
+    async with ServerProcess(tmp_path) as proc:
+        token = proc.token("owner", id_tag=TAG)
+        async with (
+            connected_charge_point(proc.ocpp_url, CP) as cp,
+            app_at(proc.app_url, token) as app,
+        ):
+            tx = await start_charge(app, cp, CP, 1, TAG, meter_start=1000)
+            await cp.status(1, "Charging")
+            await cp.meter(1, tx, energy(1100))
+            old_seq = (await drain_pushes(app))[-1]["seq"]
+            assert old_seq == 3  # Started, Charging, the meter value
+
+        await proc.restart()
+        async with (
+            connected_charge_point(proc.ocpp_url, CP) as cp,
+            app_at(proc.app_url, token) as phone,  # the owner's other device, online
+        ):
+            await cp.status(1, "SuspendedEV")
+            await cp.meter(1, tx, energy(1200))
+            await cp.stop_tx(tx, 1300)
+            seen = [(p["seq"], summary(p)) for p in await drain_pushes(phone)]
+            assert seen == [
+                (1, ("charging_status_update", "SuspendedEV")),
+                (2, ("meter_values_update", 1.2)),
+                (3, ("transaction_update", "Stopped")),
+            ]
+            # The first app comes back with its number from the old process and no epoch: the
+            # new process has numbered exactly that far, so "nothing missed" would hide the stop.
+            async with app_at(proc.app_url) as back:
+                auth = await back.request("auth_request", {"token": token})
+                assert auth["data"]["seq"] == 3
+                resumed = await back.request("resume", {"lastSeq": old_seq})
+                assert resumed["type"] == "resume_response"
+                assert resumed["error"]["code"] == "RESYNC_REQUIRED", resumed
+                assert resumed["error"]["details"] == {
+                    "currentSeq": 3, "epoch": auth["data"]["epoch"]
+                }
+                assert await drain_pushes(back) == []  # nothing half-replayed
+                state = (await back.request("get_state"))["data"]
+                assert [(t["transactionId"], t["status"]) for t in state["transactions"]] == []
+                # With this process's epoch the same number is proven: nothing to replay.
+                own = await back.request(
+                    "resume", {"lastSeq": 3, "epoch": auth["data"]["epoch"]}
+                )
+                assert own["data"] == {"success": True, "replayed": 0, "currentSeq": 3}

@@ -213,7 +213,9 @@ async def test_bob_sees_none_of_alices_meter_values(scene: Scene) -> None:
     assert seen["data"]["meterValue"]["energyImportKWh"] == 2.5
     await nothing_more(scene.bob)
     error(await scene.bob.request("get_meter_values", {"transactionId": scene.tx}), "FORBIDDEN")
-    resumed = await scene.bob.request("resume", {"lastSeq": 0})
+    resumed = await scene.bob.request(
+        "resume", {"lastSeq": 0, "epoch": scene.server.app.app_server.epoch}
+    )
     assert resumed["data"]["replayed"] == 0
     await nothing_more(scene.bob)
     mine = await scene.alice.request("get_meter_values", {"transactionId": scene.tx})

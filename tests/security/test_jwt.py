@@ -149,6 +149,14 @@ def forgeries(secret: str = SECRET) -> dict[str, tuple[str, str]]:
         ),
         "no exp": (jwt.encode({"sub": "alice", "iat": now}, secret, "HS256"), AUTH_FAILED),
         "not a JWT": ("not.a.jwt", AUTH_FAILED),
+        # exp edge cases (issue 10 item 9): once INTERNAL_ERROR, or accepted and then ignored.
+        "exp after year 9999": (
+            jwt.encode(good_claims(exp=now + 300_000_000_000), secret, "HS256"), AUTH_FAILED,
+        ),
+        "exp as a numeric string": (
+            jwt.encode(good_claims(exp=str(now + 3600)), secret, "HS256"), AUTH_FAILED,
+        ),
+        "exp Infinity": (hmac_signed(secret.encode(), good_claims(exp=float("inf"))), AUTH_FAILED),
     }
 
 
@@ -433,6 +441,23 @@ async def test_auth_response_carries_the_failure_code(
         assert after["error"]["code"] == "NOT_AUTHENTICATED"
 
 
+async def test_exp_edge_cases_are_authentication_failed_and_the_socket_lives_on(
+    server: RunningServer,
+) -> None:
+    """exp past 9999, as a numeric string, or Infinity: AUTHENTICATION_FAILED, never
+    INTERNAL_ERROR, and the same socket then logs in with a good token."""
+    catalogue = forgeries()
+    async with app_client(server) as client:
+        for name in ("exp after year 9999", "exp as a numeric string", "exp Infinity"):
+            reply = await auth_failure(client, catalogue[name][0])
+            assert reply["error"]["code"] == AUTH_FAILED, (name, reply)
+            assert "exp" in reply["error"]["message"] or reply["error"]["message"] == (
+                "Invalid token"
+            )
+        ok = await client.request("auth_request", {"token": server.token("alice")})
+        assert ok["data"]["success"] is True
+
+
 @pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
 async def test_an_asymmetric_server_over_the_socket(tmp_path: Path, algorithm: str) -> None:
     """RS256 (PEM file) / ES256 (JWKS file): the IdP's token logs in, forgeries do not."""
@@ -459,6 +484,8 @@ async def test_an_asymmetric_server_over_the_socket(tmp_path: Path, algorithm: s
 
 
 # ------------------------------------------------------- token expiry on a live connection
+# The deadline rules themselves (expiry, warning, grace, SESSION_TIMEOUT cap, revival) are unit
+# tests of the session object: tests/unit/test_app_session.py. One end-to-end test remains.
 
 
 def wire_time(text: str) -> dt.datetime:
@@ -498,37 +525,6 @@ async def test_session_expiring_comes_before_expiry_and_a_fresh_token_keeps_the_
             assert state["type"] == "state" and "error" not in state
 
 
-async def test_after_expiry_requests_get_token_expired_then_the_grace_ends_it(
-    tmp_path: Path,
-) -> None:
-    """After expiresAt: TOKEN_EXPIRED per request, then close 1008 after TOKEN_EXPIRY_GRACE."""
-    settings = make_settings(tmp_path, token_expiry_warning=0, token_expiry_grace=2)
-    async with running_server(settings) as server, app_client(
-        server, server.token("alice", expires_in=2)
-    ) as client:
-        await client.push("session_expiring")  # warning 0: sent once expiresAt has passed
-        reply = await client.request("get_state", message_id="late-1")
-        assert reply["id"] == "late-1"
-        assert reply["type"] == "error"
-        assert reply["error"]["code"] == EXPIRED
-        assert (await client.request("heartbeat"))["type"] == "heartbeat"
-        assert await closed(client) == (1008, "token expired")
-
-
-async def test_a_fresh_token_within_the_grace_revives_an_expired_session(tmp_path: Path) -> None:
-    """auth_request after expiry but before the grace ends restores the session."""
-    settings = make_settings(tmp_path, token_expiry_warning=0, token_expiry_grace=3)
-    async with running_server(settings) as server, app_client(
-        server, server.token("alice", expires_in=2)
-    ) as client:
-        await client.push("session_expiring")
-        assert (await client.request("get_state"))["error"]["code"] == EXPIRED
-        fresh = await client.request("auth_request", {"token": server.token("alice")})
-        assert fresh["data"]["success"] is True
-        state = await client.request("get_state")
-        assert state["type"] == "state" and "error" not in state
-
-
 async def test_a_refresh_cannot_change_the_user_or_break_the_session(
     server: RunningServer,
 ) -> None:
@@ -546,21 +542,6 @@ async def test_a_refresh_cannot_change_the_user_or_break_the_session(
         assert state["type"] == "state" and "error" not in state
         again = await client.request("auth_request", {"token": server.token("alice")})
         assert again["data"]["userId"] == "alice"
-
-
-async def test_session_timeout_caps_the_session_whatever_the_token(tmp_path: Path) -> None:
-    """SESSION_TIMEOUT (ms) bounds expiresAt from the login; a refresh cannot extend it."""
-    settings = make_settings(
-        tmp_path, session_timeout=2000, token_expiry_warning=0, token_expiry_grace=0
-    )
-    async with running_server(settings) as server, app_client(server) as client:
-        before = dt.datetime.now(dt.UTC)
-        first = await client.request("auth_request", {"token": server.token("alice")})
-        expires_at = wire_time(first["data"]["expiresAt"])
-        assert dt.timedelta(seconds=1) < expires_at - before <= dt.timedelta(seconds=3)
-        fresh = await client.request("auth_request", {"token": server.token("alice")})
-        assert fresh["data"]["expiresAt"] == first["data"]["expiresAt"]
-        assert await closed(client) == (1008, "session expired")
 
 
 async def test_connection_timeout_closes_only_the_idle_connection(tmp_path: Path) -> None:

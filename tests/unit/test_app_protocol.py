@@ -180,12 +180,17 @@ def test_fields_are_validated_strictly(kind: str, data: dict[str, Any], field: s
 
 # ------------------------------------------------------------------------------ encode
 
+#: 2024-01-15T10:30:00.250Z as epoch seconds: encoders stamp the ``now`` they are given.
+NOW = 1705314600.25
+
 
 def test_a_reply_has_the_request_id_and_no_error_key() -> None:
-    """Success: {id, type, timestamp, data}, in that order, and no ``error``."""
-    raw = protocol.encode_reply("m-1", "heartbeat", {})
-    assert fixed_time(raw) == b'{"id":"m-1","type":"heartbeat","timestamp":"T","data":{}}'
-    numeric = protocol.encode_reply(2**64 - 1, "state", {"seq": 3})
+    """Success: {id, type, timestamp, data}, in that order, and no ``error``; stamped ``now``."""
+    raw = protocol.encode_reply("m-1", "heartbeat", {}, NOW)
+    assert raw == (
+        b'{"id":"m-1","type":"heartbeat","timestamp":"2024-01-15T10:30:00.250Z","data":{}}'
+    )
+    numeric = protocol.encode_reply(2**64 - 1, "state", {"seq": 3}, NOW)
     assert fixed_time(numeric) == (
         b'{"id":18446744073709551615,"type":"state","timestamp":"T","data":{"seq":3}}'
     )
@@ -193,14 +198,14 @@ def test_a_reply_has_the_request_id_and_no_error_key() -> None:
 
 def test_an_error_answers_its_request_or_gets_its_own_id() -> None:
     """``error`` carries the request id, or ``error-N`` when there was none."""
-    raw = protocol.encode_error("x-1", NotAuthenticated())
+    raw = protocol.encode_error("x-1", NotAuthenticated(), NOW)
     assert fixed_time(raw) == (
         b'{"id":"x-1","type":"error","timestamp":"T","error":{"code":"NOT_AUTHENTICATED",'
         b'"message":"Client not authenticated","details":{"requiredAction":'
         b'"Send auth_request with valid JWT token"}}}'
     )
-    first = orjson.loads(protocol.encode_error(None, RateLimited("slow down")))
-    second = orjson.loads(protocol.encode_error(None, RateLimited("slow down")))
+    first = orjson.loads(protocol.encode_error(None, RateLimited("slow down"), NOW))
+    second = orjson.loads(protocol.encode_error(None, RateLimited("slow down"), NOW))
     assert re.fullmatch(r"error-\d+", first["id"])
     assert first["id"] != second["id"]
     assert first["error"] == {"code": "RATE_LIMITED", "message": "slow down"}
@@ -209,7 +214,7 @@ def test_an_error_answers_its_request_or_gets_its_own_id() -> None:
 def test_a_failure_is_the_response_type_with_success_false_and_the_error() -> None:
     """Business failures keep the ``*_response`` type, add success/message and the error."""
     raw = protocol.encode_failure(
-        "s-1", "stop_charging_response", Forbidden("Not yours", {"transactionId": 4}),
+        "s-1", "stop_charging_response", Forbidden("Not yours", {"transactionId": 4}), NOW,
         {"transactionId": 4},
     )
     assert fixed_time(raw) == (

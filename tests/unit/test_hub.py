@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from charging_api.api import protocol
 from charging_api.api.hub import UpdateHub
@@ -17,6 +18,7 @@ from charging_api.domain.events import (
     TransactionStarted,
 )
 from charging_api.domain.models import MeterSample
+from charging_api.errors import Forbidden
 
 WHEN = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
@@ -273,3 +275,37 @@ def test_history_wraps_and_still_knows_each_frames_seq() -> None:
     assert hub.missed_since("alice", 6) == inbox.frames[6:]
     assert hub.missed_since("alice", 8) == inbox.frames[8:]
     assert hub.missed_since("alice", 10) == []
+
+
+def test_a_user_role_session_ends_the_streams_admin_view() -> None:
+    """set_role(admin=False) on an attached session: subscriptions end, the history that held
+    other users' pushes is dropped (resume from before: None), and subscribe is refused until
+    that session is admin again or gone."""
+    hub, inbox = hub_with("ops")
+    hub.subscribe("ops", None)
+    hub.on_event(status(user="alice"))
+    assert hub.current_seq("ops") == 1 and hub.missed_since("ops", 0) is not None
+    hub.set_role("ops", inbox["ops"], admin=False)
+    hub.on_event(status(user="alice", state="SuspendedEV"))
+    assert len(inbox["ops"].frames) == 1  # nothing after the role change
+    assert hub.missed_since("ops", 0) is None  # the admin-era push is not replayed
+    assert hub.missed_since("ops", 1) == []
+    with pytest.raises(Forbidden):
+        hub.subscribe("ops", ["CP-1"])
+    hub.set_role("ops", inbox["ops"], admin=True)
+    assert hub.subscribe("ops", ["CP-1"]) == ["CP-1"]
+    other = Inbox()
+    hub.attach("ops", other)
+    hub.set_role("ops", other, admin=False)
+    assert hub.unsubscribe("ops", None) == []  # ended by the user-role session
+    hub.detach("ops", other)
+    assert hub.subscribe("ops", None) == "*"  # that session is gone
+
+
+def test_a_user_role_session_keeps_a_plain_users_history() -> None:
+    """A stream that never subscribed keeps its history: a user's own resume still works."""
+    hub, inbox = hub_with("alice")
+    hub.on_event(status(user="alice"))
+    hub.set_role("alice", inbox["alice"], admin=False)
+    missed = hub.missed_since("alice", 0)
+    assert missed is not None and len(missed) == 1

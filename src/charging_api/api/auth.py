@@ -37,6 +37,11 @@ EC_ALGORITHMS = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
+#: ``exp`` must fall in [1970-01-01, 10000-01-01): what a datetime (and the wire's
+#: RFC 3339 text) can hold.
+MIN_EXP = 0
+MAX_EXP = 253_402_300_800
+
 
 def read_key_file(path: Path | str | None) -> str | None:
     """The text of a PEM or JWKS file, read once at start-up (None when not configured)."""
@@ -133,6 +138,9 @@ class TokenVerifier:
             raise AuthenticationFailed("Token signature is not valid") from None
         except jwt.InvalidTokenError:
             raise AuthenticationFailed("Invalid token") from None
+        except (OverflowError, ValueError, TypeError):
+            # A claim PyJWT cannot compare (e.g. ``exp: Infinity``, which Python's JSON reads).
+            raise AuthenticationFailed("Invalid token") from None
         return principal_from_claims(claims)
 
     def _key_for(self, header: dict[str, Any]) -> str | PublicKey:
@@ -221,9 +229,19 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         tags.add(raw_tags)
     elif isinstance(raw_tags, list):
         tags.update(t for t in raw_tags if isinstance(t, str) and t)
-    exp = claims.get("exp")
-    expires = datetime.fromtimestamp(float(exp), UTC) if isinstance(exp, int | float) else None
-    return Principal(user, role, frozenset(tags), expires)
+    return Principal(user, role, frozenset(tags), _expiry(claims.get("exp")))
+
+
+def _expiry(exp: Any) -> datetime | None:
+    """``exp`` as a datetime: a JSON number of seconds up to the end of year 9999. A numeric
+    string (which PyJWT lets through) or a later date is refused, never ignored."""
+    if exp is None:
+        return None
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise AuthenticationFailed("Token exp claim must be a number (seconds since 1970)")
+    if not MIN_EXP <= exp < MAX_EXP:
+        raise AuthenticationFailed("Token exp claim is outside the years 1970-9999")
+    return datetime.fromtimestamp(float(exp), UTC)
 
 
 def issue_token(
@@ -242,7 +260,10 @@ def issue_token(
     """A signed token for ``charging-api token`` and the tests (``secret`` is the HMAC secret,
     or the PEM private key for an asymmetric ``algorithm``)."""
     issued = int(now if now is not None else time.time())
-    claims: dict[str, Any] = {"sub": user_id, "iat": issued, "exp": issued + int(expires_in)}
+    expires = issued + int(expires_in)
+    if expires >= MAX_EXP:
+        raise ValueError("the token would expire after the year 9999; choose a shorter lifetime")
+    claims: dict[str, Any] = {"sub": user_id, "iat": issued, "exp": expires}
     if id_tag:
         claims["idTag"] = id_tag
     if role:

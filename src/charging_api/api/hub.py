@@ -3,7 +3,8 @@
 Every user has a stream: a sequence counter, a bounded history of the frames pushed to them
 (for ``resume``), the admin subscriptions they hold, and their live sessions. An event goes to
 the stream of the user who owns the session it concerns and to the streams of admins
-subscribed to its charge point: nobody else. The frame's ``data`` is serialised once per event;
+subscribed to its charge point: nobody else. A stream's sessions all get its frames, so a stream
+holds subscriptions only while every attached session is admin (:meth:`UpdateHub.set_role`). The frame's ``data`` is serialised once per event;
 only the ``seq`` differs between recipients, spliced in by bytes concatenation
 (:func:`protocol.push_parts`).
 
@@ -35,6 +36,7 @@ from charging_api.domain.events import (
     TransactionStarted,
     TransactionStopped,
 )
+from charging_api.errors import Forbidden
 from charging_api.timefmt import utc_now_text
 
 
@@ -50,6 +52,11 @@ class UserStream:
     sessions: set[Recipient] = field(default_factory=set)
     watch_all: bool = False
     watching: set[str] = field(default_factory=set)
+    #: Attached sessions whose principal is not admin (None: none). While there is one, the
+    #: stream holds no subscription (they would reach that session too).
+    non_admins: set[Recipient] | None = None
+    #: The stream has held a subscription: its history may hold other users' pushes.
+    privileged: bool = False
 
 
 class UpdateHub:
@@ -83,6 +90,10 @@ class UpdateHub:
         if stream is None:
             return
         stream.sessions.discard(session)
+        if stream.non_admins is not None:
+            stream.non_admins.discard(session)
+            if not stream.non_admins:
+                stream.non_admins = None
         if not stream.sessions:
             self._idle[user_id] = None
             while len(self._idle) > self._idle_limit:
@@ -93,6 +104,28 @@ class UpdateHub:
         stream = self._streams.pop(user_id, None)
         if stream is not None:
             self._set_watch(stream, all_=False, cps=())
+
+    def set_role(self, user_id: str, session: Recipient, *, admin: bool) -> None:
+        """The attached ``session`` now holds an admin or a user principal (at login and at
+        every re-auth). A user-role session ends what only admins may see: the stream's
+        subscriptions, and a history that holds pushes about other users (a ``resume`` from
+        before it gets RESYNC_REQUIRED)."""
+        stream = self._streams.get(user_id)
+        if stream is None or session not in stream.sessions:
+            return
+        if admin:
+            if stream.non_admins is not None:
+                stream.non_admins.discard(session)
+                if not stream.non_admins:
+                    stream.non_admins = None
+            return
+        if stream.non_admins is None:
+            stream.non_admins = set()
+        stream.non_admins.add(session)
+        if stream.privileged:
+            self._set_watch(stream, all_=False, cps=())
+            stream.history = None
+            stream.privileged = False
 
     def session_count(self) -> int:
         return sum(len(s.sessions) for s in self._streams.values())
@@ -107,8 +140,15 @@ class UpdateHub:
     # -------------------------------------------------------- subscriptions
 
     def subscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
-        """Admin watching: ``None`` means every charge point."""
+        """Admin watching: ``None`` means every charge point. Refused (Forbidden) while one
+        of the user's connections holds a user-role token: the stream's pushes reach them all."""
         stream = self._streams[user_id]
+        if stream.non_admins:
+            raise Forbidden(
+                "Another connection of this user is not admin; subscriptions need every "
+                "connection of the user to hold an admin token"
+            )
+        stream.privileged = True
         if charge_points is None:
             self._set_watch(stream, all_=True, cps=stream.watching)
         else:

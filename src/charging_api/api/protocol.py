@@ -9,6 +9,7 @@ Pushes carry ``seq``, the recipient user's sequence number, for ``resume``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import count
 from typing import Any
@@ -17,13 +18,14 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from charging_api.api.messages import REQUESTS
+from charging_api.domain.charging import StartOutcome, StopOutcome, UserState
 from charging_api.domain.events import (
     ConnectorStatusChanged,
     MeterValuesReceived,
     TransactionStarted,
     TransactionStopped,
 )
-from charging_api.domain.models import MeterSample, Transaction
+from charging_api.domain.models import ConnectorState, MeterSample, Principal, Transaction
 from charging_api.errors import (
     ChargingApiError,
     InvalidMessage,
@@ -31,7 +33,7 @@ from charging_api.errors import (
     UnknownMessageType,
     ValidationFailed,
 )
-from charging_api.timefmt import format_utc, utc_now_text
+from charging_api.timefmt import format_utc
 
 MessageId = str | int
 
@@ -44,6 +46,9 @@ class Request:
     type: str
     data: BaseModel
     response_type: str
+    #: The envelope's ``timestamp`` as the client sent it (None when absent or not a short
+    #: string); part of what makes a start "the same request" (see ``api/handlers.py``).
+    timestamp: str | None = None
 
 
 class BadRequest(Exception):
@@ -95,7 +100,9 @@ def decode(text: str | bytes) -> Request:
                 f"Invalid {kind}: {first['field']}: {first['problem']}", {"fields": problems}
             ),
         ) from None
-    return Request(request_id, kind, data, response_type)
+    stamp = message.get("timestamp")
+    timestamp = stamp if isinstance(stamp, str) and len(stamp) <= 64 else None
+    return Request(request_id, kind, data, response_type, timestamp)
 
 
 def request_id_of(message: dict[str, Any]) -> MessageId | None:
@@ -108,20 +115,32 @@ def request_id_of(message: dict[str, Any]) -> MessageId | None:
     return None
 
 
-def encode_reply(request_id: MessageId, kind: str, data: dict[str, Any]) -> bytes:
-    return orjson.dumps({"id": request_id, "type": kind, "timestamp": utc_now_text(), "data": data})
+def wire_time(now: float) -> str:
+    """Epoch seconds as the wire's timestamp text (``2024-01-15T10:30:00.000Z``)."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-def encode_error(request_id: MessageId | None, error: ChargingApiError) -> bytes:
+def encode_reply(request_id: MessageId, kind: str, data: dict[str, Any], now: float) -> bytes:
+    """A successful reply stamped ``now`` (epoch seconds)."""
+    return orjson.dumps(
+        {"id": request_id, "type": kind, "timestamp": wire_time(now), "data": data}
+    )
+
+
+def encode_error(request_id: MessageId | None, error: ChargingApiError, now: float) -> bytes:
     """The seed's ``error`` message; it answers ``request_id`` when there is one."""
     rid: MessageId = request_id if request_id is not None else f"error-{next(_error_ids)}"
     return orjson.dumps(
-        {"id": rid, "type": "error", "timestamp": utc_now_text(), "error": error.to_wire()}
+        {"id": rid, "type": "error", "timestamp": wire_time(now), "error": error.to_wire()}
     )
 
 
 def encode_failure(
-    request_id: MessageId, kind: str, error: ChargingApiError, extra: dict[str, Any] | None = None
+    request_id: MessageId,
+    kind: str,
+    error: ChargingApiError,
+    now: float,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
     """A business failure: the ``*_response`` with success false, a message and the error."""
     data: dict[str, Any] = {"success": False, "message": error.message}
@@ -131,7 +150,7 @@ def encode_failure(
         {
             "id": request_id,
             "type": kind,
-            "timestamp": utc_now_text(),
+            "timestamp": wire_time(now),
             "data": data,
             "error": error.to_wire(),
         }
@@ -160,10 +179,10 @@ def encode_push(kind: str, data_json: bytes, seq: int, timestamp: str) -> bytes:
     return head + number + mid + number + tail
 
 
-def encode_connection_push(kind: str, data: dict[str, Any]) -> bytes:
+def encode_connection_push(kind: str, data: dict[str, Any], now: float) -> bytes:
     """A push about the connection itself (``session_expiring``, ``server_shutdown``): seq 0,
     not numbered in the user's stream, never replayed by ``resume``."""
-    return encode_push(kind, orjson.dumps(data), 0, utc_now_text())
+    return encode_push(kind, orjson.dumps(data), 0, wire_time(now))
 
 
 #: ``format_utc`` of meter sample times, remembered: charge points that sample on the clock
@@ -245,3 +264,95 @@ def transaction_to_wire(tx: Transaction) -> dict[str, Any]:
         "stoppedAt": format_utc(tx.stopped_at) if tx.stopped_at else None,
         "stopReason": tx.stop_reason,
     }
+
+
+def connector_to_wire(connector: ConnectorState) -> dict[str, Any]:
+    return {
+        "chargePointId": connector.charge_point_id,
+        "connectorId": connector.connector_id,
+        "status": connector.status,
+        "errorCode": connector.error_code,
+        "updatedAt": format_utc(connector.updated_at) if connector.updated_at else None,
+    }
+
+
+def start_reply(outcome: StartOutcome) -> dict[str, Any]:
+    return {
+        "success": True,
+        "transactionId": outcome.transaction_id,
+        "connectorId": outcome.connector_id,
+        "status": outcome.status,
+        "message": outcome.message,
+    }
+
+
+def stop_reply(outcome: StopOutcome) -> dict[str, Any]:
+    return {
+        "success": True,
+        "transactionId": outcome.transaction_id,
+        "status": outcome.status,
+        "message": outcome.message,
+    }
+
+
+def resume_reply(replayed: int, current_seq: int) -> dict[str, Any]:
+    return {"success": True, "replayed": replayed, "currentSeq": current_seq}
+
+
+def watching_reply(watching: list[str] | str) -> dict[str, Any]:
+    """``subscribe_response`` / ``unsubscribe_response`` data: what is watched now."""
+    return {"success": True, "chargePointIds": watching}
+
+
+def transactions_reply(transactions: list[Transaction]) -> dict[str, Any]:
+    return {"transactions": [transaction_to_wire(tx) for tx in transactions]}
+
+
+def meter_values_reply(transaction_id: int, samples: list[MeterSample]) -> dict[str, Any]:
+    return {
+        "transactionId": transaction_id,
+        "meterValues": [sample_to_wire(sample) for sample in samples],
+    }
+
+
+def state_reply(seq: int, state: UserState) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "transactions": [transaction_to_wire(tx) for tx in state.transactions],
+        "connectors": [connector_to_wire(c) for c in state.connectors],
+    }
+
+
+def auth_reply(
+    principal: Principal, session_id: str, expires_at: float, seq: int, epoch: str
+) -> dict[str, Any]:
+    """``auth_response`` data; ``expires_at`` in epoch seconds."""
+    return {
+        "success": True,
+        "userId": principal.user_id,
+        "sessionId": session_id,
+        "expiresAt": wire_time(expires_at),
+        "message": "Authentication successful",
+        "role": principal.role.value,
+        "seq": seq,
+        "epoch": epoch,
+    }
+
+
+def session_expiring(session_id: str, expires_at: float, now: float) -> bytes:
+    """The ``session_expiring`` push for one connection."""
+    return encode_connection_push(
+        "session_expiring",
+        {
+            "sessionId": session_id,
+            "expiresAt": wire_time(expires_at),
+            "message": "Send auth_request with a fresh token to keep this session",
+        },
+        now,
+    )
+
+
+def server_shutdown(now: float) -> bytes:
+    return encode_connection_push(
+        "server_shutdown", {"message": "Server is shutting down; reconnect and resume"}, now
+    )

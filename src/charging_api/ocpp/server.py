@@ -24,7 +24,8 @@ After the upgrade, CALLs from the charge point are handled one at a time, in ord
 outstanding CALL per direction): each malformed frame gets its CALLERROR and the connection lives
 on; CALLRESULT/CALLERROR frames answer our own CALLs or are logged and ignored. A frame over
 ``max_frame_size`` closes the connection with 1009. ``rate_limit`` (messages per second per
-connection, 0 = off, the default) paces a charge point that sends faster: a token bucket with a
+connection, 0 = off, the default) paces a charge point that sends faster: a token bucket
+(:class:`~charging_api.ratelimit.TokenBucket`, spent into debt) with a
 burst of one second's worth; over it, the server stops reading that socket until a token is due,
 so TCP back-pressure slows the sender and nothing is dropped or refused (an offline replay only
 slows down). The server never sends a CALL on its own initiative (OCTT fails a central system
@@ -54,6 +55,7 @@ from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.ocpp import framing, schemas
 from charging_api.ocpp.gateway import OcppGateway, OcppSession
 from charging_api.ocpp.handlers import HANDLERS
+from charging_api.ratelimit import TokenBucket
 from charging_api.wsfast import send_text_nowait
 
 log = logging.getLogger(__name__)
@@ -84,25 +86,6 @@ def basic_auth(headers: Headers) -> tuple[str, str] | None:
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
-
-
-class RateLimiter:
-    """Token bucket: ``rate`` messages per second, bursts of ``max(1, rate)`` messages."""
-
-    __slots__ = ("_capacity", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self._rate = rate
-        self._capacity = max(1.0, rate)
-        self._tokens = self._capacity
-        self._stamp = now
-
-    def take(self, now: float) -> float:
-        """Take one token; the seconds to wait before acting on the message (0.0: none)."""
-        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
 
 #: Bad frames logged at WARNING per connection; the rest at DEBUG (a hostile peer cannot flood
@@ -206,7 +189,11 @@ class OcppServer:
         log.info("charge point %s connected", cp_id)
         await self.service.on_connected(cp_id)
         loop = asyncio.get_running_loop()
-        limiter = RateLimiter(self._rate_limit, loop.time()) if self._rate_limit > 0 else None
+        limiter = (
+            TokenBucket(self._rate_limit, max(1.0, self._rate_limit), loop.time())
+            if self._rate_limit > 0
+            else None
+        )
         throttled = False
         connection = _Connection(session, ws)
         try:

@@ -1,0 +1,232 @@
+"""App requests -> core calls -> reply ``data``: one handler per request type, in :data:`ROUTES`.
+
+A handler gets the door's shared parts (:class:`Door`), the connection it serves, the decoded
+request and ``now`` (epoch seconds, when the frame arrived). It returns the reply's ``data``
+(None: nothing to send) or raises a :class:`~charging_api.errors.ChargingApiError`, which the
+server turns into the ``*_response`` failure or the ``error`` message. Decisions about who may do
+what live in the core (:class:`ChargingService`) and the session (:class:`AppSession`); the
+handlers only translate.
+
+Adding a request type: its data model and ``REQUESTS`` entry in ``api/messages.py`` (the wire
+contract), a handler here, and one :data:`ROUTES` entry; ``concurrent=True`` for requests that
+wait on a charge point (they run beside the connection's other requests, bounded by
+``MAX_PENDING_REQUESTS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from pydantic import BaseModel
+
+from charging_api.api import messages as m
+from charging_api.api import protocol
+from charging_api.api.auth import TokenVerifier
+from charging_api.api.hub import UpdateHub
+from charging_api.api.session import AppSession
+from charging_api.domain.charging import ChargingService
+from charging_api.domain.models import Principal
+from charging_api.errors import Forbidden, ResyncRequired
+
+Data = dict[str, Any]
+
+
+class Connection(Protocol):
+    """What a handler may do with the connection it serves."""
+
+    @property
+    def session(self) -> AppSession: ...
+
+    def deliver(self, frame: bytes, droppable: bool) -> None: ...
+
+    def replay(self, frames: list[bytes]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Door:
+    """The app door's shared parts, as handlers see them."""
+
+    service: ChargingService
+    verifier: TokenVerifier
+    hub: UpdateHub
+    #: Names this server process's push numbering (``auth_response.epoch``).
+    epoch: str
+
+
+Handler = Callable[[Door, Connection, protocol.Request, float], Awaitable[Data | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    #: Runs beside the connection's other requests (it waits on a charge point).
+    concurrent: bool = False
+    #: Fields a failed ``*_response`` repeats from the request (e.g. its connectorId).
+    failure_fields: tuple[str, ...] = ()
+
+
+def _principal(conn: Connection) -> Principal:
+    principal = conn.session.principal
+    assert principal is not None  # AppSession.receive lets only authenticated requests through
+    return principal
+
+
+def start_request_key(request: protocol.Request) -> str:
+    """The core's idempotency key for a start: the request's type and id, and a hash of its
+    envelope ``timestamp`` and canonical ``data`` (the core adds the user).
+
+    A retry is the same message sent again (same id, timestamp and data). A repeated id with
+    other content is a new request: both the seed's client and ours number their messages per
+    connection, so ids repeat across sessions; the timestamp tells apart two identical starts
+    made at different moments (a second page load sends the same id and data again).
+    """
+    content = orjson.dumps(
+        {"timestamp": request.timestamp, "data": request.data.model_dump(mode="json")},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    digest = hashlib.sha256(content).hexdigest()
+    return f"{request.type}:{orjson.dumps(request.id).decode()}:{digest}"
+
+
+# ------------------------------------------------------------------------------ handlers
+
+
+async def auth(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Verify the token; then attach the connection to the user's stream (first login) and
+    recompute what it may see (a user-role connection ends the stream's admin view)."""
+    data = request.data
+    assert isinstance(data, m.AuthRequest)
+    principal = door.verifier.verify(data.token)
+    session = conn.session
+    hub = door.hub
+    login = session.authenticate(
+        principal,
+        now,
+        claimed_user=data.userId,
+        open_sessions=hub.session_count_of(principal.user_id),
+        seq=hub.current_seq(principal.user_id),
+    )
+    if login.first:
+        hub.attach(principal.user_id, conn)
+    hub.set_role(principal.user_id, conn, admin=principal.is_admin)
+    assert session.session_id is not None and session.expires_at is not None
+    return protocol.auth_reply(
+        principal,
+        session.session_id,
+        session.expires_at,
+        hub.current_seq(principal.user_id),
+        door.epoch,
+    )
+
+
+async def start(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    data = request.data
+    assert isinstance(data, m.StartChargingRequest)
+    outcome = await door.service.start(
+        _principal(conn),
+        data.chargePointId,
+        data.connectorId,
+        id_tag=data.idTag,
+        user_id=data.userId,
+        request_key=start_request_key(request),
+    )
+    return protocol.start_reply(outcome)
+
+
+async def stop(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    data = request.data
+    assert isinstance(data, m.StopChargingRequest)
+    outcome = await door.service.stop(
+        _principal(conn), data.chargePointId, data.transactionId, user_id=data.userId
+    )
+    return protocol.stop_reply(outcome)
+
+
+async def resume(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Replay the pushes after ``lastSeq``, or RESYNC_REQUIRED when they cannot be proven to
+    be the ones the client missed: another process numbered them (``epoch`` differs), the
+    history no longer holds them, or, without ``epoch``, ``lastSeq`` is older than this
+    connection (it may come from before a restart)."""
+    data = request.data
+    assert isinstance(data, m.ResumeRequest)
+    user = _principal(conn).user_id
+    hub = door.hub
+    trusted = (
+        data.epoch == door.epoch
+        if data.epoch is not None
+        else conn.session.covers(data.lastSeq)
+    )
+    frames = hub.missed_since(user, data.lastSeq) if trusted else None
+    current = hub.current_seq(user)
+    if frames is None:
+        raise ResyncRequired(
+            "Missed updates are no longer available; send get_state",
+            {"currentSeq": current, "epoch": door.epoch},
+        )
+    conn.replay(frames)
+    return protocol.resume_reply(len(frames), current)
+
+
+async def get_state(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    principal = _principal(conn)
+    state = await door.service.state_of(principal)
+    return protocol.state_reply(door.hub.current_seq(principal.user_id), state)
+
+
+async def subscribe(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Admin watching of charge points (``subscribe`` and ``unsubscribe``)."""
+    data = request.data
+    assert isinstance(data, m.SubscribeRequest | m.UnsubscribeRequest)
+    principal = _principal(conn)
+    if not principal.is_admin:
+        raise Forbidden("Only admin tokens may watch charge points")
+    cps = None if data.chargePointIds == "*" else list(data.chargePointIds)
+    if isinstance(data, m.SubscribeRequest):
+        watching = door.hub.subscribe(principal.user_id, cps)
+    else:
+        watching = door.hub.unsubscribe(principal.user_id, cps)
+    return protocol.watching_reply(watching)
+
+
+async def get_transactions(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.GetTransactionsRequest)
+    txs = await door.service.history_of(_principal(conn), data.limit)
+    return protocol.transactions_reply(txs)
+
+
+async def get_meter_values(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.GetMeterValuesRequest)
+    stored = await door.service.meter_samples_of(_principal(conn), data.transactionId)
+    return protocol.meter_values_reply(data.transactionId, [s.sample for s in stored])
+
+
+#: Request type -> how it is served (``heartbeat`` is answered by the session itself).
+ROUTES: dict[str, Route] = {
+    "auth_request": Route(auth),
+    "start_charging_request": Route(start, concurrent=True, failure_fields=("connectorId",)),
+    "stop_charging_request": Route(stop, concurrent=True, failure_fields=("transactionId",)),
+    "resume": Route(resume),
+    "get_state": Route(get_state),
+    "subscribe": Route(subscribe),
+    "unsubscribe": Route(subscribe),
+    "get_transactions": Route(get_transactions),
+    "get_meter_values": Route(get_meter_values),
+}
+
+#: The request types that run beside others (for :class:`AppSession`).
+CONCURRENT = frozenset(kind for kind, route in ROUTES.items() if route.concurrent)
+
+
+def failure_extra(route: Route, data: BaseModel) -> Data:
+    """The request fields a failed ``*_response`` repeats."""
+    return {name: getattr(data, name) for name in route.failure_fields}
