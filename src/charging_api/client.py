@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)

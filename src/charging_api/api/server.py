@@ -23,10 +23,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
-from websockets.http11 import Request, Response
+from websockets import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    Headers,
+    Request,
+    Response,
+    Server,
+    ServerConnection,
+    serve,
+)
 
 from charging_api.api import messages as m
 from charging_api.api import protocol
@@ -46,7 +52,7 @@ from charging_api.errors import (
     TooManyPending,
 )
 from charging_api.timefmt import format_utc
-from charging_api.wsfast import send_text_nowait
+from charging_api.transport import forget_handshake, send_text_nowait
 
 log = logging.getLogger(__name__)
 
@@ -615,23 +621,6 @@ class AppServer:
             "droppedFrames": self.dropped_frames,
             "deliveries": self.hub.deliveries,
         }
-
-
-#: Stands in for a connection's handshake headers once the handshake is over (never mutated).
-_NO_HEADERS = Headers()
-
-
-def forget_handshake(ws: ServerConnection) -> None:
-    """Drop the upgrade request's headers and our 101 response once the connection is open.
-
-    ``websockets`` keeps both for the connection's lifetime (~4 KiB per connection, a third of
-    an idle connection's memory) but after the handshake only tests ``request is None`` (the
-    first event was the handshake). Nothing of ours reads them later: the upgrade's checks
-    (origin, limits) run in ``process_request``. The request object and its path stay.
-    """
-    if ws.request is not None:
-        ws.request.headers = _NO_HEADERS
-    ws.response = None
 
 
 def _failure_extra(request: protocol.Request) -> dict[str, Any]:
