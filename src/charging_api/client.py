@@ -26,12 +26,13 @@ import itertools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from websockets import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from charging_api.timefmt import utc_now_text
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class ChargingClient:
         envelope: dict[str, Any] = {
             "id": mid,
             "type": kind,
-            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "timestamp": utc_now_text(),
         }
         if data is not None:
             envelope["data"] = data

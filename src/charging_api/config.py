@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from charging_api.api.auth import ALGORITHMS as JWT_ALGORITHMS
+
 #: Secrets that ship in docs and examples; production refuses to start with them.
 EXAMPLE_SECRETS = frozenset(
     {
@@ -32,24 +34,6 @@ EXAMPLE_SECRETS = frozenset(
     }
 )
 DEV_SECRET = "change-me-dev-secret-not-for-production"
-
-#: JWT_ALGORITHM values: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE).
-JWT_ALGORITHMS = frozenset(
-    {
-        "HS256",
-        "HS384",
-        "HS512",
-        "RS256",
-        "RS384",
-        "RS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "PS256",
-        "PS384",
-        "PS512",
-    }
-)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

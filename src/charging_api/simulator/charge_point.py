@@ -37,7 +37,6 @@ import random
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError, ValidationError
@@ -54,6 +53,8 @@ from ocpp.v16.enums import (
     RemoteStartStopStatus,
 )
 from websockets.exceptions import ConnectionClosed
+
+from charging_api.timefmt import utc_now_text
 
 __all__ = ["SimConnector", "SimulatedChargePoint", "new_connectors"]
 
@@ -191,15 +192,6 @@ def new_connectors(count: int, rng: random.Random | None = None) -> dict[int, Si
         )
         for n in range(1, count + 1)
     }
-
-
-def _now() -> str:
-    """Now as RFC 3339 UTC with milliseconds and ``Z``, like ``ocpp.meter.format_ocpp_datetime``.
-
-    Not imported from there: the simulator and the charge point door stay independent.
-    """
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S") + f".{now.microsecond // 1000:03d}Z"
 
 
 class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
@@ -351,7 +343,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                 connector_id=connector.connector_id,
                 error_code=ChargePointErrorCode.no_error,
                 status=status,
-                timestamp=_now(),
+                timestamp=utc_now_text(),
             ),
             suppress=False,
         )
@@ -413,7 +405,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                         connector_id=n,
                         id_tag=id_tag,
                         meter_start=int(connector.energy_wh),
-                        timestamp=_now(),
+                        timestamp=utc_now_text(),
                     ),
                     suppress=False,
                 )
@@ -481,7 +473,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                         connector_id=connector.connector_id,
                         transaction_id=connector.transaction_id,
                         meter_value=[
-                            {"timestamp": _now(), "sampledValue": connector.sampled_values()}
+                            {"timestamp": utc_now_text(), "sampledValue": connector.sampled_values()}
                         ],
                     ),
                     suppress=False,
@@ -529,7 +521,7 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             await self._status(connector, ChargePointStatus.finishing)
             stop = call.StopTransaction(
                 meter_stop=int(connector.energy_wh),
-                timestamp=_now(),
+                timestamp=utc_now_text(),
                 transaction_id=transaction_id,
                 reason=reason,
                 id_tag=connector.id_tag,
