@@ -183,12 +183,12 @@ def _tune_garbage_collector() -> None:
 
     What start-up allocated (modules, schemas, compiled statements) lives as long as the
     process: frozen, no collection walks it again. Then a young generation of 50,000
-    allocations instead of 700: at thousands of messages a second the default collected the
-    young generation twenty times a second, so objects that live a fraction of a second
-    (buffered meter samples, in-flight messages) were promoted and then walked by full
-    collections, 110-190 ms each with 4,000 connections. Measured in the fan-out benchmark:
-    delivery p99 67-79 ms → 4 ms, max 251 → 22 ms. Garbage in reference cycles waits a
-    little longer to be freed; everything else is freed by reference counting as before.
+    allocations instead of the default 700: at thousands of messages a second the default
+    collects the young generation many times a second, so objects that live a fraction of a
+    second (buffered meter samples, in-flight messages) are promoted and then walked by full
+    collections, which take a long time with thousands of connections and are the tail of
+    push latency. Trade-off: garbage in reference cycles waits a little longer to be freed;
+    everything else is freed by reference counting as before.
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)

@@ -14,7 +14,9 @@ does, plus what it promises and does not do (automatic reconnection).
 - ``start_charging`` keeps its message id across a reconnect and retries once, which the server
   answers idempotently (no second transaction).
 
-Uses only ``websockets`` and ``orjson``: no server code, so apps can vendor it.
+Needs only ``websockets`` and the standard library (and :mod:`charging_api.timefmt`, which is
+standard library only): it imports nothing of the server, so an app can install or vendor it
+without the server's dependencies. ``tests/e2e/test_client_alone.py`` proves it.
 """
 
 from __future__ import annotations
@@ -23,16 +25,18 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 from websockets import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from charging_api.timefmt import utc_now_text
+
+__all__ = ["ChargingClient", "ConnectionLost", "RequestFailed", "TokenSource"]
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +193,7 @@ class ChargingClient:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            message = orjson.loads(raw)
+            message = json.loads(raw)
             future = self._pending.pop(str(message.get("id")), None)
             if future is not None:
                 if not future.done():
@@ -235,7 +239,7 @@ class ChargingClient:
         if data is not None:
             envelope["data"] = data
         try:
-            await ws.send(orjson.dumps(envelope).decode())
+            await ws.send(json.dumps(envelope, separators=(",", ":"), ensure_ascii=False))
             reply = await asyncio.wait_for(future, self.request_timeout)
         except ConnectionClosed:
             raise ConnectionLost("connection lost") from None
