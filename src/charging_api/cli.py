@@ -83,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "not have; the OCPP central system runs in this process (OCPP_HOST/OCPP_PORT)",
                 file=sys.stderr,
             )
-        app.run(app.serve(settings))
+        try:
+            app.run(app.serve(settings))
+        except app.StartupError as exc:
+            print(f"charging-api: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "simulate":
         app.run(

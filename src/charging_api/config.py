@@ -8,6 +8,7 @@ seconds unless their name says otherwise. A bad value stops start-up with one li
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -61,6 +62,45 @@ def parse_duration(value: Any, default_unit: str = "s") -> float:
     if seconds <= 0:
         raise ValueError("must be positive")
     return seconds
+
+
+#: DATABASE_URL schemes the storage layer runs on, and the backend each one means.
+DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",  # older configurations; read as sqlite://
+    "postgresql+asyncpg": "postgresql",
+}
+
+
+def check_database_url(url: str) -> str:
+    """``url`` if the storage layer can open it; else a ValueError saying what to write.
+
+    PostgreSQL goes through asyncpg, which is the ``postgres`` extra: its absence is reported
+    here, at start-up, rather than as an import error from deep inside the store.
+    """
+    scheme = url.partition("://")[0].strip().lower() if "://" in url else ""
+    backend = DATABASE_SCHEMES.get(scheme)
+    if backend is None:
+        hint = (
+            "use postgresql+asyncpg://user@host/db (the asyncpg driver)"
+            if scheme.startswith(("postgresql", "postgres"))
+            else "use sqlite:///path/to/file.db or postgresql+asyncpg://user@host/db"
+        )
+        raise ValueError(f"unsupported scheme {scheme or url[:20]!r}; {hint}")
+    if backend == "postgresql" and not _installed("asyncpg"):
+        raise ValueError(
+            "PostgreSQL needs the postgres extra (asyncpg), which is not installed: "
+            "pip install 'charging-api[postgres]'"
+        )
+    return url
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _millis(value: Any) -> float:
@@ -159,6 +199,11 @@ class Settings(BaseSettings):
     def _origins(cls, value: Any) -> list[str]:
         items = value.split(",") if isinstance(value, str) else list(value)
         return [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        return check_database_url(value)
 
     @field_validator("log_level", mode="before")
     @classmethod

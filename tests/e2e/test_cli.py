@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import jwt
+import pytest
 
 from charging_api.config import Settings
 from tests.serverproc import CHARGING_API, ServerProcess
@@ -118,3 +121,64 @@ async def test_serve_answers_health_in_the_seed_shape_and_exits_0_on_sigterm(
         code = await proc.stop(signal.SIGTERM)
         assert code == 0, proc.log()
         assert any("stopped" in line for line in proc.log_lines), proc.log()
+
+
+def assert_one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Exit 2, no traceback, and the last stderr line is ``charging-api: ...`` naming ``words``."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("charging-api:")]
+    assert len(errors) == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == errors[0]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_port_in_use_ends_start_up_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    """OCPP_PORT taken by another process: one line naming OCPP_PORT and what to do, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            tmp_path, "serve", OCPP_HOST="127.0.0.1", OCPP_PORT=str(port), WS_API_PORT="0"
+        )
+    line = assert_one_line_exit_2(done, "OCPP_PORT", str(port), "in use")
+    assert "free port" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("mysql://u@localhost/db", "sqlite:///"),
+        ("postgresql://u@localhost/db", "postgresql+asyncpg://"),
+    ],
+)
+def test_an_unsupported_database_url_ends_start_up_with_one_line(
+    tmp_path: Path, url: str, hint: str
+) -> None:
+    """A DATABASE_URL the store cannot open is refused before anything starts, naming the key."""
+    done = run_cli(tmp_path, "serve", DATABASE_URL=url)
+    assert_one_line_exit_2(done, "DATABASE_URL", "unsupported scheme", hint)
+
+
+def test_postgresql_without_the_postgres_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """With asyncpg not installed, a PostgreSQL URL names the extra to install; exit 2."""
+    no_asyncpg = (  # sys.modules[name] = None: what Python reports as "not installed"
+        "import sys\n"
+        "sys.modules['asyncpg'] = None\n"
+        "from charging_api.cli import main\n"
+        "sys.exit(main(['serve']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", no_asyncpg],
+        env=cli_env(tmp_path, DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_exit_2(done, "DATABASE_URL", "postgres extra", "charging-api[postgres]")
