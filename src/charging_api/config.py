@@ -9,11 +9,13 @@ seconds unless their name says otherwise. A bad value stops start-up with one li
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     Field,
@@ -250,6 +252,19 @@ class Settings(BaseSettings):
         return self.app_env is Environment.PRODUCTION
 
 
+def _set_only_as_node_env() -> bool:
+    """Whether the environment (or ``.env``) says NODE_ENV and not APP_ENV, the seed's spelling."""
+    found = {key.upper() for key in os.environ if key.upper() in {"APP_ENV", "NODE_ENV"}}
+    env_file = Path(".env")
+    if env_file.is_file():
+        found |= {
+            key.upper()
+            for key in dotenv_values(env_file)
+            if key.upper() in {"APP_ENV", "NODE_ENV"}
+        }
+    return found == {"NODE_ENV"}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings; a bad value becomes one ConfigError line naming the key."""
     try:
@@ -259,6 +274,8 @@ def load_settings(**overrides: Any) -> Settings:
         loc = [str(part) for part in first.get("loc", ())]
         key = loc[0].upper() if loc else "configuration"
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if key == "APP_ENV" and _set_only_as_node_env():
+            key = "NODE_ENV"  # name the key the user wrote
         if key == "CONFIGURATION" or not loc:
             raise ConfigError(f"invalid configuration: {message}") from None
         raise ConfigError(f"invalid configuration: {key}: {message}") from None

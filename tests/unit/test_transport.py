@@ -6,11 +6,13 @@ version check makes sure these tests ran against the installed release.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import gc
 import logging
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import websockets
@@ -166,3 +168,31 @@ async def test_the_end_of_stream_mark_half_closes_after_the_frames_before_it() -
                 await client.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
         await asyncio.wait_for(done.wait(), 5)
+
+
+def test_only_transport_touches_websockets_internals() -> None:
+    """No other module imports ``websockets.asyncio``/``websockets.protocol`` or pokes private
+    state (import-linter sees only whole external packages, so the sources are scanned)."""
+    src = Path(transport.__file__).parent
+    internal_modules = ("websockets.asyncio", "websockets.protocol")
+    private_touches = (".protocol.writes", "send_data(", "expect_continuation_frame", "vars(")
+    offenders: list[str] = []
+    for path in sorted(src.rglob("*.py")):
+        if path.name == "transport.py" and path.parent == src:
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                internal_modules
+            ):
+                offenders.append(f"{path.relative_to(src)}: from {node.module} import ...")
+            if isinstance(node, ast.Import):
+                offenders += [
+                    f"{path.relative_to(src)}: import {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith(internal_modules)
+                ]
+        offenders += [f"{path.relative_to(src)}: {t}" for t in private_touches if t in text]
+        if ".response = None" in text:
+            offenders.append(f"{path.relative_to(src)}: .response = None")
+    assert offenders == []
