@@ -39,7 +39,9 @@ class StartupError(Exception):
     """The service cannot start as configured; the message is one line naming the setting."""
 
 
-async def _listen(host_key: str, port_key: str, host: str, port: int, opened: Awaitable[int]) -> int:
+async def _listen(
+    host_key: str, port_key: str, host: str, port: int, opened: Awaitable[int]
+) -> int:
     """Await a door's ``start``; a port it cannot bind becomes a :class:`StartupError`."""
     try:
         return await opened
@@ -166,9 +168,7 @@ class Application:
             "OCPP_PORT",
             s.ocpp_host,
             s.ocpp_port,
-            self.ocpp_server.start(
-                s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)
-            ),
+            self.ocpp_server.start(s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)),
         )
         app_port = await _listen(
             "WS_API_HOST",

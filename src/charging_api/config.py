@@ -258,9 +258,7 @@ def _set_only_as_node_env() -> bool:
     env_file = Path(".env")
     if env_file.is_file():
         found |= {
-            key.upper()
-            for key in dotenv_values(env_file)
-            if key.upper() in {"APP_ENV", "NODE_ENV"}
+            key.upper() for key in dotenv_values(env_file) if key.upper() in {"APP_ENV", "NODE_ENV"}
         }
     return found == {"NODE_ENV"}
 

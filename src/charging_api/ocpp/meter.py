@@ -155,6 +155,7 @@ _MEASURAND: Final[dict[str, tuple[int, dict[str, int]]]] = {
     for slot, measurand in enumerate(_SLOT_MEASURANDS)
 }
 
+
 def _unit_lookup(measurand: str) -> dict[str | None, float]:
     """{unit: factor} with the unit in OCPP's own spelling ("kWh") and lower-cased, so the usual
     unit is found without ``lower()``; ``None`` and ``""`` (no unit) give the natural unit's."""

@@ -438,7 +438,9 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
             if stop_asked == connector.transaction_id:
                 self._spawn(self._stop_sequence(n, Reason.remote), f"stop:{n}")
             elif stop_asked is not None:
-                log.info("%s RemoteStop of transaction %s was not this start's", self.id, stop_asked)
+                log.info(
+                    "%s RemoteStop of transaction %s was not this start's", self.id, stop_asked
+                )
                 connector.stopping = False
 
     # --- metering ---------------------------------------------------------------------------
@@ -473,7 +475,10 @@ class SimulatedChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untype
                         connector_id=connector.connector_id,
                         transaction_id=connector.transaction_id,
                         meter_value=[
-                            {"timestamp": utc_now_text(), "sampledValue": connector.sampled_values()}
+                            {
+                                "timestamp": utc_now_text(),
+                                "sampledValue": connector.sampled_values(),
+                            }
                         ],
                     ),
                     suppress=False,
