@@ -18,6 +18,7 @@ import pytest
 import websockets
 from websockets import ServerConnection, Subprotocol
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
@@ -60,6 +61,15 @@ def test_only_plain_server_frames_are_built_by_hand() -> None:
     fragmenting.send_text(b"part", fin=False)
     assert fragmenting.expect_continuation_frame
     assert not transport._plain(fragmenting)
+
+
+def test_an_extension_changes_the_frame_so_it_takes_the_public_path() -> None:
+    """With permessage-deflate negotiated, send_text's bytes differ from a plain frame."""
+    protocol = opened(ServerProtocol())
+    protocol.extensions = [PerMessageDeflate(False, False, 15, 15)]
+    assert not transport._plain(protocol)
+    protocol.send_text(b"x" * 200)
+    assert protocol.data_to_send() != [transport.text_frame(b"x" * 200)]
 
 
 def test_debug_logging_takes_the_public_path() -> None:
