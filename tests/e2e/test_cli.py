@@ -232,10 +232,15 @@ def test_token_expires_in_refuses_zero_and_negative(tmp_path: Path, given: str) 
     assert "--expires-in" in done.stderr and "positive duration" in done.stderr
 
 
-def test_a_bad_node_env_is_reported_as_node_env(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_a_bad_node_env_is_reported_as_node_env(tmp_path: Path, where: str) -> None:
     """The seed's NODE_ENV with a bad value: the one line names NODE_ENV, the key the user set."""
-    env = cli_env(tmp_path, NODE_ENV="staging")
+    env = cli_env(tmp_path)
     del env["APP_ENV"]
+    if where == ".env":
+        (tmp_path / ".env").write_text("NODE_ENV=staging\n")
+    else:
+        env["NODE_ENV"] = "staging"
     done = subprocess.run(
         [str(CHARGING_API), "serve"],
         env=env,
