@@ -30,16 +30,15 @@ node_modules/.package-lock.json: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-lint: $(TEST_STAMP)
+# The checks, in the order they fail fastest. .pre-commit-config.yaml runs the same ones.
+lint: $(TEST_STAMP)  ## format check, ruff, mypy --strict, import contracts
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: $(TEST_STAMP) node_modules/.package-lock.json  ## lint, type-check, then the whole suite
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy
-	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+test: lint node_modules/.package-lock.json  ## lint, then the whole suite with branch coverage of src/
+	$(BIN)/python -m pytest -q --cov --cov-report=term
 
 bench: $(TEST_STAMP) node_modules/.package-lock.json  ## the performance benchmarks (not run by CI)
 	$(BIN)/python -m bench

@@ -1,6 +1,8 @@
-"""``charging-api``: serve | simulate | token | idtags | chargepoints.
+"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints.
 
 Builds Settings (one clear line and exit code 2 on a bad value) and hands over to ``app``.
+Defaults that depend on the configuration (the URLs ``simulate`` and ``demo`` connect to) are
+computed from it, so ``--help`` shows the ones that will be used.
 """
 
 from __future__ import annotations
@@ -10,10 +12,53 @@ import sys
 from collections.abc import Sequence
 
 from charging_api import __version__, app, logs
-from charging_api.config import ConfigError, Settings, load_settings
+from charging_api.config import ConfigError, Settings, load_settings, parse_duration
+
+CONFIGURATION_HELP = (
+    "Configuration comes from the environment or a .env file in the working directory: every "
+    "key with its default and meaning is in the Configuration table of README.md (limits in "
+    "docs/security.md); .env.example has them all."
+)
+
+#: Bind-anywhere addresses: a client on this machine connects to localhost instead.
+_ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _client_url(host: str, port: int, tls: bool, path: str) -> str:
+    """The URL a client on this machine uses to reach a door bound to ``host:port``."""
+    host = "localhost" if host in _ANY_ADDRESS else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{'wss' if tls else 'ws'}://{host}:{port}{path}"
+
+
+def ocpp_url(settings: Settings | None) -> str:
+    """The configured OCPP door's base URL (``OCPP_HOST``, ``OCPP_PORT``, ``OCPP_TLS_CERT``)."""
+    if settings is None:
+        return "ws://localhost:8081/ocpp"
+    tls = settings.ocpp_tls_cert is not None
+    return _client_url(settings.ocpp_host, settings.ocpp_port, tls, "/ocpp")
+
+
+def app_url(settings: Settings | None) -> str:
+    """The configured app door's URL (``WS_API_HOST``, ``WS_API_PORT``, ``WS_API_TLS_CERT``)."""
+    if settings is None:
+        return "ws://localhost:8082/ws"
+    tls = settings.ws_api_tls_cert is not None
+    return _client_url(settings.ws_api_host, settings.ws_api_port, tls, "/ws")
+
+
+def _expiry(text: str) -> float:
+    """``token --expires-in``: a duration as JWT_EXPIRES_IN takes it (``3600``, ``30m``, ``7d``)."""
+    try:
+        return parse_duration(text, "s")
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive duration; use e.g. 3600, 30m, 24h or 7d"
+        ) from None
+
+
+def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="charging-api",
         description="EV charging for apps (JSON over WebSocket) with an OCPP 1.6-J central system.",
@@ -21,11 +66,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"charging-api {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="run the app API and the OCPP central system (foreground)")
+    sub.add_parser(
+        "serve",
+        help="run the app API and the OCPP central system (foreground)",
+        description="Run the app API (/ws, /health, /api/stats) and the OCPP 1.6-J central "
+        "system (/ocpp/{id}) in one process until SIGTERM or SIGINT.",
+        epilog=CONFIGURATION_HELP,
+    )
 
-    sim = sub.add_parser("simulate", help="run simulated OCPP 1.6-J charge points")
+    sim = sub.add_parser(
+        "simulate", help="run simulated OCPP 1.6-J charge points", epilog=CONFIGURATION_HELP
+    )
     sim.add_argument("--count", type=int, default=1, help="number of charge points (default 1)")
-    sim.add_argument("--url", default="ws://localhost:8081/ocpp", help="central system base URL")
+    default_ocpp = ocpp_url(settings)
+    sim.add_argument(
+        "--url",
+        default=default_ocpp,
+        help=f"central system base URL (default {default_ocpp}: OCPP_HOST and OCPP_PORT)",
+    )
     sim.add_argument("--prefix", default="SIM-", help="charge point id prefix (default SIM-)")
     sim.add_argument(
         "--meter-interval", type=float, default=10.0, help="seconds between MeterValues"
@@ -36,15 +94,28 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="against a running server: one simulated charge point, one app user, start to stop",
     )
-    demo.add_argument("--url", default="ws://localhost:8082/ws", help="app API WebSocket URL")
-    demo.add_argument("--ocpp-url", default="ws://localhost:8081/ocpp", help="OCPP base URL")
+    default_app = app_url(settings)
+    demo.add_argument(
+        "--url",
+        default=default_app,
+        help=f"app API WebSocket URL (default {default_app}: WS_API_HOST and WS_API_PORT)",
+    )
+    demo.add_argument(
+        "--ocpp-url",
+        default=default_ocpp,
+        help=f"OCPP base URL (default {default_ocpp}: OCPP_HOST and OCPP_PORT)",
+    )
     demo.add_argument("--meter-updates", type=int, default=3, help="meter pushes to show")
 
     tok = sub.add_parser("token", help="print a JWT signed with JWT_SECRET")
     tok.add_argument("--user", required=True, help="user id (claim sub)")
     tok.add_argument("--id-tag", help="id tag the user charges with (claim idTag)")
     tok.add_argument("--role", choices=["user", "admin"], help="role claim")
-    tok.add_argument("--expires-in", type=float, help="seconds (default JWT_EXPIRES_IN)")
+    tok.add_argument(
+        "--expires-in",
+        type=_expiry,
+        help="lifetime: seconds or 30m, 24h, 7d (default JWT_EXPIRES_IN)",
+    )
 
     tags = sub.add_parser("idtags", help="manage id tags").add_subparsers(
         dest="action", required=True
@@ -68,11 +139,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        settings: Settings = load_settings()
-    except ConfigError as exc:
-        print(f"charging-api: {exc}", file=sys.stderr)
+        settings: Settings | None = load_settings()
+        problem: ConfigError | None = None
+    except ConfigError as exc:  # reported after parsing, so --help and --version still work
+        settings, problem = None, exc
+    args = _parser(settings).parse_args(argv)
+    if settings is None:
+        print(f"charging-api: {problem}", file=sys.stderr)
         return 2
     secrets = [settings.jwt_secret, settings.stats_api_key or "", settings.ws_gateway_api_key or ""]
     logs.configure(settings.log_level, settings.log_file, secrets)
@@ -83,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "not have; the OCPP central system runs in this process (OCPP_HOST/OCPP_PORT)",
                 file=sys.stderr,
             )
-        app.run(app.serve(settings))
+        try:
+            app.run(app.serve(settings))
+        except app.StartupError as exc:
+            print(f"charging-api: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "simulate":
         app.run(

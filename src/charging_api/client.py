@@ -14,7 +14,9 @@ does, plus what it promises and does not do (automatic reconnection).
 - ``start_charging`` keeps its message (id, timestamp, data) across a reconnect and retries
   once, which the server answers idempotently (no second transaction).
 
-Uses only ``websockets`` and ``orjson``: no server code, so apps can vendor it.
+Needs only ``websockets`` and the standard library (and :mod:`charging_api.timefmt`, which is
+standard library only): it imports nothing of the server, so an app can install or vendor it
+without the server's dependencies. ``tests/e2e/test_client_alone.py`` proves it.
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ import asyncio
 import contextlib
 import inspect
 import itertools
+import json
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from charging_api.timefmt import utc_now_text
+
+__all__ = ["ChargingClient", "ConnectionLost", "RequestFailed", "TokenSource"]
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +195,7 @@ class ChargingClient:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            message = orjson.loads(raw)
+            message = json.loads(raw)
             future = self._pending.pop(str(message.get("id")), None)
             if future is not None:
                 if not future.done():
@@ -232,11 +237,11 @@ class ChargingClient:
         mid = message_id or f"py-{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[mid] = future
-        envelope: dict[str, Any] = {"id": mid, "type": kind, "timestamp": timestamp or _now()}
+        envelope: dict[str, Any] = {"id": mid, "type": kind, "timestamp": timestamp or utc_now_text()}
         if data is not None:
             envelope["data"] = data
         try:
-            await ws.send(orjson.dumps(envelope).decode())
+            await ws.send(json.dumps(envelope, separators=(",", ":"), ensure_ascii=False))
             reply = await asyncio.wait_for(future, self.request_timeout)
         except ConnectionClosed:
             raise ConnectionLost("connection lost") from None
@@ -260,7 +265,7 @@ class ChargingClient:
         timestamp and data) is sent again after a reconnect: the server answers a start sent
         again with the first attempt's outcome."""
         mid = message_id or f"py-{next(self._ids)}"
-        stamp = _now()
+        stamp = utc_now_text()
         for attempt in itertools.count():
             if not self.connected.is_set():
                 await asyncio.wait_for(self.connected.wait(), self.request_timeout)
@@ -298,10 +303,6 @@ class ChargingClient:
                 update = await self._updates.get()
                 if kind is None or update.get("type") == kind:
                     return update
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _data(reply: dict[str, Any]) -> dict[str, Any]:

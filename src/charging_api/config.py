@@ -8,11 +8,14 @@ seconds unless their name says otherwise. A bad value stops start-up with one li
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+from dotenv import dotenv_values
 from pydantic import (
     AliasChoices,
     Field,
@@ -23,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from charging_api.api.auth import ALGORITHMS as JWT_ALGORITHMS
+
 #: Secrets that ship in docs and examples; production refuses to start with them.
 EXAMPLE_SECRETS = frozenset(
     {
@@ -32,24 +37,6 @@ EXAMPLE_SECRETS = frozenset(
     }
 )
 DEV_SECRET = "change-me-dev-secret-not-for-production"
-
-#: JWT_ALGORITHM values: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE/JWT_JWKS_FILE).
-JWT_ALGORITHMS = frozenset(
-    {
-        "HS256",
-        "HS384",
-        "HS512",
-        "RS256",
-        "RS384",
-        "RS512",
-        "ES256",
-        "ES384",
-        "ES512",
-        "PS256",
-        "PS384",
-        "PS512",
-    }
-)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -77,6 +64,45 @@ def parse_duration(value: Any, default_unit: str = "s") -> float:
     if seconds <= 0:
         raise ValueError("must be positive")
     return seconds
+
+
+#: DATABASE_URL schemes the storage layer runs on, and the backend each one means.
+DATABASE_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",  # older configurations; read as sqlite://
+    "postgresql+asyncpg": "postgresql",
+}
+
+
+def check_database_url(url: str) -> str:
+    """``url`` if the storage layer can open it; else a ValueError saying what to write.
+
+    PostgreSQL goes through asyncpg, which is the ``postgres`` extra: its absence is reported
+    here, at start-up, rather than as an import error from deep inside the store.
+    """
+    scheme = url.partition("://")[0].strip().lower() if "://" in url else ""
+    backend = DATABASE_SCHEMES.get(scheme)
+    if backend is None:
+        hint = (
+            "use postgresql+asyncpg://user@host/db (the asyncpg driver)"
+            if scheme.startswith(("postgresql", "postgres"))
+            else "use sqlite:///path/to/file.db or postgresql+asyncpg://user@host/db"
+        )
+        raise ValueError(f"unsupported scheme {scheme or url[:20]!r}; {hint}")
+    if backend == "postgresql" and not _installed("asyncpg"):
+        raise ValueError(
+            "PostgreSQL needs the postgres extra (asyncpg), which is not installed: "
+            "pip install 'charging-api[postgres]'"
+        )
+    return url
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _millis(value: Any) -> float:
@@ -176,6 +202,11 @@ class Settings(BaseSettings):
         items = value.split(",") if isinstance(value, str) else list(value)
         return [str(item).strip().rstrip("/") for item in items if str(item).strip()]
 
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        return check_database_url(value)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level(cls, value: Any) -> str:
@@ -221,6 +252,17 @@ class Settings(BaseSettings):
         return self.app_env is Environment.PRODUCTION
 
 
+def _set_only_as_node_env() -> bool:
+    """Whether the environment (or ``.env``) says NODE_ENV and not APP_ENV, the seed's spelling."""
+    found = {key.upper() for key in os.environ if key.upper() in {"APP_ENV", "NODE_ENV"}}
+    env_file = Path(".env")
+    if env_file.is_file():
+        found |= {
+            key.upper() for key in dotenv_values(env_file) if key.upper() in {"APP_ENV", "NODE_ENV"}
+        }
+    return found == {"NODE_ENV"}
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings; a bad value becomes one ConfigError line naming the key."""
     try:
@@ -230,6 +272,8 @@ def load_settings(**overrides: Any) -> Settings:
         loc = [str(part) for part in first.get("loc", ())]
         key = loc[0].upper() if loc else "configuration"
         message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        if key == "APP_ENV" and _set_only_as_node_env():
+            key = "NODE_ENV"  # name the key the user wrote
         if key == "CONFIGURATION" or not loc:
             raise ConfigError(f"invalid configuration: {message}") from None
         raise ConfigError(f"invalid configuration: {key}: {message}") from None

@@ -30,7 +30,11 @@ Library exceptions are translated into these once, at the edge that imports the 
     ├── ChargePointRejected          CHARGE_POINT_REJECTED: the charge point answered Rejected
     ├── ChargePointError             CHARGE_POINT_ERROR: the charge point answered a CALLERROR
     ├── ChargePointBusy              CHARGE_POINT_BUSY: too many commands queued for one charge point
+    ├── MethodNotAllowed             METHOD_NOT_ALLOWED: an HTTP route asked with a method it lacks
     └── InternalError                INTERNAL_ERROR: a bug; logged with a trace, never leaked
+
+The HTTP routes (``/health``, ``/api/stats``) answer with the same codes, in
+``{"success": false, "error": {code, message}}``.
 """
 
 from __future__ import annotations
@@ -147,6 +151,10 @@ class ChargePointError(ChargingApiError):
 
 class ChargePointBusy(ChargingApiError):
     code = "CHARGE_POINT_BUSY"
+
+
+class MethodNotAllowed(ChargingApiError):
+    code = "METHOD_NOT_ALLOWED"
 
 
 class InternalError(ChargingApiError):

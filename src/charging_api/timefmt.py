@@ -1,8 +1,11 @@
 """Timestamps on every wire: RFC 3339 UTC with milliseconds and ``Z``.
 
 Strict OCPP peers (ajv with formats) reject a timestamp without a timezone, and the seed's
-examples use this exact form, so both doors format through here. It runs once or twice per
-MeterValues, so it uses ``isoformat`` (C) rather than ``strftime``.
+examples use this exact form, so everything that writes a wire timestamp formats through here:
+both doors, the simulator and the Python client. Standard library only (the client must run
+with ``websockets`` alone). Sub-millisecond digits are truncated, never rounded (rounding could
+carry into the seconds). It runs once or twice per MeterValues, so it uses ``isoformat`` (C)
+rather than ``strftime``.
 """
 
 from __future__ import annotations
@@ -20,4 +23,5 @@ def format_utc(moment: datetime) -> str:
 
 
 def utc_now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """Now, as :func:`format_utc` writes it."""
+    return format_utc(datetime.now(UTC))

@@ -1,7 +1,7 @@
 """The seed's own JavaScript ``ChargingClient``, unchanged, in headless Debian Chromium.
 
 The class is cut at run time from the seed README (``shared/seed/charging-websocket-api-README.md``
-beside the repository), served in a page from a loopback HTTP server whose origin is the
+beside the repository, or ``SEED_README``), served in a page from a loopback HTTP server whose origin is the
 server's FRONTEND_URL, and driven through Playwright against the real server, with the
 project's simulated charge point on the OCPP side. Only Debian's ``/usr/bin/chromium`` is used;
 no browser is ever downloaded.
@@ -23,11 +23,9 @@ from playwright.async_api import Browser, ConsoleMessage, async_playwright
 from charging_api.simulator.charge_point import SimulatedChargePoint
 from charging_api.simulator.fleet import run_charge_point
 from tests.conftest import RunningServer, make_settings, running_server
+from tests.external import CHROMIUM, SEED_README, missing
 from tests.reliability.helpers import transactions_in_db
 
-REPO = Path(__file__).resolve().parents[2]
-SEED = REPO.parent / "shared" / "seed" / "charging-websocket-api-README.md"
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -39,8 +37,12 @@ ID_TAG = "BROWSER_TAG_1"
 
 def seed_client_class() -> str:
     """The ``ChargingClient`` class exactly as the seed's README has it, without its usage demo."""
-    assert SEED.is_file(), f"seed README not found at {SEED}"
-    text = SEED.read_text(encoding="utf-8")
+    if not SEED_README.is_file():
+        missing(
+            f"the seed README ({SEED_README})",
+            "clone the repository beside shared/seed/ or set SEED_README to its path",
+        )
+    text = SEED_README.read_text(encoding="utf-8")
     section = text.split("### Frontend Implementation (JavaScript)", 1)
     assert len(section) == 2, "seed README has no 'Frontend Implementation (JavaScript)' section"
     block = re.search(r"```javascript\n(.*?)```", section[1], re.DOTALL)
@@ -97,8 +99,9 @@ async def page_server(body: bytes) -> AsyncIterator[str]:
 
 
 def chromium_executable() -> str:
-    """Debian's Chromium; its absence fails the test (never a skip, never a download)."""
-    assert CHROMIUM.exists(), f"{CHROMIUM} missing: apt-get install chromium (.ci/run does)"
+    """Debian's Chromium (never a download); absent: skipped outside CI, failed in CI."""
+    if not CHROMIUM.exists():
+        missing(f"Chromium ({CHROMIUM})", "apt-get install chromium (.ci/run does), or set CHROMIUM")
     return str(CHROMIUM)
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
+import pytest
 
 from charging_api.config import Settings
 from tests.serverproc import CHARGING_API, ServerProcess
+from tests.serverproc import SECRET as SERVER_SECRET
 
 SECRET = "cli-secret-0123456789-abcdefghijklmnopq"
 
@@ -82,9 +88,7 @@ def test_bad_port_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
 
 def test_production_refuses_the_example_secret(tmp_path: Path) -> None:
     """Production with the seed's example JWT_SECRET exits 2 with one line naming JWT_SECRET."""
-    done = run_cli(
-        tmp_path, "serve", APP_ENV="production", JWT_SECRET="your-super-secret-jwt-key"
-    )
+    done = run_cli(tmp_path, "serve", APP_ENV="production", JWT_SECRET="your-super-secret-jwt-key")
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
@@ -149,3 +153,169 @@ async def test_serve_answers_health_in_the_seed_shape_and_exits_0_on_sigterm(
         code = await proc.stop(signal.SIGTERM)
         assert code == 0, proc.log()
         assert any("stopped" in line for line in proc.log_lines), proc.log()
+
+
+def assert_one_line_exit_2(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    """Exit 2, no traceback, and the last stderr line is ``charging-api: ...`` naming ``words``."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("charging-api:")]
+    assert len(errors) == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == errors[0]
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def test_a_port_in_use_ends_start_up_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    """OCPP_PORT taken by another process: one line naming OCPP_PORT and what to do, exit 2."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli(
+            tmp_path, "serve", OCPP_HOST="127.0.0.1", OCPP_PORT=str(port), WS_API_PORT="0"
+        )
+    line = assert_one_line_exit_2(done, "OCPP_PORT", str(port), "in use")
+    assert "free port" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("mysql://u@localhost/db", "sqlite:///"),
+        ("postgresql://u@localhost/db", "postgresql+asyncpg://"),
+    ],
+)
+def test_an_unsupported_database_url_ends_start_up_with_one_line(
+    tmp_path: Path, url: str, hint: str
+) -> None:
+    """A DATABASE_URL the store cannot open is refused before anything starts, naming the key."""
+    done = run_cli(tmp_path, "serve", DATABASE_URL=url)
+    assert_one_line_exit_2(done, "DATABASE_URL", "unsupported scheme", hint)
+
+
+def test_postgresql_without_the_postgres_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """With asyncpg not installed, a PostgreSQL URL names the extra to install; exit 2."""
+    no_asyncpg = (  # sys.modules[name] = None: what Python reports as "not installed"
+        "import sys\n"
+        "sys.modules['asyncpg'] = None\n"
+        "from charging_api.cli import main\n"
+        "sys.exit(main(['serve']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", no_asyncpg],
+        env=cli_env(tmp_path, DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert_one_line_exit_2(done, "DATABASE_URL", "postgres extra", "charging-api[postgres]")
+
+
+def test_simulate_help_shows_the_configured_ocpp_url(tmp_path: Path) -> None:
+    """``simulate`` defaults to OCPP_HOST/OCPP_PORT (environment or .env), and --help says so."""
+    from_env = run_cli(tmp_path, "simulate", "--help", OCPP_PORT="9123")
+    assert from_env.returncode == 0, from_env.stderr
+    assert "ws://localhost:9123/ocpp" in " ".join(from_env.stdout.split())
+    (tmp_path / ".env").write_text("OCPP_HOST=127.0.0.1\nOCPP_PORT=9456\n")
+    from_file = run_cli(tmp_path, "simulate", "--help")
+    assert "ws://127.0.0.1:9456/ocpp" in " ".join(from_file.stdout.split())
+
+
+async def test_simulate_connects_to_the_configured_ocpp_door(tmp_path: Path) -> None:
+    """With no --url, ``simulate`` reaches the server on OCPP_PORT (not a fixed :8081)."""
+    async with ServerProcess(tmp_path) as server:
+        port = urlsplit(server.ocpp_url).port
+        assert port is not None
+        simulator = await asyncio.create_subprocess_exec(
+            str(CHARGING_API), "simulate", "--count", "1", "--prefix", "CFG-",
+            env=cli_env(tmp_path / "sim", OCPP_HOST="127.0.0.1", OCPP_PORT=str(port)),
+            cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await server.wait_for_log("CFG-0001 connected", timeout=30)
+        finally:
+            simulator.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(simulator.wait(), 30)
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("30m", 1800), ("24h", 86400), ("7d", 604800)])
+def test_token_expires_in_takes_durations(tmp_path: Path, given: str, seconds: int) -> None:
+    """``token --expires-in`` reads 30m / 24h / 7d as JWT_EXPIRES_IN does."""
+    before = int(time.time())
+    done = run_cli(tmp_path, "token", "--user", "u", "--expires-in", given)
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert before + seconds <= claims["exp"] <= int(time.time()) + seconds
+
+
+@pytest.mark.parametrize("given", ["0", "-5", "-30m", "0s"])
+def test_token_expires_in_refuses_zero_and_negative(tmp_path: Path, given: str) -> None:
+    """A token that is born expired (or lives forever by accident) is refused: exit 2, no JWT."""
+    done = run_cli(tmp_path, "token", "--user", "u", f"--expires-in={given}")
+    assert done.returncode == 2, done.stdout
+    assert done.stdout == ""
+    assert "--expires-in" in done.stderr and "positive duration" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_a_bad_node_env_is_reported_as_node_env(tmp_path: Path, where: str) -> None:
+    """The seed's NODE_ENV with a bad value: the one line names NODE_ENV, the key the user set."""
+    env = cli_env(tmp_path)
+    del env["APP_ENV"]
+    if where == ".env":
+        (tmp_path / ".env").write_text("NODE_ENV=staging\n")
+    else:
+        env["NODE_ENV"] = "staging"
+    done = subprocess.run(
+        [str(CHARGING_API), "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    line = assert_one_line_exit_2(done, "NODE_ENV")
+    assert "APP_ENV" not in line
+
+
+def test_serve_help_points_to_the_configuration_table(tmp_path: Path) -> None:
+    """``serve --help`` tells where every configuration key is documented."""
+    done = run_cli(tmp_path, "serve", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "Configuration table of README.md" in text and ".env" in text
+
+
+async def test_demo_runs_a_charge_from_start_to_stop_against_the_configured_server(
+    tmp_path: Path,
+) -> None:
+    """``charging-api demo`` (the README's one-command check) starts, watches and stops a charge."""
+    async with ServerProcess(tmp_path) as server:
+        app_port, ocpp_port = urlsplit(server.app_url).port, urlsplit(server.ocpp_url).port
+        env = cli_env(
+            tmp_path / "demo",
+            WS_API_HOST="127.0.0.1",
+            WS_API_PORT=str(app_port),
+            OCPP_HOST="127.0.0.1",
+            OCPP_PORT=str(ocpp_port),
+            JWT_SECRET=SERVER_SECRET,
+        )
+        demo = await asyncio.create_subprocess_exec(
+            str(CHARGING_API), "demo", "--meter-updates", "1",
+            env=env, cwd=tmp_path, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(demo.communicate(), 90)
+    assert demo.returncode == 0, err.decode()
+    text = out.decode()
+    assert "start_charging_response" in text and "'success': True" in text
+    assert "meter_values_update" in text
+    assert "stop_charging_response" in text and "transaction_update" in text

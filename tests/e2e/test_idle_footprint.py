@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from websockets.asyncio.server import ServerConnection
+from websockets import ServerConnection
 
 from tests.conftest import RunningServer, app_client
 from tests.peers.py_charge_point import connected_charge_point
@@ -54,7 +54,8 @@ async def test_a_session_that_queued_frames_drops_its_queue_once_drained(
 
 async def test_a_charge_point_connection_keeps_no_handshake(server: RunningServer) -> None:
     async with connected_charge_point(server.ocpp_url, "CP-IDLE") as cp:
-        ws = server.app.ocpp_server._connections["CP-IDLE"]
+        assert server.app.ocpp_server._server is not None
+        (ws,) = server.app.ocpp_server._server.connections
         _assert_handshake_forgotten(ws, "/ocpp/CP-IDLE")
         reply = await cp.status(1, "Available")  # the connection still answers
         assert reply is not None
@@ -75,10 +76,10 @@ async def test_closed_connections_are_freed_without_the_cycle_collector(
             async with app_client(server, server.token(f"user{i}")) as app:
                 assert (await app.request("heartbeat"))["type"] == "heartbeat"
         for _ in range(500):  # until the server's handlers have finished (bounded)
-            if not server.app.ocpp_server._connections and not server.app.app_server.sessions:
+            if not server.app.gateway.online_count() and not server.app.app_server.sessions:
                 break
             await asyncio.sleep(0.01)
-        assert not server.app.ocpp_server._connections and not server.app.app_server.sessions
+        assert not server.app.gateway.online_count() and not server.app.app_server.sessions
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left = [o for o in gc.garbage if type(o) is ServerConnection]

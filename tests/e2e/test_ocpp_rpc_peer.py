@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import RunningServer, app_client
+from tests.external import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = ROOT / "tests" / "peers" / "ocpp_rpc_cp.mjs"
@@ -76,8 +77,10 @@ class NodePeer:
 @contextlib.asynccontextmanager
 async def node_peer(endpoint: str, identity: str, mode: str) -> AsyncIterator[NodePeer]:
     node = shutil.which("node")
-    assert node is not None, "node is not on PATH (Debian's nodejs; .ci/run checks for it)"
-    assert (ROOT / "node_modules" / "ocpp-rpc").is_dir(), "ocpp-rpc missing: run `make test`"
+    if node is None:
+        missing("node (on PATH)", "apt-get install nodejs npm (.ci/run does)")
+    if not (ROOT / "node_modules" / "ocpp-rpc").is_dir():
+        missing("node_modules/ocpp-rpc", "run `npm install` (make test does)")
     proc = await asyncio.create_subprocess_exec(
         node, str(PEER), endpoint, identity, mode,
         stdin=asyncio.subprocess.DEVNULL,

@@ -34,6 +34,9 @@ from charging_api.errors import AuthenticationFailed, TokenExpired
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+#: Every JWT_ALGORITHM value: HMAC with JWT_SECRET, or a public key (JWT_PUBLIC_KEY_FILE or
+#: JWT_JWKS_FILE). The configuration validates against this set; it is written only here.
+ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | frozenset(EC_ALGORITHMS)
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 

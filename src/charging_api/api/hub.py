@@ -10,8 +10,8 @@ only the ``seq`` differs between recipients, spliced in by bytes concatenation
 
 The history keeps frames only, no ``(seq, frame)`` tuples: seqs are consecutive, so the oldest
 kept frame's seq follows from the stream's seq and the history's length. That spares a
-GC-tracked allocation per delivery (22,000 a second in the fan-out benchmark), which is what
-paces the collector's runs and their pauses.
+GC-tracked allocation per delivery (one per push to each recipient), which is what paces the
+collector's runs and their pauses.
 
 No I/O here: a session is anything with ``deliver(frame, droppable)``.
 """

@@ -84,9 +84,6 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
 }
 
-#: Types a client may send before authenticating.
-PUBLIC_TYPES = frozenset({"auth_request", "heartbeat"})
-
 #: Pushes the server sends on its own.
 PUSH_TYPES = frozenset(
     {

@@ -26,10 +26,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
-from websockets.http11 import Request, Response
+from websockets import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    Headers,
+    Request,
+    Response,
+    Server,
+    ServerConnection,
+    serve,
+)
 
 from charging_api.api import protocol
 from charging_api.api.auth import TokenVerifier
@@ -38,9 +44,9 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.errors import ChargingApiError, InternalError
-from charging_api.wsfast import send_text_nowait
+from charging_api.transport import forget_handshake, send_text_nowait
 
-__all__ = ["AppConnection", "AppLimits", "AppServer", "HttpHandler", "forget_handshake"]
+__all__ = ["AppConnection", "AppLimits", "AppServer", "HttpHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -372,21 +378,6 @@ class AppServer:
         }
 
 
-#: Stands in for a connection's handshake headers once the handshake is over (never mutated).
-_NO_HEADERS = Headers()
-
-
-def forget_handshake(ws: ServerConnection) -> None:
-    """Drop the upgrade request's headers and our 101 response once the connection is open.
-
-    ``websockets`` keeps both for the connection's lifetime (~4 KiB per connection, a third of
-    an idle connection's memory) but after the handshake only tests ``request is None`` (the
-    first event was the handshake). Nothing of ours reads them later: the upgrade's checks
-    (origin, limits) run in ``process_request``. The request object and its path stay.
-    """
-    if ws.request is not None:
-        ws.request.headers = _NO_HEADERS
-    ws.response = None
 
 
 def _plain(status: http.HTTPStatus, text: str) -> Response:

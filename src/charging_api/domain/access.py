@@ -8,7 +8,8 @@ Rules:
    (admins may act for anyone).
 3. A user may stop only transactions they own; an admin may stop any.
 4. A user sees status and meter updates only of sessions they own (or asked to start);
-   admins see everything they subscribe to.
+   admins see everything they subscribe to. (Applied where updates are routed: events carry
+   their owner, and the app door's hub delivers each to that owner's streams.)
 5. A charge point never starts or stops anything for a user: only a user's own request causes
    a RemoteStart/RemoteStop.
 """
@@ -49,11 +50,6 @@ def may_use_id_tag(principal: Principal, user_id: str, tag: str, record: IdTag |
 def may_stop(principal: Principal, owner_user_id: str | None) -> bool:
     """Rule 3: ``owner_user_id`` is the transaction's owner (None: nobody's)."""
     return principal.is_admin or (owner_user_id is not None and owner_user_id == principal.user_id)
-
-
-def may_see(principal: Principal, owner_user_id: str | None) -> bool:
-    """Rule 4 (for owned updates; admin subscriptions are handled by the app door)."""
-    return owner_user_id is not None and owner_user_id == principal.user_id
 
 
 def verdict_for(record: IdTag | None, now: datetime) -> IdTagVerdict:

@@ -95,21 +95,7 @@ class ChargePoint:
     registered_at: datetime | None = None
 
 
-#: The connector statuses of OCPP 1.6 plus our own ``Offline`` (the charge point's socket is gone).
-CONNECTOR_STATUSES = frozenset(
-    {
-        "Available",
-        "Preparing",
-        "Charging",
-        "SuspendedEVSE",
-        "SuspendedEV",
-        "Finishing",
-        "Reserved",
-        "Unavailable",
-        "Faulted",
-        "Offline",
-    }
-)
+#: Our own connector status for a charge point whose connection is gone (not an OCPP status).
 OFFLINE = "Offline"
 
 

@@ -16,6 +16,13 @@ from typing import Any
 import orjson
 
 from charging_api.domain.models import Principal
+from charging_api.errors import (
+    AuthenticationFailed,
+    ChargingApiError,
+    Forbidden,
+    MethodNotAllowed,
+    NotAuthenticated,
+)
 from charging_api.timefmt import utc_now_text
 
 HttpReply = tuple[int, list[tuple[str, str]], bytes]
@@ -57,11 +64,7 @@ class HttpRoutes:
                 ]
             return 204, [("Content-Length", "0"), *cors], b""
         if method not in ("GET", "HEAD"):
-            return _json(
-                405,
-                {"success": False, "error": {"code": "METHOD_NOT_ALLOWED", "message": "Use GET"}},
-                [("Allow", "GET, OPTIONS"), *cors],
-            )
+            return _failure(405, MethodNotAllowed("Use GET"), [("Allow", "GET, OPTIONS"), *cors])
         if path == "/health":
             ws = self._websocket_stats()
             body = {
@@ -80,7 +83,7 @@ class HttpRoutes:
         if path == "/api/stats":
             denied = self._require_admin(headers)
             if denied is not None:
-                return _json(denied[0], {"success": False, "error": denied[1]}, cors)
+                return _failure(denied[0], denied[1], cors)
             data = {
                 "websocket": self._websocket_stats(),
                 **self._system_stats(),
@@ -89,10 +92,10 @@ class HttpRoutes:
             return _json(200, {"success": True, "data": data}, cors)
         return None
 
-    def _require_admin(self, headers: Mapping[str, str]) -> tuple[int, dict[str, str]] | None:
+    def _require_admin(self, headers: Mapping[str, str]) -> tuple[int, ChargingApiError] | None:
         value = headers.get("Authorization") or ""
         if not value.lower().startswith("bearer "):
-            return 401, {"code": "NOT_AUTHENTICATED", "message": "Bearer token required"}
+            return 401, NotAuthenticated("Bearer token required")
         credential = value[7:].strip()
         key = self._config.stats_key
         if key and hmac.compare_digest(credential.encode(), key.encode()):
@@ -100,9 +103,9 @@ class HttpRoutes:
         try:
             principal = self._verify(credential)
         except Exception:
-            return 401, {"code": "AUTHENTICATION_FAILED", "message": "Invalid token"}
+            return 401, AuthenticationFailed("Invalid token")
         if not principal.is_admin:
-            return 403, {"code": "FORBIDDEN", "message": "Admin role required"}
+            return 403, Forbidden("Admin role required")
         return None
 
     def _cors(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -114,6 +117,12 @@ class HttpRoutes:
                 ("Access-Control-Allow-Headers", "Authorization"),
             ]
         return []
+
+
+def _failure(status: int, error: ChargingApiError, extra: list[tuple[str, str]]) -> HttpReply:
+    """The routes' failure body: the error tree's code and message (no app-protocol details)."""
+    body = {"success": False, "error": {"code": error.code, "message": error.message}}
+    return _json(status, body, extra)
 
 
 def _json(status: int, body: dict[str, Any], extra: list[tuple[str, str]]) -> HttpReply:

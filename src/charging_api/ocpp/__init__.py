@@ -1,6 +1,7 @@
 """The charge point door: OCPP 1.6-J over WebSocket at ``/ocpp/{chargePointId}``.
 
-The only package that imports the ``ocpp`` library (for its OCA JSON schemas). Framing and
-validation are our own, compiled once, because the library's dispatcher costs ~220 µs per
-MeterValues: see docs/architecture.md.
+It reads the OCA JSON schemas the ``ocpp`` library ships as package data and never imports
+the library's code (only the simulator does). Framing and validation are our own, compiled
+once: the library's dispatcher re-walks the schema and converts key case on every message,
+several times our cost per MeterValues (see docs/architecture.md).
 """

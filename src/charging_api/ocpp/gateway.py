@@ -1,5 +1,10 @@
 """Live charge point sessions and the CALLs we send them (implements ``ChargerGateway``).
 
+The gateway's table of sessions is the one registry of connected charge points in the process:
+a charge point is online exactly while it has a registered session. A session is the charge
+point's OCPP state on its current connection (how to send a frame, how to close the connection,
+the CALL outstanding); the server creates one per connection and registers it.
+
 OCPP-J allows one outstanding CALL per direction: commands for one charge point wait their turn
 behind a lock, at most ``max_queued`` of them, and the whole wait (queue + answer) is bounded by
 ``call_timeout``. When a session ends or is replaced, every CALL waiting on it fails at once with
@@ -25,16 +30,38 @@ from charging_api.ocpp import framing, schemas
 log = logging.getLogger(__name__)
 
 Sender = Callable[[bytes], Awaitable[None]]
+#: Closes the session's connection (awaited in the background when the session is replaced).
+Disconnect = Callable[[], Awaitable[None]]
+
+
+async def _nothing_to_close() -> None:
+    return None
 
 
 class OcppSession:
-    """One connected charge point: how to send to it and the CALL it has outstanding."""
+    """One connected charge point: how to send to it, how to close its connection, and the
+    CALL it has outstanding."""
 
-    __slots__ = ("_lock", "_pending", "_pending_id", "_send", "charge_point_id", "closed", "queued")
+    __slots__ = (
+        "_lock",
+        "_pending",
+        "_pending_id",
+        "_send",
+        "bad_frames",
+        "charge_point_id",
+        "closed",
+        "disconnect",
+        "queued",
+    )
 
-    def __init__(self, charge_point_id: str, send: Sender) -> None:
+    def __init__(
+        self, charge_point_id: str, send: Sender, disconnect: Disconnect = _nothing_to_close
+    ) -> None:
         self.charge_point_id = charge_point_id
         self._send = send
+        self.disconnect = disconnect
+        #: Frames from the charge point we could not use (the server bounds its logging by it).
+        self.bad_frames = 0
         self._lock = asyncio.Lock()
         self._pending: asyncio.Future[framing.CallResult | framing.CallError] | None = None
         self._pending_id: str | None = None
@@ -102,7 +129,8 @@ class OcppGateway:
         self._sessions: dict[str, OcppSession] = {}
 
     def register(self, session: OcppSession) -> OcppSession | None:
-        """Make ``session`` the charge point's live one; returns the one it replaced."""
+        """Make ``session`` the charge point's live one; returns the one it replaced (its CALL
+        has failed; closing its connection is the caller's)."""
         old = self._sessions.get(session.charge_point_id)
         self._sessions[session.charge_point_id] = session
         if old is not None:

@@ -1,8 +1,9 @@
-"""OCPP 1.6 ``MeterValue`` objects -> :class:`~charging_api.domain.models.MeterSample` and back.
+"""OCPP 1.6 ``MeterValue`` objects -> :class:`~charging_api.domain.models.MeterSample`.
 
 Pure functions, no I/O: text and dicts in, values out. The charge point door calls
 :func:`meter_value_to_sample` once per ``MeterValue`` of a ``MeterValues`` or ``StopTransaction``
-request; the app door calls :func:`sample_to_wire` to build the seed's ``meterValue`` object.
+request. (The app door builds the seed's ``meterValue`` object from the sample:
+``api.protocol.sample_to_wire``; timestamps go out through ``timefmt``.)
 
 Reading a ``SampledValue`` (OCPP 1.6 rules)
 -------------------------------------------
@@ -47,9 +48,7 @@ camelCase field name, e.g. ``{"L1": {"voltage": 230.1, "current": 16.0, "powerKw
 Timestamps
 ----------
 :func:`parse_ocpp_datetime` reads RFC 3339 / ISO 8601 (offsets, ``Z``, fractional seconds of any
-length, naive taken as UTC) and returns an aware UTC datetime. :func:`format_ocpp_datetime` writes
-RFC 3339 UTC with milliseconds and ``Z`` (``2024-01-15T10:31:00.000Z``): strict peers reject
-timestamps without a timezone.
+length, naive taken as UTC) and returns an aware UTC datetime.
 """
 
 from __future__ import annotations
@@ -60,12 +59,7 @@ from typing import Any, Final
 
 from charging_api.domain.models import MeterSample
 
-__all__ = [
-    "format_ocpp_datetime",
-    "meter_value_to_sample",
-    "parse_ocpp_datetime",
-    "sample_to_wire",
-]
+__all__ = ["meter_value_to_sample", "parse_ocpp_datetime"]
 
 # --- timestamps ----------------------------------------------------------------------------
 
@@ -102,21 +96,6 @@ def _to_utc(parsed: datetime) -> datetime:
         return parsed.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"timestamp out of range: {parsed.isoformat()}") from None
-
-
-def format_ocpp_datetime(dt: datetime) -> str:
-    """Format as RFC 3339 UTC with milliseconds and ``Z``; a naive datetime is taken as UTC.
-
-    Sub-millisecond digits are truncated, not rounded (rounding could carry into the seconds).
-    """
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    elif dt.utcoffset():
-        dt = dt.astimezone(UTC)
-    return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{dt.microsecond // 1000:03d}Z"
-    )
 
 
 # --- sampled values ------------------------------------------------------------------------
@@ -179,6 +158,7 @@ _MEASURAND: Final[dict[str, tuple[int, dict[str, int]]]] = {
     measurand: (slot, _SOC_LOCATION_RANK if measurand == _SOC else _LOCATION_RANK)
     for slot, measurand in enumerate(_SLOT_MEASURANDS)
 }
+
 
 def _unit_lookup(measurand: str) -> dict[str | None, float]:
     """{unit: factor} with the unit in OCPP's own spelling ("kWh") and lower-cased, so the usual
@@ -370,21 +350,3 @@ def _headline_max_current(values: dict[tuple[str, str | None], float]) -> float 
         return unphased
     per_line = _per_line(values, _CURRENT, _LINES)
     return max(per_line) if per_line else None
-
-
-# --- out to the app protocol -------------------------------------------------------------
-
-
-def sample_to_wire(sample: MeterSample) -> dict[str, Any]:
-    """The seed's ``meterValue`` object; unmeasured fields are null, ``phases`` only when known."""
-    wire: dict[str, Any] = {
-        "energyImportKWh": sample.energy_import_kwh,
-        "powerKw": sample.power_kw,
-        "voltage": sample.voltage,
-        "current": sample.current,
-        "timestamp": format_ocpp_datetime(sample.timestamp),
-        "stateOfCharge": sample.state_of_charge,
-    }
-    if sample.phases:
-        wire["phases"] = {phase: dict(fields) for phase, fields in sample.phases.items()}
-    return wire

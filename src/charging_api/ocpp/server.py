@@ -13,12 +13,16 @@ its HTTP request is dropped):
   refused (HTTP 400), and a client offering none is accepted as 1.6 (some real chargers send no
   ``Sec-WebSocket-Protocol``).
 
+Words: a *connection* is one WebSocket (``ws``, ``websockets``' ``ServerConnection``); a
+*session* (:class:`~charging_api.ocpp.gateway.OcppSession`) is the charge point's OCPP state on
+its current connection. The gateway's sessions are the only registry of connected charge points.
+
 A second connection with the same id **replaces** the first (rather than being refused: a
-charger that rebooted or lost its link often reconnects while its old socket is still
-half-open, and refusing it would lock it out until the old socket times out). The new session
-takes over at once; the old socket is closed (1000, "replaced by a new connection") in the
-background, and the CALL outstanding on it fails at once with CHARGE_POINT_OFFLINE, so the app
-that asked still gets its response.
+charger that rebooted or lost its network often reconnects while its old connection is still
+half-open, and refusing it would lock it out until the old connection times out). The new
+session takes over at once; the old connection is closed (1000, "replaced by a new connection")
+in the background, and the CALL outstanding on it fails at once with CHARGE_POINT_OFFLINE, so the
+app that asked still gets its response.
 
 After the upgrade, CALLs from the charge point are handled one at a time, in order (OCPP-J's one
 outstanding CALL per direction): each malformed frame gets its CALLERROR and the connection lives
@@ -26,7 +30,7 @@ on; CALLRESULT/CALLERROR frames answer our own CALLs or are logged and ignored. 
 ``max_frame_size`` closes the connection with 1009. ``rate_limit`` (messages per second per
 connection, 0 = off, the default) paces a charge point that sends faster: a token bucket
 (:class:`~charging_api.ratelimit.TokenBucket`, spent into debt) with a
-burst of one second's worth; over it, the server stops reading that socket until a token is due,
+burst of one second's worth; over it, the server stops reading that connection until a token is due,
 so TCP back-pressure slows the sender and nothing is dropped or refused (an offline replay only
 slows down). The server never sends a CALL on its own initiative (OCTT fails a central system
 that does): only an app's start/stop request causes one.
@@ -44,11 +48,18 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, NegotiationError
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from websockets import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    Headers,
+    NegotiationError,
+    Request,
+    Response,
+    Server,
+    ServerConnection,
+    Subprotocol,
+    serve,
+)
 
 from charging_api.domain.charging import ChargingService
 from charging_api.errors import ChargePointOffline, ChargingApiError
@@ -56,7 +67,7 @@ from charging_api.ocpp import framing, schemas
 from charging_api.ocpp.gateway import OcppGateway, OcppSession
 from charging_api.ocpp.handlers import HANDLERS
 from charging_api.ratelimit import TokenBucket
-from charging_api.wsfast import send_text_nowait
+from charging_api.transport import forget_handshake, send_text_nowait
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +99,7 @@ def basic_auth(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-#: Bad frames logged at WARNING per connection; the rest at DEBUG (a hostile peer cannot flood
+#: Bad frames logged at WARNING per session; the rest at DEBUG (a hostile peer cannot flood
 #: the log).
 MAX_LOGGED_BAD_FRAMES = 20
 
@@ -110,7 +121,6 @@ class OcppServer:
         self._rate_limit = rate_limit
         self._open_timeout = open_timeout
         self._server: Server | None = None
-        self._connections: dict[str, ServerConnection] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int, ssl: Any = None) -> int:
@@ -135,7 +145,7 @@ class OcppServer:
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """Close every charge point socket with 1001 so they reconnect (elsewhere)."""
+        """Close every charge point connection with 1001 so they reconnect (elsewhere)."""
         if self._server is None:
             return
         self._server.close(close_connections=True)
@@ -179,13 +189,14 @@ class OcppServer:
                     f"Charge point {cp_id} disconnected", {"chargePointId": cp_id}
                 ) from None
 
-        session = OcppSession(cp_id, send)
-        if self.gateway.register(session) is not None:
+        async def disconnect() -> None:
+            await ws.close(1000, "replaced by a new connection")
+
+        session = OcppSession(cp_id, send, disconnect)
+        replaced = self.gateway.register(session)
+        if replaced is not None:
             log.info("charge point %s reconnected; old connection replaced", cp_id)
-        old_ws = self._connections.get(cp_id)
-        self._connections[cp_id] = ws
-        if old_ws is not None:
-            self._close_in_background(old_ws)
+            self._close_in_background(replaced)
         log.info("charge point %s connected", cp_id)
         await self.service.on_connected(cp_id)
         loop = asyncio.get_running_loop()
@@ -195,7 +206,6 @@ class OcppServer:
             else None
         )
         throttled = False
-        connection = _Connection(session, ws)
         try:
             # ``recv()`` rather than ``async for``: the async generator behind ``async for``
             # and its entry in the loop's weak set of generators cost ~650 bytes per idle
@@ -216,43 +226,42 @@ class OcppServer:
                                 self._rate_limit,
                             )
                         await asyncio.sleep(delay)
-                await self._on_message(connection, message)
+                await self._on_message(session, ws, message)
         except ConnectionClosed:
             pass
         finally:
-            if self._connections.get(cp_id) is ws:
-                del self._connections[cp_id]
             if self.gateway.unregister(session):
                 log.info("charge point %s disconnected", cp_id)
                 await self.service.on_disconnected(cp_id)
 
-    def _close_in_background(self, ws: ServerConnection) -> None:
-        """Close a replaced socket without holding up its successor (a half-open peer would
-        make ``close`` wait for ``close_timeout``)."""
+    def _close_in_background(self, session: OcppSession) -> None:
+        """Close a replaced session's connection without holding up its successor (a half-open
+        peer would make ``close`` wait for ``close_timeout``)."""
 
         async def close() -> None:
             with contextlib.suppress(Exception):
-                await ws.close(1000, "replaced by a new connection")
+                await session.disconnect()
 
         task = asyncio.create_task(close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def _on_message(self, connection: _Connection, message: str | bytes) -> None:
-        cp_id = connection.session.charge_point_id
+    async def _on_message(
+        self, session: OcppSession, ws: ServerConnection, message: str | bytes
+    ) -> None:
         try:
             frame = framing.parse(message)
         except framing.FrameError as exc:
-            connection.log_bad_frame(exc.description)
+            _log_bad_frame(session, exc.description)
             if exc.answer:
-                await connection.ws.send(exc.to_frame(), text=True)
+                await ws.send(exc.to_frame(), text=True)
             return
         if isinstance(frame, framing.Call):
-            reply = await self._answer(cp_id, frame)
-            if not send_text_nowait(connection.ws, reply):
-                await connection.ws.send(reply, text=True)
-        elif not connection.session.on_reply(frame):
-            connection.log_bad_frame(f"a reply to no pending CALL (id {frame.unique_id})")
+            reply = await self._answer(session.charge_point_id, frame)
+            if not send_text_nowait(ws, reply):
+                await ws.send(reply, text=True)
+        elif not session.on_reply(frame):
+            _log_bad_frame(session, f"a reply to no pending CALL (id {frame.unique_id})")
 
     async def _answer(self, cp_id: str, call: framing.Call) -> bytes:
         handler = HANDLERS.get(call.action)
@@ -284,52 +293,20 @@ class OcppServer:
         return framing.encode_result(call.unique_id, reply)
 
 
-class _Connection:
-    """One socket's session and its count of bad frames (for bounded logging)."""
-
-    __slots__ = ("bad_frames", "session", "ws")
-
-    def __init__(self, session: OcppSession, ws: ServerConnection) -> None:
-        self.session = session
-        self.ws = ws
-        self.bad_frames = 0
-
-    def log_bad_frame(self, what: str) -> None:
-        self.bad_frames += 1
-        cp_id = self.session.charge_point_id
-        if self.bad_frames < MAX_LOGGED_BAD_FRAMES:
-            log.warning("charge point %s sent a bad frame: %s; ignored", cp_id, what)
-        elif self.bad_frames == MAX_LOGGED_BAD_FRAMES:
-            log.warning(
-                "charge point %s sent %d bad frames; logging the rest at DEBUG",
-                cp_id,
-                self.bad_frames,
-            )
-        else:
-            log.debug("charge point %s sent a bad frame: %s; ignored", cp_id, what)
-
-
-#: Stands in for a connection's handshake headers once the handshake is over (never mutated).
-_NO_HEADERS = Headers()
-
-
-def forget_handshake(ws: ServerConnection) -> None:
-    """Drop the upgrade request's headers and our 101 response once the connection is open.
-
-    ``websockets`` keeps both for the connection's lifetime (~4 KiB per connection, a third of
-    an idle connection's memory) but after the handshake only tests ``request is None`` (the
-    first event was the handshake). Nothing of ours reads them later: the path and the Basic
-    auth are checked in ``process_request``. The request object and its path stay. (The app
-    door has the same helper; the doors do not import each other.)
-    """
-    if ws.request is not None:
-        ws.request.headers = _NO_HEADERS
-    ws.response = None
-    # ``serve(select_subprotocol=...)`` leaves a closure over the connection on its protocol:
-    # connection -> protocol -> closure -> connection, a cycle that only the cyclic collector
-    # frees. Used only during the handshake; without it a closed connection is freed at once
-    # (56 objects a charge point's connection otherwise left for the collector).
-    vars(ws.protocol).pop("select_subprotocol", None)
+def _log_bad_frame(session: OcppSession, what: str) -> None:
+    """Log a bad frame: at WARNING up to ``MAX_LOGGED_BAD_FRAMES`` per session, then DEBUG."""
+    session.bad_frames += 1
+    cp_id = session.charge_point_id
+    if session.bad_frames < MAX_LOGGED_BAD_FRAMES:
+        log.warning("charge point %s sent a bad frame: %s; ignored", cp_id, what)
+    elif session.bad_frames == MAX_LOGGED_BAD_FRAMES:
+        log.warning(
+            "charge point %s sent %d bad frames; logging the rest at DEBUG",
+            cp_id,
+            session.bad_frames,
+        )
+    else:
+        log.debug("charge point %s sent a bad frame: %s; ignored", cp_id, what)
 
 
 def _select_subprotocol(

@@ -84,6 +84,7 @@ from charging_api.simulator.config import Configuration
 from charging_api.simulator.connector import SimConnector, new_connectors
 from charging_api.simulator.memory import ChargerMemory, SimTimings
 from charging_api.simulator.profiles import Profile
+from charging_api.timefmt import format_utc, utc_now_text
 
 __all__ = ["CoreChargePoint", "now_iso"]
 
@@ -114,12 +115,8 @@ class Connection(Protocol):
 
 
 def now_iso(now: datetime | None = None) -> str:
-    """Now as RFC 3339 UTC with milliseconds and ``Z``, like ``ocpp.meter.format_ocpp_datetime``.
-
-    Not imported from there: the simulator and the charge point door stay independent.
-    """
-    now = now or datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S") + f".{now.microsecond // 1000:03d}Z"
+    """``now`` (default: the current time) as every wire timestamp is written (:mod:`timefmt`)."""
+    return format_utc(now) if now is not None else utc_now_text()
 
 
 def new_memory(

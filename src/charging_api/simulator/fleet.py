@@ -26,7 +26,7 @@ import random
 from collections.abc import Callable
 from urllib.parse import quote
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.headers import build_authorization_basic
 from websockets.typing import Subprotocol

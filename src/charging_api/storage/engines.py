@@ -5,13 +5,13 @@ A store operation is written once, as a plain function over a synchronous SQLAlc
 
 * SQLite (:class:`SqliteDatabase`), with the standard library's driver: writes and key lookups
   on the event loop's thread (each a few dozen microseconds), their durability from a thread
-  that fsyncs the WAL for many commits at once, range reads on reader threads. The async
-  driver we used before (aiosqlite) made a thread hand-off per cursor call (execute, fetch,
-  close, commit ...), about five per statement; those hops and the GIL traffic they caused
-  were most of the server's CPU in the command benchmark, and then its latency.
-* PostgreSQL (:class:`PostgresDatabase`): through the asyncpg driver on the event loop; the
-  unit of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it
-  awaits the network without a thread.
+  that fsyncs the WAL for many commits at once, range reads on reader threads. Trade-off: no
+  async SQLite driver, whose thread hand-off per cursor call (several per statement) and the GIL
+  traffic it causes would cost more than the work; in exchange a write from another process
+  holds the loop for as long as it holds SQLite's lock (bounded by ``busy_timeout``).
+* PostgreSQL (:class:`PostgresDatabase`): through the asyncpg driver on the event loop; the unit
+  of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it awaits the
+  network without a thread.
 """
 
 from __future__ import annotations
@@ -98,12 +98,11 @@ class SqliteDatabase:
     """SQLite: writes and key lookups on the event loop's thread, durability from a syncer
     thread, range reads on :data:`SQLITE_READERS` reader threads.
 
-    *Why writes run on the loop.* A write is ~50-150 µs of work (SQLAlchemy and SQLite). On a
-    writer thread it also needed the GIL back after every SQLite call (which releases it), each
-    time waiting for the busy event loop to let go: a one-row commit took 0.8 ms at the
-    median even without any fsync, and writes queued behind each other (start p99 ~15-20 ms
-    in the command benchmark). Run where the caller already holds the GIL, it takes its own
-    CPU time and nothing else.
+    *Why writes run on the loop.* A write is tens to a few hundred microseconds of work
+    (SQLAlchemy and SQLite). On a writer thread it would also need the GIL back after every
+    SQLite call (which releases it), each time waiting for the busy event loop to let go, and
+    writes would queue behind each other. Run where the caller already holds the GIL, it takes
+    its own CPU time and nothing else.
 
     *Durability without blocking the loop.* The WAL runs with ``synchronous=NORMAL``: a commit
     writes its frames to the WAL file without an fsync. ``write`` then waits, without blocking
@@ -186,10 +185,10 @@ class SqliteDatabase:
     async def lookup(self, work: Work[T]) -> T:
         """On the event loop's own thread, on a connection kept for it.
 
-        A key lookup in SQLite's page cache takes ~20 µs here; the hop to a reader thread and
-        back costs ~150 µs of wall time and, on a busy two-core box, a wait for the thread to
-        be scheduled: the hop, not the read, was the start command's latency. WAL readers never
-        wait for the writer. Range reads (histories, samples) still go to the reader threads.
+        A key lookup in SQLite's page cache is far cheaper than a hop to a reader thread and
+        back (plus, on a busy machine, the wait for that thread to be scheduled). WAL readers
+        never wait for the writer. Range reads (histories, samples) go to the reader threads,
+        where their longer work does not hold the loop.
         """
         if self._inline is None:
             self._inline = self._reader.connect()
