@@ -7,9 +7,9 @@ SQL and each test states exactly what the outside world does.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from charging_api.domain.events import DomainEvent
@@ -46,6 +46,10 @@ class ManualClock:
 
 
 class MemoryStore:
+    """The ``Store`` port in memory, by the rules ``tests/storage/test_store_contract.py``
+    holds every store to (it runs there as a third backend): aware datetimes only, returned
+    in UTC; replayed starts and stops answered from what is stored; the same orderings."""
+
     def __init__(self) -> None:
         self.charge_points: dict[str, ChargePoint] = {}
         self.connectors: dict[tuple[str, int], ConnectorState] = {}
@@ -62,11 +66,16 @@ class MemoryStore:
         return self.charge_points.get(charge_point_id)
 
     async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None:
+        old = self.charge_points.get(charge_point_id)
         self.charge_points[charge_point_id] = ChargePoint(
-            charge_point_id, password_hash=password_hash, registered_at=datetime.now(UTC)
+            charge_point_id,
+            old.info if old else ChargePointInfo(),
+            password_hash,
+            (old.registered_at if old else None) or datetime.now(UTC),
         )
 
     async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
+        _utc(at)
         old = self.charge_points.get(charge_point_id)
         self.charge_points[charge_point_id] = ChargePoint(
             charge_point_id,
@@ -79,6 +88,8 @@ class MemoryStore:
         return len(self.charge_points)
 
     async def set_connector_status(self, state: ConnectorState) -> None:
+        if state.updated_at is not None:
+            state = replace(state, updated_at=_utc(state.updated_at))
         self.connectors[(state.charge_point_id, state.connector_id)] = state
 
     async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
@@ -88,10 +99,12 @@ class MemoryStore:
         return self.id_tags.get(tag)
 
     async def put_id_tag(self, tag: IdTag) -> None:
+        if tag.expiry is not None:
+            tag = replace(tag, expiry=_utc(tag.expiry))
         self.id_tags[tag.tag] = tag
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
-        return [t for t in self.id_tags.values() if t.user_id == user_id]
+        return sorted((t for t in self.id_tags.values() if t.user_id == user_id), key=_tag)
 
     async def start_transaction(
         self,
@@ -103,6 +116,7 @@ class MemoryStore:
         started_at: datetime,
         id_tag_status: IdTagStatus,
     ) -> tuple[Transaction, bool]:
+        started_at = _utc(started_at)
         start = (charge_point_id, connector_id, id_tag, meter_start_wh, started_at)
         for tx in self.transactions.values():
             if (tx.charge_point_id, tx.connector_id, tx.id_tag, tx.meter_start_wh,
@@ -124,22 +138,6 @@ class MemoryStore:
     async def get_transaction(self, transaction_id: int) -> Transaction | None:
         return self.transactions.get(transaction_id)
 
-    async def set_transaction_user(self, transaction_id: int, user_id: str) -> None:
-        tx = self.transactions[transaction_id]
-        self.transactions[transaction_id] = Transaction(
-            tx.id,
-            tx.charge_point_id,
-            tx.connector_id,
-            tx.id_tag,
-            user_id,
-            tx.meter_start_wh,
-            tx.started_at,
-            tx.id_tag_status,
-            tx.meter_stop_wh,
-            tx.stopped_at,
-            tx.stop_reason,
-        )
-
     async def stop_transaction(
         self,
         transaction_id: int,
@@ -149,10 +147,11 @@ class MemoryStore:
         closed_by: ClosedBy = ClosedBy.CHARGE_POINT,
         app_stop_reason: str | None = None,
     ) -> Transaction | None:
+        stopped_at = _utc(stopped_at)
         tx = self.transactions.get(transaction_id)
         if tx is None or not tx.active:
             return tx
-        closed = dataclasses.replace(
+        closed = replace(
             tx,
             meter_stop_wh=meter_stop_wh,
             stopped_at=stopped_at,
@@ -166,27 +165,57 @@ class MemoryStore:
     async def correct_stop(
         self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
     ) -> Transaction | None:
+        stopped_at = _utc(stopped_at)
         tx = self.transactions.get(transaction_id)
         if tx is None or tx.active or tx.closed_by is ClosedBy.CHARGE_POINT:
             return tx
-        corrected = dataclasses.replace(
+        corrected = replace(
             tx, meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason
         )
         self.transactions[transaction_id] = corrected
         return corrected
 
     async def active_transactions(self) -> list[Transaction]:
-        return [tx for tx in self.transactions.values() if tx.active]
+        return sorted((tx for tx in self.transactions.values() if tx.active), key=_id)
 
     async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
         txs = [t for t in self.transactions.values() if user_id is None or t.user_id == user_id]
-        return sorted(txs, key=lambda t: t.id, reverse=True)[:limit]
+        return sorted(txs, key=_newest_first)[:limit]
 
     def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
-        self.samples.extend(samples)
+        for s in samples:
+            _utc(s.sample.timestamp)
+        self.samples.extend(
+            replace(s, sample=replace(s.sample, timestamp=_utc(s.sample.timestamp)))
+            for s in samples
+        )
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
-        return [s for s in self.samples if s.transaction_id == transaction_id]
+        found = [s for s in self.samples if s.transaction_id == transaction_id]
+        return sorted(found, key=_sample_time)  # stable: equal times stay in arrival order
+
+
+def _utc(at: datetime) -> datetime:
+    """As the SQL store takes datetimes: aware only (naive is refused), kept in UTC."""
+    if at.tzinfo is None:
+        raise ValueError(f"naive datetime {at!r}: the store only takes aware datetimes")
+    return at.astimezone(UTC)
+
+
+def _tag(tag: IdTag) -> str:
+    return tag.tag
+
+
+def _id(tx: Transaction) -> int:
+    return tx.id
+
+
+def _newest_first(tx: Transaction) -> tuple[float, int]:
+    return (-tx.started_at.timestamp(), -tx.id)
+
+
+def _sample_time(s: StoredMeterSample) -> datetime:
+    return s.sample.timestamp
 
 
 class FakeGateway:

@@ -1,7 +1,14 @@
-"""Backends for the storage contract suite: every test runs on SQLite and on PostgreSQL."""
+"""Backends for the storage suites.
+
+``open_store``: the contract suite runs on SQLite, on PostgreSQL and on the in-memory fake the
+core's unit tests use (``tests/fakes.py``), so the fake cannot drift from the real rules.
+``open_sql_store``: what only ``SqlStore`` promises (batching, refused rows, the schema), on
+SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -9,26 +16,55 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from tests.fakes import MemoryStore
 
+from charging_api.domain.ports import Store
 from charging_api.storage import SqlStore
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 
-OpenStore = Callable[..., Awaitable[SqlStore]]
+OpenStore = Callable[..., Awaitable[Store]]
+OpenSqlStore = Callable[..., Awaitable[SqlStore]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 async def open_store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[OpenStore]:
     """``await open_store(**kwargs)`` gives a started store; every call in one test opens
-    the same database (so close + reopen can be tested).
+    the same database (so close + reopen can be tested). The fake ignores ``kwargs`` (they
+    tune batching, which it does not do) and "reopens" as the same object."""
+    if request.param == "memory":
+        memory = MemoryStore()
+
+        async def open_memory(**_: Any) -> Store:
+            await memory.start()
+            return memory
+
+        yield open_memory
+        await memory.close()
+        return
+    async with _sql_backend(request.param, tmp_path) as open_:
+        yield open_
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def open_sql_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OpenSqlStore]:
+    """As ``open_store``, for ``SqlStore`` only."""
+    async with _sql_backend(request.param, tmp_path) as open_:
+        yield open_
+
+
+@contextlib.asynccontextmanager
+async def _sql_backend(backend: str, tmp_path: Path) -> AsyncIterator[OpenSqlStore]:
+    """``await open_(**kwargs)`` gives a started SqlStore; every call opens the same database.
 
     PostgreSQL gets a fresh schema per test. It is created inside the test body, so an
     unreachable server FAILs the test instead of skipping or erroring it.
     """
-    backend: str = request.param
     schema = f"store_test_{uuid.uuid4().hex}"
     opened: list[SqlStore] = []
     created = False

@@ -197,3 +197,21 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
         assert await store.get_id_tag("T1") == IdTag("T1", "u1")
     finally:
         await store.close()
+
+
+async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
+    """SQLite runs in WAL mode, foreign keys on, with a busy timeout. synchronous=NORMAL: a
+    commit does not fsync, the store's WAL syncer does before the write returns (tested above)."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
+    await store.start()
+    try:
+        for run in (store._db.read, store._db.write):  # every connection, readers and writer
+            pragmas = await run(
+                lambda c: [
+                    c.exec_driver_sql(f"PRAGMA {p}").scalar()
+                    for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+                ]
+            )
+            assert pragmas == ["wal", 1, 1, 5000]
+    finally:
+        await store.close()

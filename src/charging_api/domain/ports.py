@@ -115,8 +115,6 @@ class Store(Protocol):
 
     async def get_transaction(self, transaction_id: int) -> Transaction | None: ...
 
-    async def set_transaction_user(self, transaction_id: int, user_id: str) -> None: ...
-
     async def stop_transaction(
         self,
         transaction_id: int,

@@ -9,9 +9,9 @@ A store operation is written once, as a plain function over a synchronous SQLAlc
   driver we used before (aiosqlite) made a thread hand-off per cursor call (execute, fetch,
   close, commit ...), about five per statement; those hops and the GIL traffic they caused
   were most of the server's CPU in the command benchmark, and then its latency.
-* PostgreSQL (:class:`AsyncDatabase`): through the asyncpg driver on the event loop; the unit
-  of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it awaits the
-  network without a thread.
+* PostgreSQL (:class:`PostgresDatabase`): through the asyncpg driver on the event loop; the
+  unit of work runs in SQLAlchemy's greenlet bridge (``AsyncConnection.run_sync``), so it
+  awaits the network without a thread.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event
@@ -73,7 +74,7 @@ def open_database(url: URL, engine_kwargs: dict[str, Any] | None = None) -> Data
     if backend == "sqlite":
         return SqliteDatabase(url, engine_kwargs)
     if backend == "postgresql":
-        return AsyncDatabase(url, engine_kwargs)
+        return PostgresDatabase(url, engine_kwargs)
     raise ValueError(f"unsupported database {backend!r}")
 
 
@@ -131,6 +132,7 @@ class SqliteDatabase:
         kwargs: dict[str, Any] = dict(engine_kwargs or {})
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
         self._in_memory = url.database in (None, "", ":memory:")
+        self.path = None if self._in_memory else Path(url.database or "")
         if self._in_memory:  # one connection, or every thread would see its own database
             self._writer = create_engine(
                 url, poolclass=StaticPool, connect_args=connect_args, **kwargs
@@ -199,6 +201,8 @@ class SqliteDatabase:
     async def write(self, work: Work[T]) -> T:
         """``work`` in its own transaction, committed, and then the WAL fsynced."""
         if self._write_conn is None:
+            if self.path is not None:  # the first write (the schema's) may make the file
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write_conn = self._writer.connect()
         conn = self._write_conn
         raw = driver_connection(conn)
@@ -348,8 +352,9 @@ def _run_read(engine: Engine, work: Work[T]) -> T:
         return work(conn)
 
 
-class AsyncDatabase:
-    """A server database through an async driver: units of work run on the event loop."""
+class PostgresDatabase:
+    """PostgreSQL through the asyncpg driver: units of work run on the event loop, awaiting
+    the network in SQLAlchemy's greenlet bridge."""
 
     dialect = "postgresql"
 

@@ -1,0 +1,316 @@
+"""What each store operation does in SQL: one statement set per database, one interface.
+
+:class:`~charging_api.storage.sql.SqlStore` picks its statement set once, in ``__init__``,
+from its database's dialect, and never asks which database it runs on again. Each method here
+returns a *unit of work* (see :mod:`~charging_api.storage.engines`): a plain function over a
+synchronous SQLAlchemy ``Connection`` that returns domain values; the store decides where it
+runs (``write``, ``lookup`` or ``read``).
+
+:class:`SqlStatements` is the portable implementation, in SQLAlchemy Core with statements
+built once and bound parameters. A dialect supplies its ``INSERT ... ON CONFLICT`` and may
+replace any unit of work with a faster one of its own
+(:class:`~charging_api.storage.sqlite.SqliteStatements` runs its hot paths on the driver);
+:class:`~charging_api.storage.postgresql.PostgresStatements` adds the schema lock that several
+starting processes need. Rows become domain values by column name (:mod:`.rows`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Insert, Table, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from charging_api.domain.models import (
+    ChargePoint,
+    ChargePointInfo,
+    ConnectorState,
+    IdTag,
+    IdTagStatus,
+    StoredMeterSample,
+    Transaction,
+)
+from charging_api.storage import rows
+from charging_api.storage.engines import Work
+from charging_api.storage.tables import (
+    SCHEMA_VERSION,
+    charge_points,
+    connectors,
+    id_tags,
+    metadata,
+    meter_samples,
+    schema_version,
+    transactions,
+)
+
+_tx = transactions.c
+_GET_CHARGE_POINT = select(charge_points).where(charge_points.c.id == bindparam("b_id"))
+_COUNT_CHARGE_POINTS = select(func.count()).select_from(charge_points)
+_CONNECTOR_STATES = (
+    select(connectors)
+    .where(connectors.c.charge_point_id == bindparam("b_cp"))
+    .order_by(connectors.c.connector_id)
+)
+_GET_ID_TAG = select(id_tags).where(id_tags.c.tag == bindparam("b_tag"))
+_ID_TAGS_OF = (
+    select(id_tags).where(id_tags.c.user_id == bindparam("b_user")).order_by(id_tags.c.tag)
+)
+_CREATE_TRANSACTION = insert(transactions).returning(*transactions.c)
+_FIND_TRANSACTION_START = (
+    select(transactions)
+    .where(
+        _tx.charge_point_id == bindparam("b_cp"),
+        _tx.connector_id == bindparam("b_connector"),
+        _tx.started_at == bindparam("b_at", type_=_tx.started_at.type),
+        _tx.id_tag == bindparam("b_tag"),
+        _tx.meter_start_wh == bindparam("b_meter"),
+    )
+    .order_by(_tx.id)
+    .limit(1)
+)
+_GET_TRANSACTION = select(transactions).where(_tx.id == bindparam("b_id"))
+_STOP_TRANSACTION = (
+    update(transactions)
+    .where(_tx.id == bindparam("b_id"), _tx.stopped_at.is_(None))
+    .values(
+        meter_stop_wh=bindparam("b_meter"),
+        stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
+        stop_reason=bindparam("b_reason"),
+    )
+    .returning(*transactions.c)
+)
+_ACTIVE_TRANSACTIONS = select(transactions).where(_tx.stopped_at.is_(None)).order_by(_tx.id)
+_TRANSACTIONS = select(transactions).order_by(_tx.started_at.desc(), _tx.id.desc())
+_INSERT_METER_SAMPLES = insert(meter_samples)
+_METER_SAMPLES_OF = (
+    select(meter_samples)
+    .where(meter_samples.c.transaction_id == bindparam("b_tx"))
+    .order_by(meter_samples.c.timestamp, meter_samples.c.id)
+)
+
+
+class SqlStatements:
+    """The units of work behind ``SqlStore``, in portable SQLAlchemy Core.
+
+    Subclasses (one per dialect) give :meth:`_insert`, the dialect's INSERT that has
+    ``ON CONFLICT``; the upserts are built from it once, here.
+    """
+
+    dialect: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._upsert_boot = self._upsert(
+            charge_points,
+            ["id"],
+            ["vendor", "model", "serial_number", "firmware_version", "last_boot_at"],
+        )
+        self._upsert_id_tag = self._upsert(id_tags, ["tag"], ["user_id", "status", "expiry"])
+        self._upsert_status = self._upsert(
+            connectors, ["charge_point_id", "connector_id"], ["status", "error_code", "updated_at"]
+        )
+        register = self._insert(charge_points)
+        self._register_charge_point = register.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "password_hash": register.excluded.password_hash,
+                # The first registration time is kept.
+                "registered_at": func.coalesce(
+                    charge_points.c.registered_at, register.excluded.registered_at
+                ),
+            },
+        )
+
+    def _insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        raise NotImplementedError
+
+    def _upsert(self, table: Table, keys: list[str], columns: list[str]) -> Insert:
+        """INSERT, or UPDATE ``columns`` of the row with the same ``keys``; run with rows."""
+        stmt = self._insert(table)
+        set_ = {c: stmt.excluded[c] for c in columns}
+        return stmt.on_conflict_do_update(index_elements=keys, set_=set_)
+
+    # schema
+
+    def create_schema(self) -> Work[None]:
+        """Create missing tables and record (or check) the schema version."""
+        return ensure_schema
+
+    # charge points
+
+    def get_charge_point(self, charge_point_id: str) -> Work[ChargePoint | None]:
+        def run(conn: Connection) -> ChargePoint | None:
+            row = conn.execute(_GET_CHARGE_POINT, {"b_id": charge_point_id}).first()
+            return None if row is None else rows.charge_point(row._mapping)
+
+        return run
+
+    def register_charge_point(
+        self, charge_point_id: str, password_hash: str | None, at: datetime
+    ) -> Work[None]:
+        row = {"id": charge_point_id, "password_hash": password_hash, "registered_at": at}
+        return _execute(self._register_charge_point, row)
+
+    def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> Work[None]:
+        row = {
+            "id": charge_point_id,
+            "vendor": info.vendor,
+            "model": info.model,
+            "serial_number": info.serial_number,
+            "firmware_version": info.firmware_version,
+            "last_boot_at": at,
+        }
+        return _execute(self._upsert_boot, row)
+
+    def count_charge_points(self) -> Work[int]:
+        def run(conn: Connection) -> int:
+            count: int = conn.execute(_COUNT_CHARGE_POINTS).scalar_one()
+            return count
+
+        return run
+
+    # connectors
+
+    def put_connector_states(self, states: Sequence[ConnectorState]) -> Work[None]:
+        return _execute(self._upsert_status, [rows.status_row(s) for s in states])
+
+    def connector_states(self, charge_point_id: str) -> Work[list[ConnectorState]]:
+        def run(conn: Connection) -> list[ConnectorState]:
+            found = conn.execute(_CONNECTOR_STATES, {"b_cp": charge_point_id})
+            return [rows.connector_state(r._mapping) for r in found]
+
+        return run
+
+    # id tags
+
+    def get_id_tag(self, tag: str) -> Work[IdTag | None]:
+        def run(conn: Connection) -> IdTag | None:
+            row = conn.execute(_GET_ID_TAG, {"b_tag": tag}).first()
+            return None if row is None else rows.id_tag(row._mapping)
+
+        return run
+
+    def put_id_tag(self, tag: IdTag) -> Work[None]:
+        return _execute(self._upsert_id_tag, rows.id_tag_row(tag))
+
+    def id_tags_of(self, user_id: str) -> Work[list[IdTag]]:
+        def run(conn: Connection) -> list[IdTag]:
+            found = conn.execute(_ID_TAGS_OF, {"b_user": user_id})
+            return [rows.id_tag(r._mapping) for r in found]
+
+        return run
+
+    # transactions
+
+    def start_transaction(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        id_tag: str,
+        user_id: str | None,
+        meter_start_wh: int,
+        started_at: datetime,
+        id_tag_status: IdTagStatus,
+    ) -> Work[tuple[Transaction, bool]]:
+        """The replay check and the insert, for one write transaction."""
+        same_start = {
+            "b_cp": charge_point_id,
+            "b_connector": connector_id,
+            "b_at": started_at,
+            "b_tag": id_tag,
+            "b_meter": meter_start_wh,
+        }
+        values = {
+            "charge_point_id": charge_point_id,
+            "connector_id": connector_id,
+            "id_tag": id_tag,
+            "user_id": user_id,
+            "id_tag_status": str(id_tag_status),
+            "meter_start_wh": meter_start_wh,
+            "started_at": started_at,
+        }
+
+        def run(conn: Connection) -> tuple[Transaction, bool]:
+            row = conn.execute(_FIND_TRANSACTION_START, same_start).first()
+            if row is not None:
+                return rows.transaction(row._mapping), False
+            return rows.transaction(conn.execute(_CREATE_TRANSACTION, values).one()._mapping), True
+
+        return run
+
+    def get_transaction(self, transaction_id: int) -> Work[Transaction | None]:
+        def run(conn: Connection) -> Transaction | None:
+            row = conn.execute(_GET_TRANSACTION, {"b_id": transaction_id}).first()
+            return None if row is None else rows.transaction(row._mapping)
+
+        return run
+
+    def stop_transaction(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Work[Transaction | None]:
+        """Close it if open; either way, what is stored (None if unknown)."""
+        params = {
+            "b_id": transaction_id,
+            "b_meter": meter_stop_wh,
+            "b_at": stopped_at,
+            "b_reason": reason,
+        }
+
+        def run(conn: Connection) -> Transaction | None:
+            row = conn.execute(_STOP_TRANSACTION, params).first()
+            if row is None:  # already stopped (or unknown): what is stored
+                row = conn.execute(_GET_TRANSACTION, {"b_id": transaction_id}).first()
+            return None if row is None else rows.transaction(row._mapping)
+
+        return run
+
+    def active_transactions(self) -> Work[list[Transaction]]:
+        return _transactions(_ACTIVE_TRANSACTIONS)
+
+    def transactions_of(self, user_id: str | None, limit: int) -> Work[list[Transaction]]:
+        stmt = _TRANSACTIONS.limit(limit)
+        if user_id is not None:
+            stmt = stmt.where(_tx.user_id == user_id)
+        return _transactions(stmt)
+
+    # meter samples
+
+    def insert_meter_samples(self, samples: Sequence[StoredMeterSample]) -> Work[None]:
+        """One executemany INSERT (rows are made where the unit of work runs)."""
+
+        def run(conn: Connection) -> None:
+            conn.execute(_INSERT_METER_SAMPLES, [rows.meter_row(s) for s in samples])
+
+        return run
+
+    def meter_samples_of(self, transaction_id: int) -> Work[list[StoredMeterSample]]:
+        def run(conn: Connection) -> list[StoredMeterSample]:
+            found = conn.execute(_METER_SAMPLES_OF, {"b_tx": transaction_id})
+            return [rows.stored_meter_sample(r._mapping) for r in found]
+
+        return run
+
+
+def ensure_schema(conn: Connection) -> None:
+    metadata.create_all(conn)
+    found = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    if found is None:
+        conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
+    elif found > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema v{found} is newer than this code")
+    # Migrations from older versions go here.
+
+
+def _execute(stmt: Any, params: Any) -> Work[None]:
+    def run(conn: Connection) -> None:
+        conn.execute(stmt, params)
+
+    return run
+
+
+def _transactions(stmt: Any) -> Work[list[Transaction]]:
+    def run(conn: Connection) -> list[Transaction]:
+        return [rows.transaction(r._mapping) for r in conn.execute(stmt)]
+
+    return run
