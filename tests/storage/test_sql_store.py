@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text
 
 from charging_api.domain.models import MeterSample, StoredMeterSample
 from charging_api.storage import SqlStore
-from charging_api.storage.tables import meter_samples, schema_version
+from charging_api.storage.tables import SCHEMA_VERSION, meter_samples, schema_version
 
 OpenSqlStore = Callable[..., Awaitable[SqlStore]]  # the conftest fixture
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -133,7 +133,7 @@ async def test_meter_buffer_is_bounded(
 
 
 async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> None:
-    """start() records schema version 1, and a restart does not add another row."""
+    """start() records the schema version once, and a restart does not add another row."""
     await (await open_sql_store()).close()
     store = await open_sql_store()
     versions = await store._db.read(
@@ -142,4 +142,4 @@ async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> 
     count = await store._db.read(
         lambda c: c.execute(select(func.count()).select_from(meter_samples)).scalar_one()
     )
-    assert versions == [1] and count == 0
+    assert versions == [SCHEMA_VERSION] and count == 0

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Insert, Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -74,6 +75,23 @@ _GET_TRANSACTION = select(transactions).where(_tx.id == bindparam("b_id"))
 _STOP_TRANSACTION = (
     update(transactions)
     .where(_tx.id == bindparam("b_id"), _tx.stopped_at.is_(None))
+    .values(
+        meter_stop_wh=bindparam("b_meter"),
+        stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
+        stop_reason=bindparam("b_reason"),
+        closed_by=bindparam("b_closed_by"),
+        app_stop_reason=bindparam("b_app_reason"),
+    )
+    .returning(*transactions.c)
+)
+#: Only a transaction the server closed itself is corrected by its charge point's stop.
+_CORRECT_STOP = (
+    update(transactions)
+    .where(
+        _tx.id == bindparam("b_id"),
+        _tx.stopped_at.is_not(None),
+        _tx.closed_by != ClosedBy.CHARGE_POINT.value,
+    )
     .values(
         meter_stop_wh=bindparam("b_meter"),
         stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
@@ -247,7 +265,13 @@ class SqlStatements:
         return run
 
     def stop_transaction(
-        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+        self,
+        transaction_id: int,
+        meter_stop_wh: int,
+        stopped_at: datetime,
+        reason: str | None,
+        closed_by: ClosedBy,
+        app_stop_reason: str | None,
     ) -> Work[Transaction | None]:
         """Close it if open; either way, what is stored (None if unknown)."""
         params = {
@@ -255,15 +279,23 @@ class SqlStatements:
             "b_meter": meter_stop_wh,
             "b_at": stopped_at,
             "b_reason": reason,
+            "b_closed_by": closed_by.value,
+            "b_app_reason": app_stop_reason,
         }
+        return _update_or_get(_STOP_TRANSACTION, params)
 
-        def run(conn: Connection) -> Transaction | None:
-            row = conn.execute(_STOP_TRANSACTION, params).first()
-            if row is None:  # already stopped (or unknown): what is stored
-                row = conn.execute(_GET_TRANSACTION, {"b_id": transaction_id}).first()
-            return None if row is None else rows.transaction(row._mapping)
-
-        return run
+    def correct_stop(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Work[Transaction | None]:
+        """The charge point's figures over ours, for a transaction the server closed; either
+        way, what is stored (None if unknown)."""
+        params = {
+            "b_id": transaction_id,
+            "b_meter": meter_stop_wh,
+            "b_at": stopped_at,
+            "b_reason": reason,
+        }
+        return _update_or_get(_CORRECT_STOP, params)
 
     def active_transactions(self) -> Work[list[Transaction]]:
         return _transactions(_ACTIVE_TRANSACTIONS)
@@ -299,12 +331,40 @@ def ensure_schema(conn: Connection) -> None:
         conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
     elif found > SCHEMA_VERSION:
         raise RuntimeError(f"database schema v{found} is newer than this code")
-    # Migrations from older versions go here.
+    else:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for step in _MIGRATIONS[version]:
+                conn.execute(text(step))
+            conn.execute(insert(schema_version), {"version": version})
+
+
+#: version -> the statements that bring a database of the version before it there (portable
+#: SQL: SQLite and PostgreSQL both take them). ``create_all`` adds new tables, never columns.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE transactions ADD COLUMN closed_by VARCHAR",
+        "ALTER TABLE transactions ADD COLUMN app_stop_reason VARCHAR",
+        # Every transaction stopped before v2 was stopped by its charge point.
+        "UPDATE transactions SET closed_by = 'ChargePoint' WHERE stopped_at IS NOT NULL",
+    ),
+}
 
 
 def _execute(stmt: Any, params: Any) -> Work[None]:
     def run(conn: Connection) -> None:
         conn.execute(stmt, params)
+
+    return run
+
+
+def _update_or_get(stmt: Any, params: dict[str, Any]) -> Work[Transaction | None]:
+    """Run an UPDATE ... RETURNING of one transaction; when it matched nothing, read the row."""
+
+    def run(conn: Connection) -> Transaction | None:
+        row = conn.execute(stmt, params).first()
+        if row is None:  # the update did not apply (or unknown): what is stored
+            row = conn.execute(_GET_TRANSACTION, {"b_id": params["b_id"]}).first()
+        return None if row is None else rows.transaction(row._mapping)
 
     return run
 

@@ -29,7 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 #: Bump together with a migration step in ``SqlStore.start`` when the schema changes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: v2: ``transactions.closed_by`` (who closed it first, see ``ClosedBy``) and
+#: ``transactions.app_stop_reason`` (the reason the app gave with its stop).
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -120,6 +122,8 @@ transactions = Table(
     Column("meter_stop_wh", BigInteger),
     Column("stopped_at", UtcDateTime),
     Column("stop_reason", String),
+    Column("closed_by", String),  # NULL while open
+    Column("app_stop_reason", String),
     # start_transaction's replay check (a replayed StartTransaction) looks up by these.
     Index("ix_transactions_start", "charge_point_id", "connector_id", "started_at"),
     Index("ix_transactions_user_started", "user_id", "started_at"),
