@@ -223,6 +223,8 @@ def transaction_update(event: TransactionStarted | TransactionStopped) -> dict[s
             meterStopWh=event.meter_stop_wh,
             energyKWh=event.energy_kwh,
             reason=event.reason,
+            appReason=event.app_reason,
+            closedBy=event.closed_by.value,
         )
     return data
 
@@ -240,4 +242,6 @@ def transaction_to_wire(tx: Transaction) -> dict[str, Any]:
         "startedAt": format_utc(tx.started_at),
         "stoppedAt": format_utc(tx.stopped_at) if tx.stopped_at else None,
         "stopReason": tx.stop_reason,
+        "appStopReason": tx.app_stop_reason,
+        "closedBy": tx.closed_by.value if tx.closed_by is not None else None,
     }

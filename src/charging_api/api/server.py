@@ -460,7 +460,11 @@ class AppServer:
             }
         if isinstance(data, m.StopChargingRequest):
             stopped = await self.service.stop(
-                principal, data.chargePointId, data.transactionId, user_id=data.userId
+                principal,
+                data.chargePointId,
+                data.transactionId,
+                user_id=data.userId,
+                reason=data.reason,
             )
             return {
                 "success": True,
@@ -513,6 +517,16 @@ class AppServer:
         if isinstance(data, m.GetTransactionsRequest):
             txs = await self.service.history_of(principal, data.limit)
             return {"transactions": [protocol.transaction_to_wire(tx) for tx in txs]}
+        if isinstance(data, m.CloseTransactionRequest):
+            closed = await self.service.close_transaction(
+                principal, data.transactionId, data.meterStopWh
+            )
+            return {
+                "success": True,
+                "transactionId": closed.id,
+                "message": f"Transaction {closed.id} closed",
+                "transaction": protocol.transaction_to_wire(closed),
+            }
         if isinstance(data, m.GetMeterValuesRequest):
             samples = await self.service.meter_samples_of(principal, data.transactionId)
             return {
@@ -638,7 +652,7 @@ def _failure_extra(request: protocol.Request) -> dict[str, Any]:
     data = request.data
     if isinstance(data, m.StartChargingRequest):
         return {"connectorId": data.connectorId}
-    if isinstance(data, m.StopChargingRequest):
+    if isinstance(data, m.StopChargingRequest | m.CloseTransactionRequest):
         return {"transactionId": data.transactionId}
     return {}
 
