@@ -900,7 +900,8 @@ class ChargingService:
             raise _not_found(tx_id)
         key = (live.charge_point_id, live.connector_id)
         if self._forget_live(tx_id):
-            if self._followers.get(key) == live.user_id and key not in self._pending:
+            user = live.user_id
+            if user is not None and self._followers.get(key) == user and key not in self._pending:
                 del self._followers[key]  # the next session on it is someone else's
             await self._publish_stopped(closed)
         if closed.closed_by is closed_by:
