@@ -674,10 +674,13 @@ class ChargingService:
         else:
             if ghost is not None:
                 # The charge point forgot the open transaction (a reboot): it is over.
-                await self._close_by_server(ghost, ClosedBy.SUPERSEDED, "Other")
+                try:
+                    await self._close_by_server(ghost, ClosedBy.SUPERSEDED, "Other")
+                except Exception:  # the new transaction is stored: answer it regardless
+                    log.exception("closing superseded transaction %d failed", ghost.transaction_id)
             self._remember_live(tx)
-        if user is not None:
-            self._followers[key] = user
+            if user is not None:
+                self._followers[key] = user
         if pending is not None:
             del self._pending[key]
             if not pending.future.done():
@@ -892,6 +895,7 @@ class ChargingService:
         if meter_stop_wh is None or at is None:
             meter_stop_wh, at = await self._last_known_reading(live)
         tx_id = live.transaction_id
+        in_picture = self._live.get(tx_id) is live
         closed = await self._store.stop_transaction(
             tx_id, meter_stop_wh, at, reason, closed_by, live.app_stop_reason
         )
@@ -899,7 +903,7 @@ class ChargingService:
             self._forget_live(tx_id)
             raise _not_found(tx_id)
         key = (live.charge_point_id, live.connector_id)
-        if self._forget_live(tx_id):
+        if self._forget_live(tx_id) or (not in_picture and closed.closed_by is closed_by):
             user = live.user_id
             if user is not None and self._followers.get(key) == user and key not in self._pending:
                 del self._followers[key]  # the next session on it is someone else's
