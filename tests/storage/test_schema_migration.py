@@ -1,10 +1,16 @@
-"""A database written by an older version is upgraded in place by ``SqlStore.start``."""
+"""A database written by an older version is upgraded in place by ``SqlStore.start``
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from tests.storage.conftest import PG_DSN, PG_URL
 
 from charging_api.domain.models import ClosedBy
 from charging_api.storage import SqlStore
@@ -66,3 +72,61 @@ async def test_a_v1_sqlite_file_is_upgraded_and_keeps_its_transactions(tmp_path:
     again = SqlStore(f"sqlite:///{path}")  # a second start migrates nothing twice
     await again.start()
     await again.close()
+
+
+#: The same v1 tables as PostgreSQL had them.
+V1_POSTGRES = [
+    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY)",
+    "INSERT INTO schema_version (version) VALUES (1)",
+    """CREATE TABLE transactions (
+        id SERIAL PRIMARY KEY,
+        charge_point_id VARCHAR NOT NULL,
+        connector_id INTEGER NOT NULL,
+        id_tag VARCHAR NOT NULL,
+        user_id VARCHAR,
+        id_tag_status VARCHAR NOT NULL,
+        meter_start_wh BIGINT NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        meter_stop_wh BIGINT,
+        stopped_at TIMESTAMPTZ,
+        stop_reason VARCHAR
+    )""",
+    """INSERT INTO transactions (charge_point_id, connector_id, id_tag, user_id, id_tag_status,
+        meter_start_wh, started_at, meter_stop_wh, stopped_at, stop_reason) VALUES
+        ('CP1', 1, 'TAG', 'alice', 'Accepted', 100, '2025-01-01 10:00:00+00',
+         900, '2025-01-01 11:00:00+00', 'Local'),
+        ('CP1', 2, 'TAG', 'alice', 'Accepted', 200, '2025-01-01 12:00:00+00', NULL, NULL, NULL)""",
+]
+
+
+async def test_a_v1_postgresql_schema_is_upgraded_in_place() -> None:
+    """The same migration on PostgreSQL: columns added, old stops marked, version recorded."""
+    schema = f"migrate_{uuid.uuid4().hex}"
+    try:
+        conn = await asyncpg.connect(PG_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL at {PG_DSN} is required for this test: {exc}")
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        for statement in V1_POSTGRES:
+            await conn.execute(statement)
+        store = SqlStore(
+            PG_URL,
+            engine_kwargs={"connect_args": {"server_settings": {"search_path": schema}}},
+        )
+        await store.start()
+        try:
+            stopped = await store.get_transaction(1)
+            assert stopped is not None and stopped.closed_by is ClosedBy.CHARGE_POINT
+            open_tx = await store.get_transaction(2)
+            assert open_tx is not None and open_tx.active and open_tx.closed_by is None
+        finally:
+            await store.close()
+        versions = sorted(
+            r["version"] for r in await conn.fetch("SELECT version FROM schema_version")
+        )
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
