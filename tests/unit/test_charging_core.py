@@ -577,19 +577,19 @@ async def test_stopping_another_users_transaction_is_indistinguishable_from_a_mi
     """Bob's stop of Alice's transaction (right or wrong charge point) gets exactly what a
     missing id gets, after the same work: one store read, no CALL."""
     world = World()
-    world.store = CountingStore()
+    counting = world.store = CountingStore()
     world.service = ChargingService(world.store, world.gateway, world.bus, world.clock)
     await world.online("CP1")
     tx_id = await world.started()
     missing = tx_id + 1
 
     async def answer(cp: str | None, transaction_id: int) -> tuple[object, int]:
-        before = world.store.reads
+        before = counting.reads
         with pytest.raises(TransactionNotFound) as refused:
             await world.service.stop(BOB, cp, transaction_id)
         wire = refused.value.to_wire()
         text = str(wire).replace(str(transaction_id), "N")
-        return text, world.store.reads - before
+        return text, counting.reads - before
 
     seen = {
         await answer("CP1", tx_id),
