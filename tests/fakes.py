@@ -16,6 +16,7 @@ from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -28,14 +29,21 @@ from charging_api.errors import ChargePointOffline
 
 
 class ManualClock:
+    """Time that moves only when the test says so: wall and monotonic time move together."""
+
     def __init__(self, start: datetime | None = None) -> None:
         self.moment = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+        self.ticks = 1000.0
 
     def now(self) -> datetime:
         return self.moment
 
+    def monotonic(self) -> float:
+        return self.ticks
+
     def advance(self, seconds: float) -> None:
         self.moment += timedelta(seconds=seconds)
+        self.ticks += seconds
 
 
 class MemoryStore:
@@ -136,17 +144,41 @@ class MemoryStore:
         return self.transactions.get(transaction_id)
 
     async def stop_transaction(
-        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+        self,
+        transaction_id: int,
+        meter_stop_wh: int,
+        stopped_at: datetime,
+        reason: str | None,
+        closed_by: ClosedBy = ClosedBy.CHARGE_POINT,
+        app_stop_reason: str | None = None,
     ) -> Transaction | None:
         stopped_at = _utc(stopped_at)
         tx = self.transactions.get(transaction_id)
         if tx is None or not tx.active:
             return tx
         closed = replace(
-            tx, meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason
+            tx,
+            meter_stop_wh=meter_stop_wh,
+            stopped_at=stopped_at,
+            stop_reason=reason,
+            closed_by=closed_by,
+            app_stop_reason=app_stop_reason,
         )
         self.transactions[transaction_id] = closed
         return closed
+
+    async def correct_stop(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Transaction | None:
+        stopped_at = _utc(stopped_at)
+        tx = self.transactions.get(transaction_id)
+        if tx is None or tx.active or tx.closed_by is ClosedBy.CHARGE_POINT:
+            return tx
+        corrected = replace(
+            tx, meter_stop_wh=meter_stop_wh, stopped_at=stopped_at, stop_reason=reason
+        )
+        self.transactions[transaction_id] = corrected
+        return corrected
 
     async def active_transactions(self) -> list[Transaction]:
         return sorted((tx for tx in self.transactions.values() if tx.active), key=_id)

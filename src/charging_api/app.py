@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import errno
 import gc
+import getpass
+import itertools
 import logging
 import signal
 import ssl
@@ -18,15 +20,20 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import websockets
+
 from charging_api import __version__
 from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
 from charging_api.api.hub import UpdateHub
+from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
 from charging_api.config import Settings
 from charging_api.domain import access
 from charging_api.domain.charging import ChargingPolicy, ChargingService
-from charging_api.domain.models import IdTag, IdTagStatus
+from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
+from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
@@ -87,6 +94,7 @@ class Application:
             self.bus,
             policy=ChargingPolicy(
                 start_transaction_timeout=settings.start_transaction_timeout,
+                stale_transaction_grace=settings.stale_transaction_grace,
                 meter_live_window=settings.meter_live_window,
                 heartbeat_interval_s=settings.ocpp_heartbeat_interval,
                 accept_unknown_charge_points=not settings.production,
@@ -143,6 +151,7 @@ class Application:
             open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._timers: asyncio.Task[None] | None = None
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
@@ -162,6 +171,7 @@ class Application:
         await self.store.start()
         await self.bus.start()
         await self.service.load()
+        self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
         s = self.settings
         ocpp_port = await _listen(
             "OCPP_HOST",
@@ -191,6 +201,10 @@ class Application:
     async def stop(self) -> None:
         await self.app_server.shutdown()
         await self.ocpp_server.shutdown()
+        if self._timers is not None:
+            self._timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timers
         self._unsubscribe()
         await self.bus.close()
         await self.store.close()
@@ -272,6 +286,94 @@ async def add_charge_point(settings: Settings, charge_point_id: str, password: s
     hashed = access.hash_password(password) if password else None
     async with _opened_store(settings) as store:
         await store.add_charge_point(charge_point_id, hashed)
+
+
+class CloseFailed(Exception):
+    """``transactions close`` was refused: ``code`` and ``message`` as the server gave them."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class _NoChargePoints:
+    """The gateway of a CLI command: no charge point is connected to it."""
+
+    def is_online(self, charge_point_id: str) -> bool:
+        return False
+
+    def online_count(self) -> int:
+        return 0
+
+    async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
+        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
+
+    async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
+        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
+
+
+def app_url_of(settings: Settings) -> str:
+    """Where this configuration's own server listens for apps (for CLI commands)."""
+    host = settings.ws_api_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    scheme = "wss" if settings.ws_api_tls_cert else "ws"
+    return f"{scheme}://{host}:{settings.ws_api_port}/ws"
+
+
+async def close_transaction(
+    settings: Settings, transaction_id: int, meter_stop_wh: int | None, url: str | None
+) -> tuple[dict[str, Any], str]:
+    """``charging-api transactions close``: the transaction as closed, and how it was done.
+
+    Through the running server when one answers at ``url`` (an admin ``close_transaction_request``
+    with a token signed here, user ``cli:<login>``): its live picture, its owner's push and its
+    audit line all follow. When nothing listens there, the database is changed directly by the
+    same rules (the server reads it when it starts) and the audit line is this command's log.
+    """
+    who = f"cli:{getpass.getuser()}"
+    target = url or app_url_of(settings)
+    try:
+        ws = await websockets.connect(target, open_timeout=10, max_size=2**20)
+    except OSError:  # nothing listens: no server runs with this configuration
+        async with _opened_store(settings) as store:
+            service = ChargingService(store, _NoChargePoints(), MemoryBus())
+            await service.load()
+            try:
+                closed = await service.close_transaction(
+                    Principal(who, Role.ADMIN), transaction_id, meter_stop_wh
+                )
+            except ChargingApiError as exc:
+                raise CloseFailed(exc.code, exc.message) from None
+        return transaction_to_wire(closed), f"in the database (no server answered at {target})"
+    async with ws:
+        if not settings.jwt_algorithm.startswith("HS"):
+            raise CloseFailed(
+                "AUTHENTICATION_FAILED",
+                f"JWT_ALGORITHM={settings.jwt_algorithm}: this command cannot sign an admin "
+                "token; send close_transaction_request with one from your identity provider",
+            )
+        ids = itertools.count(1)
+
+        async def ask(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+            message_id = f"cli-{next(ids)}"
+            await ws.send(orjson.dumps({"id": message_id, "type": kind, "data": data}).decode())
+            async with asyncio.timeout(settings.ocpp_call_timeout + 10):
+                while True:
+                    reply: dict[str, Any] = orjson.loads(await ws.recv())
+                    if reply.get("id") != message_id:
+                        continue  # a push
+                    error = reply.get("error")
+                    if error:
+                        raise CloseFailed(error.get("code", "ERROR"), error.get("message", ""))
+                    return dict(reply.get("data") or {})
+
+        await ask("auth_request", {"token": make_token(settings, who, None, "admin", 300)})
+        request: dict[str, Any] = {"transactionId": transaction_id}
+        if meter_stop_wh is not None:
+            request["meterStopWh"] = meter_stop_wh
+        done = await ask("close_transaction_request", request)
+        return dict(done["transaction"]), f"through the running server at {target}"
 
 
 def _stop_on_signals() -> asyncio.Event:

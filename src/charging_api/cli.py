@@ -1,4 +1,4 @@
-"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints.
+"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints | transactions.
 
 Builds Settings (one clear line and exit code 2 on a bad value) and hands over to ``app``.
 Defaults that depend on the configuration (the URLs ``simulate`` and ``demo`` connect to) are
@@ -135,6 +135,25 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     add_cp = cps.add_parser("add", help="register a charge point (required in production)")
     add_cp.add_argument("id")
     add_cp.add_argument("--password", help="Basic-auth password (OCPP Security Profile 1/2)")
+
+    txs = sub.add_parser("transactions", help="manage transactions").add_subparsers(
+        dest="action", required=True
+    )
+    close = txs.add_parser(
+        "close",
+        help="close an open transaction the charge point forgot (audited); through the running "
+        "server if one answers, else in the database",
+    )
+    close.add_argument("id", type=int, help="transaction id")
+    close.add_argument(
+        "--meter-stop",
+        type=int,
+        metavar="WH",
+        help="meter reading to stop at, in Wh (default: the last known reading)",
+    )
+    close.add_argument(
+        "--url", help="the server's app WebSocket URL (default: from WS_API_HOST/WS_API_PORT)"
+    )
     return parser
 
 
@@ -197,6 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             for tag in app.run(app.list_id_tags(settings, args.user)):
                 print(f"{tag.tag}\t{tag.status.value}")
+        return 0
+    if args.command == "transactions":
+        try:
+            closed, how = app.run(
+                app.close_transaction(settings, args.id, args.meter_stop, args.url)
+            )
+        except app.CloseFailed as exc:
+            print(f"charging-api: transaction {args.id} not closed: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"transaction {closed['transactionId']} closed {how}: meterStop "
+            f"{closed['meterStopWh']} Wh at {closed['stoppedAt']} (closedBy {closed['closedBy']})"
+        )
         return 0
     if args.command == "chargepoints":
         app.run(app.add_charge_point(settings, args.id, args.password))

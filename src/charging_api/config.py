@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     ocpp_heartbeat_interval: int = Field(300, ge=1)
     ocpp_call_timeout: float = Field(10.0, gt=0)
     start_transaction_timeout: float = Field(20.0, gt=0)
+    # An open transaction whose connector reports Available is closed when no StopTransaction
+    # follows within this many seconds (the charge point forgot it: a reboot).
+    stale_transaction_grace: float = Field(120.0, gt=0)
     meter_live_window: float = Field(120.0, gt=0)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off

@@ -152,6 +152,8 @@ def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
     def run(conn: Connection) -> None:
         conn.exec_driver_sql("DROP INDEX ux_id_tags_tag_key")
         conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN tag_key")
+        conn.exec_driver_sql("ALTER TABLE transactions DROP COLUMN closed_by")
+        conn.exec_driver_sql("ALTER TABLE transactions DROP COLUMN app_stop_reason")
         for tag in tags:
             conn.execute(
                 text("INSERT INTO id_tags (tag, user_id, status) VALUES (:t, 'u1', 'Accepted')"),

@@ -15,6 +15,7 @@ import pytest
 
 from charging_api.domain.models import (
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -119,6 +120,50 @@ async def test_stop_twice_keeps_first_stop(open_store: OpenStore) -> None:
     again = await store.stop_transaction(tx.id, 9999, T0 + timedelta(hours=2), "Remote")
     assert again == stopped
     assert await store.get_transaction(tx.id) == stopped
+
+
+async def test_a_stop_records_who_closed_it_and_the_apps_reason(open_store: OpenStore) -> None:
+    """closed_by and app_stop_reason are stored with the stop and read back; a charge
+    point's stop is marked ChargePoint."""
+    store = await open_store()
+    by_server = await start_tx(store)
+    by_charger = await start_tx(store, at=T0 + timedelta(minutes=1), connector=2)
+    closed = await store.stop_transaction(
+        by_server.id, 1500, T0 + timedelta(hours=1), "Other", ClosedBy.SUPERSEDED, "UserStop"
+    )
+    assert closed is not None
+    assert (closed.closed_by, closed.app_stop_reason) == (ClosedBy.SUPERSEDED, "UserStop")
+    assert await store.get_transaction(by_server.id) == closed
+    plain = await store.stop_transaction(by_charger.id, 1200, T0 + timedelta(hours=1), "Local")
+    assert plain is not None
+    assert (plain.closed_by, plain.app_stop_reason) == (ClosedBy.CHARGE_POINT, None)
+    assert await store.transactions_of(None, 10) == [plain, closed]
+
+
+async def test_correct_stop_only_rewrites_what_the_server_closed(open_store: OpenStore) -> None:
+    """correct_stop replaces meter, time and reason of a server-closed transaction (its mark
+    and the app's reason stay); one the charge point stopped, an open one: unchanged."""
+    store = await open_store()
+    ghost = await start_tx(store)
+    await store.stop_transaction(
+        ghost.id, 1000, T0, "StaleTransaction", ClosedBy.CONNECTOR_AVAILABLE, "UserStop"
+    )
+    fixed = await store.correct_stop(ghost.id, 3456, T0 + timedelta(minutes=30), "PowerLoss")
+    assert fixed is not None
+    assert (fixed.meter_stop_wh, fixed.stopped_at, fixed.stop_reason) == (
+        3456,
+        T0 + timedelta(minutes=30),
+        "PowerLoss",
+    )
+    assert (fixed.closed_by, fixed.app_stop_reason) == (ClosedBy.CONNECTOR_AVAILABLE, "UserStop")
+    assert await store.get_transaction(ghost.id) == fixed
+
+    normal = await start_tx(store, connector=2)
+    stopped = await store.stop_transaction(normal.id, 2000, T0 + timedelta(hours=1), "Local")
+    assert await store.correct_stop(normal.id, 1, T0, "Other") == stopped
+    still_open = await start_tx(store, connector=3)
+    assert await store.correct_stop(still_open.id, 1, T0, "Other") == still_open
+    assert await store.correct_stop(424242, 1, T0, None) is None
 
 
 async def test_stop_unknown_transaction_returns_none(open_store: OpenStore) -> None:

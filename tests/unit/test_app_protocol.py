@@ -275,17 +275,19 @@ def test_meter_updates_carry_the_seeds_meter_value() -> None:
 
 
 def test_transaction_updates_for_start_and_stop() -> None:
-    """Started carries meterStartWh; Stopped carries meterStopWh, energyKWh and reason."""
+    """Started carries meterStartWh; Stopped carries meterStopWh, energyKWh, the charge
+    point's reason, the app's reason and who closed it."""
     started = TransactionStarted("CP", 1, 9, "alice", "TAG", 1500, WHEN)
     assert protocol.transaction_update(started) == {
         "chargePointId": "CP", "connectorId": 1, "transactionId": 9,
         "timestamp": "2024-01-15T10:30:00.000Z", "status": "Started", "meterStartWh": 1500,
     }
-    stopped = TransactionStopped("CP", 1, 9, "alice", 8500, 7.0, "Remote", WHEN)
+    stopped = TransactionStopped("CP", 1, 9, "alice", 8500, 7.0, "Remote", WHEN,
+                                 app_reason="UserStop")  # fmt: skip
     assert protocol.transaction_update(stopped) == {
         "chargePointId": "CP", "connectorId": 1, "transactionId": 9,
         "timestamp": "2024-01-15T10:30:00.000Z", "status": "Stopped", "meterStopWh": 8500,
-        "energyKWh": 7.0, "reason": "Remote",
+        "energyKWh": 7.0, "reason": "Remote", "appReason": "UserStop", "closedBy": "ChargePoint",
     }
 
 
@@ -296,7 +298,7 @@ def test_a_transaction_on_the_wire() -> None:
         "transactionId": 9, "chargePointId": "CP", "connectorId": 1, "idTag": "TAG",
         "userId": "alice", "status": "Active", "meterStartWh": 1500,
         "startedAt": "2024-01-15T10:30:00.000Z", "stoppedAt": None, "meterStopWh": None,
-        "stopReason": None,
+        "stopReason": None, "appStopReason": None, "closedBy": None,
     }
     done = Transaction(9, "CP", 1, "TAG", "alice", 1500, WHEN, meter_stop_wh=8500,
                        stopped_at=WHEN, stop_reason="Local")

@@ -16,12 +16,14 @@ from charging_api.domain.events import (
     TransactionStopped,
 )
 from charging_api.domain.models import (
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
     MeterSample,
     Principal,
     Role,
+    Transaction,
 )
 from charging_api.errors import (
     ChargePointNotFound,
@@ -34,6 +36,7 @@ from charging_api.errors import (
     NoIdTag,
     TransactionNotActive,
     TransactionNotFound,
+    ValidationFailed,
 )
 from tests.fakes import FakeGateway, ManualClock, MemoryStore, RecordingBus
 
@@ -74,6 +77,23 @@ class World:
         outcome = await task
         assert outcome.transaction_id == tx_id
         return tx_id
+
+    async def advance(self, seconds: float) -> None:
+        """Move the manual clock and let the core act on every deadline now due."""
+        self.clock.advance(seconds)
+        await self.service.fire_due_timers()
+
+    async def timed_out_start(self, principal: Principal = ALICE, cp: str = "CP1") -> None:
+        """A remote start the charge point accepts and never follows with StartTransaction."""
+        task = asyncio.create_task(self.service.start(principal, cp, 1))
+        _, action, _ = await self.gateway.calls.get()
+        assert action == "RemoteStartTransaction"
+        await self.advance(self.service.policy.start_transaction_timeout - 0.5)
+        await asyncio.sleep(0)  # let the start run: it must still be waiting
+        assert not task.done()
+        await self.advance(0.5)
+        with pytest.raises(ChargePointTimeout):
+            await task
 
 
 async def test_start_uses_the_token_id_tag_and_registers_it_to_the_user() -> None:
@@ -154,10 +174,9 @@ async def test_second_start_on_a_busy_connector_is_refused() -> None:
 
 async def test_missing_start_transaction_times_out_and_a_late_one_is_attached() -> None:
     """No StartTransaction in time: CHARGE_POINT_TIMEOUT; a late one still belongs to the user."""
-    world = World(start_transaction_timeout=0.05)
+    world = World(start_transaction_timeout=20)
     await world.online("CP1")
-    with pytest.raises(ChargePointTimeout):
-        await world.service.start(ALICE, "CP1", 1)
+    await world.timed_out_start()
     tx_id, _ = await world.service.on_start_transaction("CP1", 1, "TAG-A", 0, world.clock.now())
     started = [e for e in world.bus.events if isinstance(e, TransactionStarted)]
     assert started[-1].transaction_id == tx_id and started[-1].user_id == "alice"
@@ -198,7 +217,7 @@ async def test_stop_rules() -> None:
     world = World()
     await world.online("CP1")
     tx_id = await world.started()
-    with pytest.raises(Forbidden):
+    with pytest.raises(TransactionNotFound):
         await world.service.stop(BOB, "CP1", tx_id)
     with pytest.raises(Forbidden):
         await world.service.stop(ALICE, "CP1", tx_id, user_id="bob")
@@ -311,21 +330,17 @@ async def test_admission_rules() -> None:
 
 async def test_a_timed_out_start_does_not_block_a_new_attempt() -> None:
     """After CHARGE_POINT_TIMEOUT the user can try again at once; the new attempt gets the tx."""
-    world = World(start_transaction_timeout=0.05)
+    world = World(start_transaction_timeout=20)
     await world.online("CP1")
-    with pytest.raises(ChargePointTimeout):
-        await world.service.start(ALICE, "CP1", 1)
-    await world.gateway.calls.get()
+    await world.timed_out_start()
     await world.started()
 
 
 async def test_available_after_a_timed_out_start_frees_the_connector_for_others() -> None:
     """The charge point's connection time-out (Available) ends a timed-out pending start."""
-    world = World(start_transaction_timeout=0.05)
+    world = World(start_transaction_timeout=20)
     await world.online("CP1")
-    with pytest.raises(ChargePointTimeout):
-        await world.service.start(ALICE, "CP1", 1)
-    await world.gateway.calls.get()
+    await world.timed_out_start()
     await world.service.on_status("CP1", 1, "Available", "NoError", None)
     await world.started(BOB)
 
@@ -374,4 +389,249 @@ async def test_a_tag_refused_once_its_expiry_passes_on_the_core_clock() -> None:
         await world.service.start(ALICE, "CP1", 2)
     assert refused.value.details == {"idTag": "TAG-A", "idTagStatus": "Expired"}
     assert (await world.service.on_authorize("CP1", "tag-a")).status is IdTagStatus.EXPIRED
+# ------------------------------------------------------------------ ghost sessions (issue 10.2)
+
+
+def stopped_events(world: World) -> list[TransactionStopped]:
+    return [e for e in world.bus.events if isinstance(e, TransactionStopped)]
+
+
+async def test_new_start_transaction_closes_the_open_one_on_that_connector() -> None:
+    """A charge point that forgot its transaction starts another: the old one is closed at the
+    last meter reading and its time, reason Other, marked superseded, and its owner is told."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    read_at = world.clock.now() + timedelta(minutes=5)
+    await world.service.on_meter_values("CP1", 1, tx_id, [MeterSample(read_at, 2.5)])
+    world.clock.advance(3600)  # the reboot
+    new_id, _ = await world.service.on_start_transaction(
+        "CP1", 1, "CARD-X", 2600, world.clock.now()
+    )
+    assert new_id != tx_id
+    old = world.store.transactions[tx_id]
+    assert (old.meter_stop_wh, old.stopped_at, old.stop_reason, old.closed_by) == (
+        2500,
+        read_at,
+        "Other",
+        ClosedBy.SUPERSEDED,
+    )
+    [event] = stopped_events(world)
+    assert (event.transaction_id, event.user_id, event.energy_kwh, event.closed_by) == (
+        tx_id,
+        "alice",
+        1.5,
+        ClosedBy.SUPERSEDED,
+    )
+    assert world.store.transactions[new_id].active
+
+
+async def test_an_older_replayed_start_does_not_close_the_open_transaction() -> None:
+    """An offline replay of a session older than the open one leaves the open one alone."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    old_at = world.clock.now() - timedelta(hours=2)
+    await world.service.on_start_transaction("CP1", 1, "CARD-X", 10, old_at)
+    assert world.store.transactions[tx_id].active
+    assert stopped_events(world) == []
+
+
+async def test_available_without_stop_transaction_closes_it_after_the_grace() -> None:
+    """Available and no StopTransaction within STALE_TRANSACTION_GRACE: closed with its own
+    reason, the owner told, the connector free; nothing happens a second before the grace."""
+    world = World(stale_transaction_grace=120)
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_meter_values("CP1", 1, tx_id, [MeterSample(world.clock.now(), 1.7)])
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.advance(119)
+    assert world.store.transactions[tx_id].active
+    with pytest.raises(ConnectorBusy):
+        await world.service.start(BOB, "CP1", 1)
+    await world.advance(1)
+    closed = world.store.transactions[tx_id]
+    assert (closed.meter_stop_wh, closed.stop_reason, closed.closed_by) == (
+        1700,
+        "StaleTransaction",
+        ClosedBy.CONNECTOR_AVAILABLE,
+    )
+    [event] = stopped_events(world)
+    assert (event.user_id, event.reason) == ("alice", "StaleTransaction")
+    await world.started(BOB)  # the connector is free again
+
+
+async def test_a_session_status_or_named_meter_values_cancel_the_grace() -> None:
+    """Charging after Available, or MeterValues naming the transaction, keep it open."""
+    world = World(stale_transaction_grace=120)
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.service.on_status("CP1", 1, "Charging", "NoError", None)
+    await world.advance(500)
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.service.on_meter_values("CP1", 1, tx_id, [MeterSample(world.clock.now(), 1.0)])
+    await world.advance(500)
+    assert world.store.transactions[tx_id].active
+    assert stopped_events(world) == []
+
+
+async def test_late_stop_transaction_corrects_what_the_server_closed() -> None:
+    """A StopTransaction after the grace closed it: acknowledged, and its meter, time and
+    reason replace ours (the closure mark stays); nobody is told twice."""
+    world = World(stale_transaction_grace=120)
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.advance(120)
+    stopped_at = world.clock.now() - timedelta(seconds=100)
+    await world.service.on_stop_transaction("CP1", tx_id, 4321, stopped_at, "PowerLoss", None)
+    fixed = world.store.transactions[tx_id]
+    assert (fixed.meter_stop_wh, fixed.stopped_at, fixed.stop_reason, fixed.closed_by) == (
+        4321,
+        stopped_at,
+        "PowerLoss",
+        ClosedBy.CONNECTOR_AVAILABLE,
+    )
+    assert len(stopped_events(world)) == 1
+
+
+async def test_admin_closes_a_transaction_by_hand_and_it_is_audited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only an admin closes by hand: at the given meter (or the last reading), owner told,
+    one audit line naming who and what; wrong meter, closed and unknown ids are refused."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    with pytest.raises(Forbidden):
+        await world.service.close_transaction(ALICE, tx_id)
+    with pytest.raises(ValidationFailed):
+        await world.service.close_transaction(ADMIN, tx_id, meter_stop_wh=999)
+    with caplog.at_level("WARNING", logger="charging_api.domain.charging"):
+        closed = await world.service.close_transaction(ADMIN, tx_id, meter_stop_wh=3000)
+    assert (closed.meter_stop_wh, closed.closed_by, closed.active) == (3000, ClosedBy.ADMIN, False)
+    audit = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit:")]
+    assert len(audit) == 1 and "ops" in audit[0] and f"transaction {tx_id}" in audit[0]
+    [event] = stopped_events(world)
+    assert (event.user_id, event.meter_stop_wh, event.closed_by) == ("alice", 3000, ClosedBy.ADMIN)
+    with pytest.raises(TransactionNotActive):
+        await world.service.close_transaction(ADMIN, tx_id)
+    with pytest.raises(TransactionNotFound):
+        await world.service.close_transaction(ADMIN, 999)
+    await world.started(BOB)
+
+
+async def test_a_refused_tag_session_refuses_app_starts_clearly_until_closed() -> None:
+    """A session the charge point started with an Invalid tag: app starts on the connector get
+    CONNECTOR_BUSY naming the refused tag status; the grace rule closes it."""
+    world = World(stale_transaction_grace=60)
+    await world.online("CP1")
+    tx_id, verdict = await world.service.on_start_transaction(
+        "CP1", 1, "STRANGER", 0, world.clock.now()
+    )
+    assert verdict.status is IdTagStatus.INVALID
+    with pytest.raises(ConnectorBusy) as refused:
+        await world.service.start(ALICE, "CP1", 1)
+    assert refused.value.details["idTagStatus"] == "Invalid"
+    assert "refused (Invalid)" in refused.value.message
+    assert world.gateway.calls.empty()
+    await world.service.on_status("CP1", 1, "Available", "NoError", None)
+    await world.advance(60)
+    assert world.store.transactions[tx_id].closed_by is ClosedBy.CONNECTOR_AVAILABLE
+    await world.started()
+
+
+async def test_restart_gives_an_available_connector_its_grace_again() -> None:
+    """After a restart, an open transaction whose connector was last Available is closed after
+    the grace, at the last stored meter reading."""
+    world = World(stale_transaction_grace=30)
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.on_meter_values("CP1", 1, tx_id, [MeterSample(world.clock.now(), 1.2)])
+    world.clock.advance(5)
+    await world.service.on_status("CP1", 1, "Available", "NoError", world.clock.now())
+    reborn = ChargingService(
+        world.store,
+        world.gateway,
+        world.bus,
+        world.clock,
+        ChargingPolicy(stale_transaction_grace=30),
+    )
+    await reborn.load()
+    world.clock.advance(30)
+    await reborn.fire_due_timers()
+    assert world.store.transactions[tx_id].meter_stop_wh == 1200
+
+
+# ------------------------------------------------------------------ app stop reason (issue 10.6)
+
+
+async def test_the_apps_stop_reason_is_stored_beside_the_charge_points() -> None:
+    """stop(reason=...) is kept until the StopTransaction and stored and published with it."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    await world.service.stop(ALICE, "CP1", tx_id, reason="UserStop")
+    await world.service.on_stop_transaction("CP1", tx_id, 2000, world.clock.now(), "Remote", None)
+    stored = world.store.transactions[tx_id]
+    assert (stored.stop_reason, stored.app_stop_reason) == ("Remote", "UserStop")
+    [event] = stopped_events(world)
+    assert (event.reason, event.app_reason) == ("Remote", "UserStop")
+
+
+async def test_a_rejected_stop_forgets_its_reason() -> None:
+    """A stop the charge point rejected leaves no app reason behind."""
+    world = World()
+    await world.online("CP1")
+    tx_id = await world.started()
+    world.gateway.answers["RemoteStopTransaction"] = "Rejected"
+    with pytest.raises(ChargePointRejected):
+        await world.service.stop(ALICE, "CP1", tx_id, reason="UserStop")
+    await world.service.on_stop_transaction("CP1", tx_id, 2000, world.clock.now(), "Local", None)
+    assert world.store.transactions[tx_id].app_stop_reason is None
+
+
+# ------------------------------------------------------------------ stop errors (issue 10.8)
+
+
+class CountingStore(MemoryStore):
+    """Counts the reads a stop costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_transaction(self, transaction_id: int) -> Transaction | None:
+        self.reads += 1
+        return await super().get_transaction(transaction_id)
+
+
+async def test_stopping_another_users_transaction_is_indistinguishable_from_a_missing_one() -> None:
+    """Bob's stop of Alice's transaction (right or wrong charge point) gets exactly what a
+    missing id gets, after the same work: one store read, no CALL."""
+    world = World()
+    counting = world.store = CountingStore()
+    world.service = ChargingService(world.store, world.gateway, world.bus, world.clock)
+    await world.online("CP1")
+    tx_id = await world.started()
+    missing = tx_id + 1
+
+    async def answer(cp: str | None, transaction_id: int) -> tuple[object, int]:
+        before = counting.reads
+        with pytest.raises(TransactionNotFound) as refused:
+            await world.service.stop(BOB, cp, transaction_id)
+        wire = refused.value.to_wire()
+        text = str(wire).replace(str(transaction_id), "N")
+        return text, counting.reads - before
+
+    seen = {
+        await answer("CP1", tx_id),
+        await answer("CP2", tx_id),
+        await answer(None, tx_id),
+        await answer("CP1", missing),
+        await answer(None, missing),
+    }
+    assert len(seen) == 1, seen
+    assert next(iter(seen))[1] == 1
     assert world.gateway.calls.empty()

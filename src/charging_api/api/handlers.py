@@ -141,9 +141,25 @@ async def stop(door: Door, conn: Connection, request: protocol.Request, now: flo
     data = request.data
     assert isinstance(data, m.StopChargingRequest)
     outcome = await door.service.stop(
-        _principal(conn), data.chargePointId, data.transactionId, user_id=data.userId
+        _principal(conn),
+        data.chargePointId,
+        data.transactionId,
+        user_id=data.userId,
+        reason=data.reason,
     )
     return protocol.stop_reply(outcome)
+
+
+async def close_transaction(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    """An admin closes a transaction by hand (a ghost session the charge point forgot)."""
+    data = request.data
+    assert isinstance(data, m.CloseTransactionRequest)
+    closed = await door.service.close_transaction(
+        _principal(conn), data.transactionId, data.meterStopWh
+    )
+    return protocol.close_reply(closed)
 
 
 async def resume(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
@@ -221,6 +237,7 @@ ROUTES: dict[str, Route] = {
     "unsubscribe": Route(subscribe),
     "get_transactions": Route(get_transactions),
     "get_meter_values": Route(get_meter_values),
+    "close_transaction_request": Route(close_transaction, failure_fields=("transactionId",)),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

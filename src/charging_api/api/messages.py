@@ -69,6 +69,13 @@ class GetMeterValuesRequest(_Data):
     transactionId: TransactionId
 
 
+class CloseTransactionRequest(_Data):
+    """Admins: close a transaction the charge point forgot, without asking it."""
+
+    transactionId: TransactionId
+    meterStopWh: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -82,6 +89,7 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "unsubscribe": (UnsubscribeRequest, "unsubscribe_response"),
     "get_transactions": (GetTransactionsRequest, "transactions"),
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
+    "close_transaction_request": (CloseTransactionRequest, "close_transaction_response"),
 }
 
 #: Pushes the server sends on its own.

@@ -246,6 +246,8 @@ def transaction_update(event: TransactionStarted | TransactionStopped) -> dict[s
             meterStopWh=event.meter_stop_wh,
             energyKWh=event.energy_kwh,
             reason=event.reason,
+            appReason=event.app_reason,
+            closedBy=event.closed_by.value,
         )
     return data
 
@@ -263,6 +265,8 @@ def transaction_to_wire(tx: Transaction) -> dict[str, Any]:
         "startedAt": format_utc(tx.started_at),
         "stoppedAt": format_utc(tx.stopped_at) if tx.stopped_at else None,
         "stopReason": tx.stop_reason,
+        "appStopReason": tx.app_stop_reason,
+        "closedBy": tx.closed_by.value if tx.closed_by is not None else None,
     }
 
 
@@ -292,6 +296,15 @@ def stop_reply(outcome: StopOutcome) -> dict[str, Any]:
         "transactionId": outcome.transaction_id,
         "status": outcome.status,
         "message": outcome.message,
+    }
+
+
+def close_reply(closed: Transaction) -> dict[str, Any]:
+    return {
+        "success": True,
+        "transactionId": closed.id,
+        "message": f"Transaction {closed.id} closed",
+        "transaction": transaction_to_wire(closed),
     }
 
 

@@ -10,6 +10,7 @@ truth and the picture is rebuilt from it on start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from charging_api.domain.events import (
 from charging_api.domain.models import (
     OFFLINE,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -50,18 +52,31 @@ from charging_api.errors import (
     NoIdTag,
     TransactionNotActive,
     TransactionNotFound,
+    ValidationFailed,
 )
 
 log = logging.getLogger(__name__)
 
 ConnectorKey = tuple[str, int]
 
+#: The stop reason the server records when it closes a transaction whose connector reported
+#: ``Available`` and whose StopTransaction did not follow (not an OCPP Reason: ours).
+STALE_REASON = "StaleTransaction"
+#: Statuses that say a session is still running on the connector: they cancel the grace timer
+#: an earlier ``Available`` started.
+_IN_SESSION = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
+#: After a failed automatic close (storage down), try again this much later.
+_RETRY_CLOSE_AFTER = 5.0
+
 
 class SystemClock:
-    """The real clock: aware UTC."""
+    """The real clock: aware UTC wall time, and the event loop's monotonic time base."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,7 @@ class ChargingPolicy:
     accept_unknown_charge_points: bool = True
     idempotency_window: float = 120.0
     history_limit: int = 50
+    stale_transaction_grace: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +117,19 @@ class BootVerdict:
 
 @dataclass(slots=True)
 class _LiveTransaction:
-    """What the hot path needs to know about an open transaction."""
+    """What the hot path needs to know about an open transaction, and what closing it without
+    its StopTransaction needs (the last energy register seen, the app's stop reason)."""
 
     transaction_id: int
     charge_point_id: str
     connector_id: int
     user_id: str | None
+    id_tag_status: IdTagStatus
+    meter_start_wh: int
+    started_at: datetime
+    last_energy_wh: int | None = None
+    last_reading_at: datetime | None = None
+    app_stop_reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -119,6 +142,7 @@ class _PendingStart:
     created: float
     future: asyncio.Future[Transaction] = field(repr=False)
     timed_out: bool = False
+    deadline: float | None = None  # set once the charge point accepted the RemoteStart
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +182,94 @@ class ChargingService:
         self._starts_by_request: dict[
             tuple[str, str], tuple[float, asyncio.Future[StartOutcome]]
         ] = {}
+        # Open transactions whose connector reported Available: transaction id -> the
+        # monotonic time at which they are closed unless a StopTransaction comes first.
+        self._stale: dict[int, float] = {}
+        self._rearm = asyncio.Event()  # a new deadline: run_timers recomputes its sleep
 
     async def load(self) -> None:
-        """Rebuild the live picture from storage (after a restart, a crash included)."""
+        """Rebuild the live picture from storage (after a restart, a crash included).
+
+        An open transaction whose connector was last reported ``Available`` after it started
+        gets its grace period again from now (the timer itself is not stored).
+        """
         for tx in await self._store.active_transactions():
             self._remember_live(tx)
+        for cp_id in sorted({live.charge_point_id for live in self._live.values()}):
+            for state in await self._store.connector_states(cp_id):
+                tx_id = self._live_on_connector.get((cp_id, state.connector_id))
+                if tx_id is None or state.status != "Available" or state.updated_at is None:
+                    continue
+                if state.updated_at >= self._live[tx_id].started_at:
+                    self._arm_stale(tx_id)
         log.info("loaded %d active transactions", len(self._live))
+
+    # ------------------------------------------------------------------ timers
+
+    async def run_timers(self) -> None:
+        """Fire the core's deadlines on time (start time-outs, stale-transaction grace) for as
+        long as the service runs; the composition root runs it as a task and cancels it.
+
+        Deadlines live on :meth:`Clock.monotonic`; this loop only sleeps until the next one, so
+        tests on a manual clock call :meth:`fire_due_timers` instead of running it.
+        """
+        while True:
+            self._rearm.clear()
+            try:
+                await self.fire_due_timers()
+            except Exception:  # a timer must never stop the others
+                log.exception("core timers failed")
+            deadline = self._next_deadline()
+            delay = None if deadline is None else max(deadline - self._clock.monotonic(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rearm.wait(), delay)
+
+    async def fire_due_timers(self) -> None:
+        """Act on every deadline at or before ``clock.monotonic()``: a start whose
+        StartTransaction did not come in time fails with CHARGE_POINT_TIMEOUT; an open
+        transaction whose connector reported Available and whose StopTransaction did not
+        follow within the grace period is closed (:attr:`ClosedBy.CONNECTOR_AVAILABLE`)."""
+        now = self._clock.monotonic()
+        for (cp_id, connector_id), pending in list(self._pending.items()):
+            if pending.deadline is None or pending.timed_out or pending.deadline > now:
+                continue
+            # The pending entry stays for late_start_window: a late StartTransaction is
+            # still attached to this user and pushed to them.
+            pending.timed_out = True
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ChargePointTimeout(
+                        "The charge point accepted the remote start but did not start a "
+                        f"transaction within {self.policy.start_transaction_timeout:g} s",
+                        {"chargePointId": cp_id, "connectorId": connector_id},
+                    )
+                )
+        for tx_id, deadline in list(self._stale.items()):
+            if deadline > now or self._stale.get(tx_id) != deadline:
+                continue
+            del self._stale[tx_id]
+            live = self._live.get(tx_id)
+            if live is None:
+                continue
+            try:
+                await self._close_by_server(live, ClosedBy.CONNECTOR_AVAILABLE, STALE_REASON)
+            except Exception:
+                log.exception("closing stale transaction %d failed; retrying", tx_id)
+                self._stale.setdefault(tx_id, self._clock.monotonic() + _RETRY_CLOSE_AFTER)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [
+            p.deadline for p in self._pending.values() if p.deadline is not None and not p.timed_out
+        ]
+        deadlines.extend(self._stale.values())
+        return min(deadlines, default=None)
+
+    def _arm_stale(self, transaction_id: int) -> None:
+        if transaction_id not in self._stale:
+            self._stale[transaction_id] = (
+                self._clock.monotonic() + self.policy.stale_transaction_grace
+            )
+            self._rearm.set()
 
     # ------------------------------------------------------------------ app side
 
@@ -184,7 +290,7 @@ class ChargingService:
         if request_key is None:
             return await self._start(principal, charge_point_id, connector_id, id_tag, user_id)
         key = (principal.user_id, request_key)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         self._expire_request_keys(now)
         known = self._starts_by_request.get(key)
         if known is not None:
@@ -253,13 +359,28 @@ class ChargingService:
             # A start that already timed out does not block a new attempt: the new one wins
             # (a late StartTransaction then belongs to whoever asked last).
             self._forget_pending(key, stale)
-        if key in self._live_on_connector or key in self._pending:
+        held_by = self._live_on_connector.get(key)
+        if held_by is not None and self._live[held_by].id_tag_status is not IdTagStatus.ACCEPTED:
+            status = self._live[held_by].id_tag_status.value
+            raise ConnectorBusy(
+                f"Connector {connector_id} of {charge_point_id} is held by a session the charge "
+                f"point started with an id tag we refused ({status}); it ends when the charge "
+                "point stops it, when the connector reports Available and no StopTransaction "
+                f"follows within {self.policy.stale_transaction_grace:g} s, or when an admin "
+                "closes it",
+                {
+                    "chargePointId": charge_point_id,
+                    "connectorId": connector_id,
+                    "idTagStatus": status,
+                },
+            )
+        if held_by is not None or key in self._pending:
             raise ConnectorBusy(
                 f"Connector {connector_id} of {charge_point_id} already has a session",
                 {"chargePointId": charge_point_id, "connectorId": connector_id},
             )
         pending = _PendingStart(
-            owner, tag, record, time.monotonic(), asyncio.get_running_loop().create_future()
+            owner, tag, record, self._clock.monotonic(), asyncio.get_running_loop().create_future()
         )
         self._pending[key] = pending
         self._followers[key] = owner
@@ -274,19 +395,11 @@ class ChargingService:
                 f"Charge point rejected the remote start ({status})",
                 {"chargePointId": charge_point_id, "connectorId": connector_id, "status": status},
             )
-        try:
-            tx = await asyncio.wait_for(
-                asyncio.shield(pending.future), self.policy.start_transaction_timeout
-            )
-        except TimeoutError:
-            # The pending entry stays for late_start_window: a late StartTransaction is still
-            # attached to this user and pushed to them.
-            pending.timed_out = True
-            raise ChargePointTimeout(
-                "The charge point accepted the remote start but did not start a transaction "
-                f"within {self.policy.start_transaction_timeout:g} s",
-                {"chargePointId": charge_point_id, "connectorId": connector_id},
-            ) from None
+        if not pending.future.done():
+            # fire_due_timers fails the future with CHARGE_POINT_TIMEOUT at the deadline.
+            pending.deadline = self._clock.monotonic() + self.policy.start_transaction_timeout
+            self._rearm.set()
+        tx = await asyncio.shield(pending.future)
         return StartOutcome(tx.id, connector_id, "Accepted", "Charging started successfully")
 
     def _forget_pending(self, key: ConnectorKey, pending: _PendingStart) -> None:
@@ -296,7 +409,7 @@ class ChargingService:
                 del self._followers[key]
 
     def _drop_stale_pending(self) -> None:
-        horizon = time.monotonic() - max(
+        horizon = self._clock.monotonic() - max(
             self.policy.late_start_window, self.policy.start_transaction_timeout
         )
         for key, pending in list(self._pending.items()):
@@ -387,40 +500,101 @@ class ChargingService:
         charge_point_id: str | None,
         transaction_id: int,
         user_id: str | None = None,
+        reason: str | None = None,
     ) -> StopOutcome:
-        """RemoteStop; success means the charge point accepted it. The end follows as pushes."""
+        """RemoteStop; success means the charge point accepted it. The end follows as pushes.
+
+        ``reason`` (the app's own words) is kept with the transaction and stored and shown
+        beside the charge point's reason when it ends.
+
+        Another user's transaction answers exactly as a missing one: the same
+        TRANSACTION_NOT_FOUND (code, message, details) after the same work (one store read, no
+        CALL), so stop requests cannot probe where others charge.
+        """
         if not access.may_act_as(principal, user_id):
             raise Forbidden("userId does not match the authenticated user")
-        live = self._live.get(transaction_id)  # open transactions need no database read
-        if live is not None:
-            owner, on_charge_point, active = live.user_id, live.charge_point_id, True
+        live = self._live.get(transaction_id)  # the owner's open transaction: no database read
+        if (
+            live is not None
+            and access.may_stop(principal, live.user_id)
+            and charge_point_id in (None, live.charge_point_id)
+        ):
+            on_charge_point = live.charge_point_id
         else:
             tx = await self._store.get_transaction(transaction_id)
-            if tx is None:
-                raise TransactionNotFound(
-                    f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
+            if (
+                tx is None
+                or not access.may_stop(principal, tx.user_id)
+                or charge_point_id not in (None, tx.charge_point_id)
+            ):
+                raise _not_found(transaction_id)
+            if not tx.active:
+                raise TransactionNotActive(
+                    f"Transaction {transaction_id} has already stopped",
+                    {"transactionId": transaction_id},
                 )
-            owner, on_charge_point, active = tx.user_id, tx.charge_point_id, tx.active
-        if charge_point_id is not None and on_charge_point != charge_point_id:
-            raise TransactionNotFound(
-                f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
-            )
-        if not access.may_stop(principal, owner):
-            raise Forbidden(
-                "You may only stop your own transactions", {"transactionId": transaction_id}
-            )
-        if not active:
-            raise TransactionNotActive(
-                f"Transaction {transaction_id} has already stopped",
-                {"transactionId": transaction_id},
-            )
-        status = await self._gateway.remote_stop(on_charge_point, transaction_id)
+            on_charge_point = tx.charge_point_id
+            live = self._live.get(transaction_id)
+        previous = None if live is None else live.app_stop_reason
+        if live is not None and reason is not None:
+            live.app_stop_reason = reason  # before the CALL: its StopTransaction may come first
+        try:
+            status = await self._gateway.remote_stop(on_charge_point, transaction_id)
+        except BaseException:
+            if live is not None and live.app_stop_reason == reason:
+                live.app_stop_reason = previous
+            raise
         if status != "Accepted":
+            if live is not None and live.app_stop_reason == reason:
+                live.app_stop_reason = previous
             raise ChargePointRejected(
                 f"Charge point rejected the remote stop ({status})",
                 {"transactionId": transaction_id, "status": status},
             )
         return StopOutcome(transaction_id, "Accepted", "Charging stopped successfully")
+
+    async def close_transaction(
+        self, principal: Principal, transaction_id: int, meter_stop_wh: int | None = None
+    ) -> Transaction:
+        """Close an open transaction by hand (admins only), without asking the charge point:
+        for a session the charge point forgot. Audited in the log (who, what).
+
+        Without ``meter_stop_wh`` the transaction is stopped at the last known meter reading
+        and its time; with it, at that reading and now. The owner gets ``transaction_update``
+        Stopped; a StopTransaction the charge point sends later still corrects the record.
+        """
+        if not principal.is_admin:
+            raise Forbidden("Only admins may close transactions by hand")
+        live = self._live.get(transaction_id)
+        if live is None:
+            tx = await self._store.get_transaction(transaction_id)
+            if tx is None:
+                raise _not_found(transaction_id)
+            if not tx.active:
+                raise TransactionNotActive(
+                    f"Transaction {transaction_id} has already stopped",
+                    {"transactionId": transaction_id},
+                )
+            live = _live_of(tx)  # open in storage, not in this process's picture
+        if meter_stop_wh is not None and meter_stop_wh < live.meter_start_wh:
+            raise ValidationFailed(
+                f"meterStopWh {meter_stop_wh} is below the transaction's meterStart "
+                f"{live.meter_start_wh}",
+                {"transactionId": transaction_id, "meterStartWh": live.meter_start_wh},
+            )
+        at = None if meter_stop_wh is None else self._clock.now()
+        closed = await self._close_by_server(live, ClosedBy.ADMIN, "Other", meter_stop_wh, at)
+        log.warning(
+            "audit: admin %s closed transaction %d by hand (charge point %s connector %d, "
+            "owner %s, meterStop %s Wh)",
+            principal.user_id,
+            transaction_id,
+            closed.charge_point_id,
+            closed.connector_id,
+            closed.user_id,
+            closed.meter_stop_wh,
+        )
+        return closed
 
     async def state_of(self, principal: Principal) -> UserState:
         """The user's open transactions and the states of the connectors they are on."""
@@ -548,9 +722,21 @@ class ChargingService:
         )
         if not created:  # a replay: the first answer again, nobody told twice
             return tx.id, IdTagVerdict(tx.id_tag_status)
-        self._remember_live(tx)
-        if user is not None:
-            self._followers[key] = user
+        ghost_id = self._live_on_connector.get(key)
+        ghost = None if ghost_id is None else self._live.get(ghost_id)
+        if ghost is not None and ghost.started_at > timestamp:
+            # An offline replay of an older session: it does not end the newer one.
+            self._remember_live(tx, on_connector=False)
+        else:
+            if ghost is not None:
+                # The charge point forgot the open transaction (a reboot): it is over.
+                try:
+                    await self._close_by_server(ghost, ClosedBy.SUPERSEDED, "Other")
+                except Exception:  # the new transaction is stored: answer it regardless
+                    log.exception("closing superseded transaction %d failed", ghost.transaction_id)
+            self._remember_live(tx)
+            if user is not None:
+                self._followers[key] = user
         if pending is not None:
             del self._pending[key]
             if not pending.future.done():
@@ -580,6 +766,7 @@ class ChargingService:
             else None
         )
         live = self._live.get(transaction_id)
+        closed_by: ClosedBy | None = None
         if live is not None and live.charge_point_id == charge_point_id:
             connector_id, active = live.connector_id, True  # open: no read needed
         else:
@@ -591,7 +778,7 @@ class ChargingService:
                     charge_point_id,
                 )
                 return verdict
-            connector_id, active = tx.connector_id, tx.active
+            connector_id, active, closed_by = tx.connector_id, tx.active, tx.closed_by
         if transaction_data:
             self._store.add_meter_samples(
                 [
@@ -600,26 +787,31 @@ class ChargingService:
                 ]
             )
         if not active:
+            if closed_by not in (None, ClosedBy.CHARGE_POINT):
+                # We closed it without this StopTransaction: its figures are the true ones.
+                await self._store.correct_stop(transaction_id, meter_stop_wh, timestamp, reason)
+                log.info(
+                    "StopTransaction corrected transaction %d (closed earlier: %s)",
+                    transaction_id,
+                    closed_by,
+                )
             return verdict
+        app_reason = None if live is None else live.app_stop_reason
         closed = await self._store.stop_transaction(
-            transaction_id, meter_stop_wh, timestamp, reason
+            transaction_id, meter_stop_wh, timestamp, reason, ClosedBy.CHARGE_POINT, app_reason
         )
         if closed is None:
             return verdict
-        if not self._forget_live(transaction_id) and live is not None:
-            return verdict  # a concurrent copy of this stop closed it and told everyone
-        await self._bus.publish(
-            TransactionStopped(
-                charge_point_id,
-                closed.connector_id,
-                transaction_id,
-                closed.user_id,
-                meter_stop_wh,
-                round(max(meter_stop_wh - closed.meter_start_wh, 0) / 1000.0, 6),
-                reason,
-                timestamp,
+        if closed.closed_by is not ClosedBy.CHARGE_POINT:
+            # The server closed it meanwhile (a grace period ended): the charge point's own
+            # figures still win.
+            closed = (
+                await self._store.correct_stop(transaction_id, meter_stop_wh, timestamp, reason)
+                or closed
             )
-        )
+        if not self._forget_live(transaction_id) and live is not None:
+            return verdict  # a concurrent close of this transaction told everyone
+        await self._publish_stopped(closed)
         return verdict
 
     async def on_status(
@@ -649,6 +841,11 @@ class ChargingService:
         user = self._followers.get(key)
         if user is None and tx_id is not None:
             user = self._live[tx_id].user_id
+        if tx_id is not None:
+            if status == "Available":
+                self._arm_stale(tx_id)  # closed unless its StopTransaction follows in time
+            elif status in _IN_SESSION:
+                self._stale.pop(tx_id, None)
         event = ConnectorStatusChanged(
             charge_point_id, connector_id, status, error_code, at, tx_id, user, info,
             vendor_error_code,
@@ -711,7 +908,8 @@ class ChargingService:
             return
         if connector_id == 0:
             transaction_id = None
-        elif transaction_id is None:
+        named = transaction_id is not None
+        if transaction_id is None:
             transaction_id = self._live_on_connector.get((charge_point_id, connector_id))
         live = self._live.get(transaction_id) if transaction_id is not None else None
         if live is None and transaction_id is not None:
@@ -729,6 +927,10 @@ class ChargingService:
             )
             transaction_id, live = None, None
         user = live.user_id if live is not None else None
+        if live is not None:
+            self._note_reading(live, samples)
+            if named and self._stale:
+                self._stale.pop(live.transaction_id, None)  # the charge point still runs it
         self._store.add_meter_samples(
             [StoredMeterSample(charge_point_id, connector_id, transaction_id, s) for s in samples]
         )
@@ -741,12 +943,14 @@ class ChargingService:
 
     # ------------------------------------------------------------------ helpers
 
-    def _remember_live(self, tx: Transaction) -> None:
-        self._live[tx.id] = _LiveTransaction(tx.id, tx.charge_point_id, tx.connector_id, tx.user_id)
-        self._live_on_connector[(tx.charge_point_id, tx.connector_id)] = tx.id
+    def _remember_live(self, tx: Transaction, on_connector: bool = True) -> None:
+        self._live[tx.id] = _live_of(tx)
+        if on_connector:
+            self._live_on_connector[(tx.charge_point_id, tx.connector_id)] = tx.id
 
     def _forget_live(self, transaction_id: int) -> bool:
         """Drop an open transaction from the picture; False if it was not there."""
+        self._stale.pop(transaction_id, None)
         live = self._live.pop(transaction_id, None)
         if live is None:
             return False
@@ -754,3 +958,104 @@ class ChargingService:
         if self._live_on_connector.get(key) == transaction_id:
             del self._live_on_connector[key]
         return True
+
+    @staticmethod
+    def _note_reading(live: _LiveTransaction, samples: Sequence[MeterSample]) -> None:
+        """Remember the newest energy register reading (an old replayed sample does not win)."""
+        for sample in samples:
+            kwh = sample.energy_import_kwh
+            if kwh is None:
+                continue
+            if live.last_reading_at is None or sample.timestamp >= live.last_reading_at:
+                live.last_energy_wh = round(kwh * 1000)
+                live.last_reading_at = sample.timestamp
+
+    async def _last_known_reading(self, live: _LiveTransaction) -> tuple[int, datetime]:
+        """The last energy register seen and its time: from the live picture, else (after a
+        restart) from the stored samples, else meterStart at the start. Never below meterStart."""
+        wh, at = live.last_energy_wh, live.last_reading_at
+        if wh is None or at is None:
+            for stored in reversed(await self._store.meter_samples_of(live.transaction_id)):
+                kwh = stored.sample.energy_import_kwh
+                if kwh is not None:
+                    wh, at = round(kwh * 1000), stored.sample.timestamp
+                    break
+        if wh is None or at is None:
+            return live.meter_start_wh, live.started_at
+        return max(wh, live.meter_start_wh), max(at, live.started_at)
+
+    async def _close_by_server(
+        self,
+        live: _LiveTransaction,
+        closed_by: ClosedBy,
+        reason: str,
+        meter_stop_wh: int | None = None,
+        at: datetime | None = None,
+    ) -> Transaction:
+        """Close a transaction its charge point will not close (it forgot it), durably, and
+        tell its owner; by default at the last known meter reading and its time."""
+        if meter_stop_wh is None or at is None:
+            meter_stop_wh, at = await self._last_known_reading(live)
+        tx_id = live.transaction_id
+        in_picture = self._live.get(tx_id) is live
+        closed = await self._store.stop_transaction(
+            tx_id, meter_stop_wh, at, reason, closed_by, live.app_stop_reason
+        )
+        if closed is None:  # gone from storage: nothing left to close
+            self._forget_live(tx_id)
+            raise _not_found(tx_id)
+        key = (live.charge_point_id, live.connector_id)
+        if self._forget_live(tx_id) or (not in_picture and closed.closed_by is closed_by):
+            user = live.user_id
+            if user is not None and self._followers.get(key) == user and key not in self._pending:
+                del self._followers[key]  # the next session on it is someone else's
+            await self._publish_stopped(closed)
+        if closed.closed_by is closed_by:
+            log.warning(
+                "transaction %d on %s connector %d closed by the server (%s): meterStop %s Wh "
+                "at %s",
+                tx_id,
+                live.charge_point_id,
+                live.connector_id,
+                closed_by.value,
+                closed.meter_stop_wh,
+                closed.stopped_at,
+            )
+        return closed
+
+    async def _publish_stopped(self, closed: Transaction) -> None:
+        """``TransactionStopped`` with what storage holds (whoever won a race to close it)."""
+        meter_stop = closed.meter_stop_wh if closed.meter_stop_wh is not None else 0
+        await self._bus.publish(
+            TransactionStopped(
+                closed.charge_point_id,
+                closed.connector_id,
+                closed.id,
+                closed.user_id,
+                meter_stop,
+                round(max(meter_stop - closed.meter_start_wh, 0) / 1000.0, 6),
+                closed.stop_reason,
+                closed.stopped_at or self._clock.now(),
+                closed.closed_by or ClosedBy.CHARGE_POINT,
+                closed.app_stop_reason,
+            )
+        )
+
+
+def _live_of(tx: Transaction) -> _LiveTransaction:
+    return _LiveTransaction(
+        tx.id,
+        tx.charge_point_id,
+        tx.connector_id,
+        tx.user_id,
+        tx.id_tag_status,
+        tx.meter_start_wh,
+        tx.started_at,
+    )
+
+
+def _not_found(transaction_id: int) -> TransactionNotFound:
+    """The one answer for a transaction that is missing or not the asker's to see."""
+    return TransactionNotFound(
+        f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
+    )

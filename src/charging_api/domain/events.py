@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from charging_api.domain.models import MeterSample
+from charging_api.domain.models import ClosedBy, MeterSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,8 @@ class TransactionStopped:
     energy_kwh: float
     reason: str | None
     timestamp: datetime
+    closed_by: ClosedBy = ClosedBy.CHARGE_POINT
+    app_reason: str | None = None  # what the app said when it asked to stop
 
 
 @dataclass(frozen=True, slots=True)

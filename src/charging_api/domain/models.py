@@ -108,9 +108,27 @@ class ConnectorState:
     updated_at: datetime | None = None
 
 
+class ClosedBy(StrEnum):
+    """Who closed a transaction first (the ``closedBy`` of the app protocol).
+
+    Only ``CHARGE_POINT`` is the charge point's own StopTransaction; the others are the server
+    closing a session the charge point forgot (see docs/reliability.md, "Ghost sessions"). A
+    StopTransaction arriving after the server closed it still corrects meter, time and reason.
+    """
+
+    CHARGE_POINT = "ChargePoint"
+    SUPERSEDED = "Superseded"  # a new StartTransaction on the same connector
+    CONNECTOR_AVAILABLE = "ConnectorAvailable"  # Available, and no StopTransaction in the grace
+    ADMIN = "Admin"  # closed by hand (app message or CLI)
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
-    """One charging session, as stored. ``id`` is the OCPP transactionId."""
+    """One charging session, as stored. ``id`` is the OCPP transactionId.
+
+    ``stop_reason`` is the charge point's reason (or ours when the server closed it, see
+    :class:`ClosedBy`); ``app_stop_reason`` is what the app said in its stop request.
+    """
 
     id: int
     charge_point_id: str
@@ -123,6 +141,8 @@ class Transaction:
     meter_stop_wh: int | None = None
     stopped_at: datetime | None = None
     stop_reason: str | None = None
+    closed_by: ClosedBy | None = None
+    app_stop_reason: str | None = None
 
     @property
     def active(self) -> bool:

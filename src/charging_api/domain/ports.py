@@ -14,6 +14,7 @@ from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -115,9 +116,25 @@ class Store(Protocol):
     async def get_transaction(self, transaction_id: int) -> Transaction | None: ...
 
     async def stop_transaction(
+        self,
+        transaction_id: int,
+        meter_stop_wh: int,
+        stopped_at: datetime,
+        reason: str | None,
+        closed_by: ClosedBy = ClosedBy.CHARGE_POINT,
+        app_stop_reason: str | None = None,
+    ) -> Transaction | None:
+        """Close and commit, once: returns the transaction as stored afterwards (a transaction
+        already closed comes back unchanged), or None if it is unknown."""
+        ...
+
+    async def correct_stop(
         self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
     ) -> Transaction | None:
-        """Close and commit; returns the closed transaction, or None if it was unknown."""
+        """The charge point's own StopTransaction for a transaction the server closed itself
+        (``closed_by`` other than ``CHARGE_POINT``): its meter, time and reason replace ours;
+        ``closed_by`` and ``app_stop_reason`` stay. Commits; returns the transaction as stored,
+        or None if unknown. Open transactions, or ones the charge point closed, are unchanged."""
         ...
 
     async def active_transactions(self) -> list[Transaction]: ...
@@ -135,6 +152,14 @@ class Store(Protocol):
 
 
 class Clock(Protocol):
+    """The core's only source of time, so tests can move it by hand."""
+
     def now(self) -> datetime:
-        """Timezone-aware UTC now."""
+        """Timezone-aware UTC now (wall clock: what is stored and shown)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: every time-out and grace period is measured on
+        it. :meth:`ChargingService.run_timers` sleeps on the event loop for the difference, so
+        a real clock must share the loop's time base (``time.monotonic``)."""
         ...

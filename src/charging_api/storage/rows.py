@@ -15,6 +15,7 @@ import orjson
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -31,7 +32,14 @@ Values = Mapping[Any, Any]  # a RowMapping, or a dict made from a driver row
 
 
 def transaction(values: Values) -> Transaction:
-    return Transaction(**{**values, "id_tag_status": IdTagStatus(values["id_tag_status"])})
+    closed_by = values["closed_by"]
+    return Transaction(
+        **{
+            **values,
+            "id_tag_status": IdTagStatus(values["id_tag_status"]),
+            "closed_by": None if closed_by is None else ClosedBy(closed_by),
+        }
+    )
 
 
 def id_tag(values: Values) -> IdTag:

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -211,10 +212,22 @@ class SqlStore:
         meter_stop_wh: int,
         stopped_at: datetime,
         reason: str | None,
+        closed_by: ClosedBy = ClosedBy.CHARGE_POINT,
+        app_stop_reason: str | None = None,
     ) -> Transaction | None:
         """Close it once: a repeated (replayed) stop gets the first stop back, unchanged."""
         return await self._db.write(
-            self._sql.stop_transaction(transaction_id, meter_stop_wh, stopped_at, reason)
+            self._sql.stop_transaction(
+                transaction_id, meter_stop_wh, stopped_at, reason, closed_by, app_stop_reason
+            )
+        )
+
+    async def correct_stop(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Transaction | None:
+        """See ``Store.correct_stop``: one UPDATE, committed."""
+        return await self._db.write(
+            self._sql.correct_stop(transaction_id, meter_stop_wh, stopped_at, reason)
         )
 
     async def active_transactions(self) -> list[Transaction]:

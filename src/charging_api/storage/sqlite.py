@@ -21,6 +21,7 @@ from sqlalchemy import Column, Connection, Table
 from sqlalchemy.dialects import sqlite
 
 from charging_api.domain.models import (
+    ClosedBy,
     IdTag,
     IdTagStatus,
     StoredMeterSample,
@@ -163,7 +164,7 @@ def _bind(column: Column[Any], value: Any) -> Any:
 
 _TX = DriverTable(transactions)
 _ID_TAG = DriverTable(id_tags)
-_transaction = _TX.maker(Transaction, id_tag_status=IdTagStatus)
+_transaction = _TX.maker(Transaction, id_tag_status=IdTagStatus, closed_by=ClosedBy)
 _id_tag = _ID_TAG.maker(IdTag, status=IdTagStatus)
 _FIND_START = (
     f"SELECT {_TX.columns} FROM transactions WHERE charge_point_id = ? AND connector_id = ?"
@@ -182,8 +183,8 @@ _CREATE_TRANSACTION = _TX.insert(
     returning=True,
 )
 _STOP_TRANSACTION = (
-    "UPDATE transactions SET meter_stop_wh = ?, stopped_at = ?, stop_reason = ?"
-    f" WHERE id = ? AND stopped_at IS NULL RETURNING {_TX.columns}"
+    "UPDATE transactions SET meter_stop_wh = ?, stopped_at = ?, stop_reason = ?, closed_by = ?,"
+    f" app_stop_reason = ? WHERE id = ? AND stopped_at IS NULL RETURNING {_TX.columns}"
 )
 _GET_TRANSACTION = f"SELECT {_TX.columns} FROM transactions WHERE id = ?"
 _GET_ID_TAG = f"SELECT {_ID_TAG.columns} FROM id_tags WHERE tag_key = ?"
@@ -239,9 +240,22 @@ class SqliteStatements(SqlStatements):
         return _first(_GET_TRANSACTION, (transaction_id,), _transaction)
 
     def stop_transaction(
-        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+        self,
+        transaction_id: int,
+        meter_stop_wh: int,
+        stopped_at: datetime,
+        reason: str | None,
+        closed_by: ClosedBy,
+        app_stop_reason: str | None,
     ) -> Work[Transaction | None]:
-        stop = (meter_stop_wh, bind_time(stopped_at), reason, transaction_id)
+        stop = (
+            meter_stop_wh,
+            bind_time(stopped_at),
+            reason,
+            closed_by.value,
+            app_stop_reason,
+            transaction_id,
+        )
 
         def run(conn: Connection) -> Transaction | None:
             raw = driver_connection(conn)

@@ -20,12 +20,23 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Insert, Table, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Table,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
+    ClosedBy,
     ConnectorState,
     IdTag,
     IdTagStatus,
@@ -75,6 +86,23 @@ _GET_TRANSACTION = select(transactions).where(_tx.id == bindparam("b_id"))
 _STOP_TRANSACTION = (
     update(transactions)
     .where(_tx.id == bindparam("b_id"), _tx.stopped_at.is_(None))
+    .values(
+        meter_stop_wh=bindparam("b_meter"),
+        stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
+        stop_reason=bindparam("b_reason"),
+        closed_by=bindparam("b_closed_by"),
+        app_stop_reason=bindparam("b_app_reason"),
+    )
+    .returning(*transactions.c)
+)
+#: Only a transaction the server closed itself is corrected by its charge point's stop.
+_CORRECT_STOP = (
+    update(transactions)
+    .where(
+        _tx.id == bindparam("b_id"),
+        _tx.stopped_at.is_not(None),
+        _tx.closed_by != ClosedBy.CHARGE_POINT.value,
+    )
     .values(
         meter_stop_wh=bindparam("b_meter"),
         stopped_at=bindparam("b_at", type_=_tx.stopped_at.type),
@@ -250,7 +278,13 @@ class SqlStatements:
         return run
 
     def stop_transaction(
-        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+        self,
+        transaction_id: int,
+        meter_stop_wh: int,
+        stopped_at: datetime,
+        reason: str | None,
+        closed_by: ClosedBy,
+        app_stop_reason: str | None,
     ) -> Work[Transaction | None]:
         """Close it if open; either way, what is stored (None if unknown)."""
         params = {
@@ -258,15 +292,23 @@ class SqlStatements:
             "b_meter": meter_stop_wh,
             "b_at": stopped_at,
             "b_reason": reason,
+            "b_closed_by": closed_by.value,
+            "b_app_reason": app_stop_reason,
         }
+        return _update_or_get(_STOP_TRANSACTION, params)
 
-        def run(conn: Connection) -> Transaction | None:
-            row = conn.execute(_STOP_TRANSACTION, params).first()
-            if row is None:  # already stopped (or unknown): what is stored
-                row = conn.execute(_GET_TRANSACTION, {"b_id": transaction_id}).first()
-            return None if row is None else rows.transaction(row._mapping)
-
-        return run
+    def correct_stop(
+        self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
+    ) -> Work[Transaction | None]:
+        """The charge point's figures over ours, for a transaction the server closed; either
+        way, what is stored (None if unknown)."""
+        params = {
+            "b_id": transaction_id,
+            "b_meter": meter_stop_wh,
+            "b_at": stopped_at,
+            "b_reason": reason,
+        }
+        return _update_or_get(_CORRECT_STOP, params)
 
     def active_transactions(self) -> Work[list[Transaction]]:
         return _transactions(_ACTIVE_TRANSACTIONS)
@@ -297,16 +339,24 @@ class SqlStatements:
 
 def ensure_schema(conn: Connection) -> None:
     """Create what is missing; bring an older schema up to :data:`SCHEMA_VERSION`, one
-    step of :data:`MIGRATIONS` at a time, in the same transaction."""
-    metadata.create_all(conn)
+    step of :data:`MIGRATIONS` at a time, in the same transaction.
+
+    The steps run before the missing tables are created: a step changes a table that an older
+    version made, and a table that did not exist yet is created whole, at the current version.
+    """
+    if not inspect(conn).has_table(schema_version.name):
+        metadata.create_all(conn)
+        conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
+        return
     found = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    if found is not None and found > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema v{found} is newer than this code")
+    for version in range((found or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[version](conn)
+    metadata.create_all(conn)
     if found is None:
         conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
-    elif found > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema v{found} is newer than this code")
     elif found < SCHEMA_VERSION:
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[version](conn)
         conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
 
@@ -319,6 +369,8 @@ def _id_tag_keys(conn: Connection) -> None:
     carries ``DEFAULT ''`` on the column, which SQLite needs to add a NOT NULL column; the
     store writes the key with every row, so the default never applies.)
     """
+    if not inspect(conn).has_table(id_tags.name):
+        return  # created whole by create_all
     conn.exec_driver_sql("ALTER TABLE id_tags ADD COLUMN tag_key VARCHAR NOT NULL DEFAULT ''")
     by_key: dict[str, list[str]] = {}
     for tag in conn.execute(select(id_tags.c.tag).order_by(id_tags.c.tag)).scalars():
@@ -340,13 +392,38 @@ def _id_tag_keys(conn: Connection) -> None:
     next(i for i in id_tags.indexes if i.name == "ux_id_tags_tag_key").create(conn)
 
 
+def _who_closed(conn: Connection) -> None:
+    """v3: ``transactions.closed_by`` (who closed it first, see ``ClosedBy``) and
+    ``transactions.app_stop_reason`` (the reason the app gave with its stop). Every transaction
+    stopped before v3 was stopped by its charge point."""
+    if not inspect(conn).has_table(transactions.name):
+        return  # created whole by create_all
+    conn.exec_driver_sql("ALTER TABLE transactions ADD COLUMN closed_by VARCHAR")
+    conn.exec_driver_sql("ALTER TABLE transactions ADD COLUMN app_stop_reason VARCHAR")
+    conn.exec_driver_sql(
+        "UPDATE transactions SET closed_by = 'ChargePoint' WHERE stopped_at IS NOT NULL"
+    )
+
+
 #: version -> the step that brings the schema from the version before to it.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _id_tag_keys}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _id_tag_keys, 3: _who_closed}
 
 
 def _execute(stmt: Any, params: Any) -> Work[None]:
     def run(conn: Connection) -> None:
         conn.execute(stmt, params)
+
+    return run
+
+
+def _update_or_get(stmt: Any, params: dict[str, Any]) -> Work[Transaction | None]:
+    """Run an UPDATE ... RETURNING of one transaction; when it matched nothing, read the row."""
+
+    def run(conn: Connection) -> Transaction | None:
+        row = conn.execute(stmt, params).first()
+        if row is None:  # the update did not apply (or unknown): what is stored
+            row = conn.execute(_GET_TRANSACTION, {"b_id": params["b_id"]}).first()
+        return None if row is None else rows.transaction(row._mapping)
 
     return run
 

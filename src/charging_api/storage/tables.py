@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 #: Bump together with a migration step (``statements.MIGRATIONS``) when the schema changes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: ``Column.info`` key of a column computed from others by the store: written with every row,
 #: never read back into a domain value (the domain type has no field of that name).
@@ -130,6 +130,8 @@ transactions = Table(
     Column("meter_stop_wh", BigInteger),
     Column("stopped_at", UtcDateTime),
     Column("stop_reason", String),
+    Column("closed_by", String),  # NULL while open
+    Column("app_stop_reason", String),
     # start_transaction's replay check (a replayed StartTransaction) looks up by these.
     Index("ix_transactions_start", "charge_point_id", "connector_id", "started_at"),
     Index("ix_transactions_user_started", "user_id", "started_at"),
