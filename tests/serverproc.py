@@ -108,8 +108,14 @@ class ServerProcess:
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.returncode
 
-    def token(self, user: str, *, id_tag: str | None = None, role: str | None = None,
-              expires_in: float = 3600) -> str:
+    def token(
+        self,
+        user: str,
+        *,
+        id_tag: str | None = None,
+        role: str | None = None,
+        expires_in: float = 3600,
+    ) -> str:
         """A JWT signed with this server's JWT_SECRET (HS256, no issuer/audience)."""
         return issue_token(self.secret, user, expires_in=expires_in, id_tag=id_tag, role=role)
 
@@ -120,7 +126,9 @@ class ServerProcess:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -136,7 +144,8 @@ class ServerProcess:
             env["OCPP_PORT"] = str(self.ocpp_port)
         first_line = len(self.log_lines)
         self.proc = await asyncio.create_subprocess_exec(
-            str(CHARGING_API), "serve",
+            str(CHARGING_API),
+            "serve",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -248,19 +257,22 @@ class ServerProcess:
 
     # ------------------------------------------------------------------ plain HTTP
 
-    async def get(self, path: str, headers: Mapping[str, str] | None = None,
-                  timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    async def get(
+        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+    ) -> tuple[int, dict[str, str], bytes]:
         """GET ``path`` from the app door: (status, lower-cased headers, body)."""
         return await http_get(self.http_url + path, headers, timeout)
 
-    async def get_json(self, path: str, headers: Mapping[str, str] | None = None,
-                       timeout: float = 10.0) -> tuple[int, Any]:
+    async def get_json(
+        self, path: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+    ) -> tuple[int, Any]:
         status, _, body = await self.get(path, headers, timeout)
         return status, orjson.loads(body)
 
 
-async def http_get(url: str, headers: Mapping[str, str] | None = None,
-                   timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+async def http_get(
+    url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     """A minimal HTTP/1.1 GET over a fresh connection (``Connection: close``)."""
     parts = urlsplit(url)
     assert parts.scheme == "http" and parts.hostname and parts.port, url

@@ -237,7 +237,11 @@ class ChargingClient:
         mid = message_id or f"py-{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[mid] = future
-        envelope: dict[str, Any] = {"id": mid, "type": kind, "timestamp": timestamp or utc_now_text()}
+        envelope: dict[str, Any] = {
+            "id": mid,
+            "type": kind,
+            "timestamp": timestamp or utc_now_text(),
+        }
         if data is not None:
             envelope["data"] = data
         try:

@@ -27,8 +27,14 @@ from tests.external import CHROMIUM, SEED_README, missing
 from tests.reliability.helpers import transactions_in_db
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SCREENSHOT = Path("/tmp/charging-api-browser-seed-client.png")
 CP = "CP_BROWSER_1"
@@ -79,9 +85,14 @@ async def page_server(body: bytes) -> AsyncIterator[str]:
             else:
                 status, content, ctype = b"404 Not Found", b"not found\n", b"text/plain"
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
-                + b"\r\nContent-Length: " + str(len(content)).encode()
-                + b"\r\nConnection: close\r\n\r\n" + content
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + ctype
+                + b"\r\nContent-Length: "
+                + str(len(content)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + content
             )
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
@@ -101,7 +112,9 @@ async def page_server(body: bytes) -> AsyncIterator[str]:
 def chromium_executable() -> str:
     """Debian's Chromium (never a download); absent: skipped outside CI, failed in CI."""
     if not CHROMIUM.exists():
-        missing(f"Chromium ({CHROMIUM})", "apt-get install chromium (.ci/run does), or set CHROMIUM")
+        missing(
+            f"Chromium ({CHROMIUM})", "apt-get install chromium (.ci/run does), or set CHROMIUM"
+        )
     return str(CHROMIUM)
 
 
@@ -119,9 +132,9 @@ async def chromium() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def simulated_charge_point(server: RunningServer, cp_id: str) -> AsyncIterator[
-    SimulatedChargePoint
-]:
+async def simulated_charge_point(
+    server: RunningServer, cp_id: str
+) -> AsyncIterator[SimulatedChargePoint]:
     """The project's simulator connected to the server, booted; stopped and reaped after."""
     stop = asyncio.Event()
     connected: asyncio.Future[SimulatedChargePoint] = asyncio.get_running_loop().create_future()
@@ -132,7 +145,11 @@ async def simulated_charge_point(server: RunningServer, cp_id: str) -> AsyncIter
 
     runner = asyncio.create_task(
         run_charge_point(
-            server.ocpp_url, cp_id, meter_interval=0.5, reconnect=False, stop=stop,
+            server.ocpp_url,
+            cp_id,
+            meter_interval=0.5,
+            reconnect=False,
+            stop=stop,
             on_connect=on_connect,
         )
     )

@@ -12,7 +12,9 @@ from tests.external import REPO
 
 BROWSER_TEST = "tests/e2e/test_browser_seed_client.py"
 #: How many tests the browser file holds: every one of them must skip (or fail) alike.
-BROWSER_TESTS = len(re.findall(r"^async def test_|^def test_", (REPO / BROWSER_TEST).read_text(), re.M))
+BROWSER_TESTS = len(
+    re.findall(r"^async def test_|^def test_", (REPO / BROWSER_TEST).read_text(), re.M)
+)
 
 
 def run_pytest(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +37,9 @@ def test_a_missing_seed_readme_is_a_one_line_skip_outside_ci(tmp_path: Path) -> 
     absent = tmp_path / "no-seed.md"
     done = run_pytest(tmp_path, BROWSER_TEST, SEED_README=str(absent))
     assert done.returncode == 0, done.stdout + done.stderr
-    (skipped,) = [line for line in done.stdout.splitlines() if line.startswith(f"SKIPPED [{BROWSER_TESTS}]")]
+    (skipped,) = [
+        line for line in done.stdout.splitlines() if line.startswith(f"SKIPPED [{BROWSER_TESTS}]")
+    ]
     assert str(absent) in skipped and "SEED_README" in skipped, skipped
     assert f"{BROWSER_TESTS} skipped" in done.stdout and "failed" not in done.stdout
 
@@ -53,6 +57,8 @@ def test_a_missing_chromium_is_a_one_line_skip_outside_ci(tmp_path: Path) -> Non
     """Without Chromium the browser tests skip with how to install it."""
     done = run_pytest(tmp_path, BROWSER_TEST, CHROMIUM=str(tmp_path / "no-chromium"))
     assert done.returncode == 0, done.stdout + done.stderr
-    (skipped,) = [line for line in done.stdout.splitlines() if line.startswith(f"SKIPPED [{BROWSER_TESTS}]")]
+    (skipped,) = [
+        line for line in done.stdout.splitlines() if line.startswith(f"SKIPPED [{BROWSER_TESTS}]")
+    ]
     assert "apt-get install chromium" in skipped, skipped
     assert f"{BROWSER_TESTS} skipped" in done.stdout

@@ -139,7 +139,9 @@ async def test_tc001_cold_boot(tmp_path: Path) -> None:
         assert stored is not None and stored.info.vendor == "TestVendor"
         states = await server.app.store.connector_states("CP-BOOT")
         assert sorted((s.connector_id, s.status) for s in states) == [
-            (0, "Available"), (1, "Available"), (2, "Available"),
+            (0, "Available"),
+            (1, "Available"),
+            (2, "Available"),
         ]
         assert await all_transactions(server) == []
 
@@ -172,7 +174,9 @@ async def test_tc003_plug_first_session(server: RunningServer) -> None:
         assert begun["data"]["transactionId"] == started.transaction_id
         charging = await alice.push("charging_status_update")
         assert charging["data"] == {
-            "chargePointId": "CP-003", "connectorId": 1, "status": "Charging",
+            "chargePointId": "CP-003",
+            "connectorId": 1,
+            "status": "Charging",
             "transactionId": started.transaction_id,
         }
         ended = await alice.push("transaction_update")
@@ -183,7 +187,11 @@ async def test_tc003_plug_first_session(server: RunningServer) -> None:
     tx = await server.app.store.get_transaction(started.transaction_id)
     assert tx is not None
     assert (tx.user_id, tx.id_tag, tx.meter_start_wh, tx.meter_stop_wh, tx.stop_reason) == (
-        "alice", "TAG-A", 1000, 5000, "Local",
+        "alice",
+        "TAG-A",
+        1000,
+        5000,
+        "Local",
     )
     assert not tx.active
     assert [t.id for t in await all_transactions(server)] == [started.transaction_id]
@@ -203,7 +211,10 @@ async def test_tc004_1_identification_first_session(server: RunningServer) -> No
         await cp.status(1, "Available")
     [tx] = await all_transactions(server)
     assert (tx.id, tx.user_id, tx.stop_reason, tx.active) == (
-        started.transaction_id, "bob", "Local", False,
+        started.transaction_id,
+        "bob",
+        "Local",
+        False,
     )
 
 
@@ -275,7 +286,10 @@ async def test_tc010_remote_start_cable_plugged_first(server: RunningServer) -> 
         assert charging["data"]["transactionId"] == started.transaction_id
     [tx] = await all_transactions(server)
     assert (tx.id, tx.user_id, tx.id_tag, tx.active) == (
-        started.transaction_id, "frank", "TAG-F", True,
+        started.transaction_id,
+        "frank",
+        "TAG-F",
+        True,
     )
 
 
@@ -290,8 +304,11 @@ async def test_tc011_1_remote_start_first(server: RunningServer) -> None:
         assert asked == {"id_tag": "TAG-G", "connector_id": 1}
         await cp.status(1, "Preparing")
         preparing = await app.push("charging_status_update")
-        assert preparing["data"] == {"chargePointId": "CP-011", "connectorId": 1,
-                                     "status": "Preparing"}
+        assert preparing["data"] == {
+            "chargePointId": "CP-011",
+            "connectorId": 1,
+            "status": "Preparing",
+        }
         started = await cp.start_tx(1, "TAG-G", meter_start=0)
         response = await request
         assert response["data"]["transactionId"] == started.transaction_id
@@ -414,7 +431,9 @@ async def test_tc024_lock_failure_reaches_the_user(tmp_path: Path) -> None:
             "charging_status_update", where=lambda m: m["data"]["status"] == "Faulted"
         )
         assert faulted["data"] == {
-            "chargePointId": "CP-024", "connectorId": 1, "status": "Faulted",
+            "chargePointId": "CP-024",
+            "connectorId": 1,
+            "status": "Faulted",
             "errorCode": "ConnectorLockFailure",
         }
         assert (await request)["error"]["code"] == "CHARGE_POINT_TIMEOUT"
@@ -465,7 +484,9 @@ async def test_tc037_1_offline_start_keeps_its_time(server: RunningServer) -> No
         assert again.transaction_id == first.transaction_id
     [tx] = await all_transactions(server)
     assert (tx.id, tx.started_at, tx.user_id) == (
-        first.transaction_id, parse_time(started_at), "nina",
+        first.transaction_id,
+        parse_time(started_at),
+        "nina",
     )
 
 
@@ -473,15 +494,23 @@ async def test_tc037_3_offline_start_with_unknown_tag(server: RunningServer) -> 
     """TC_037_3: an unknown tag still gets a transactionId, with idTagInfo Invalid; the
     charge point's StopTransaction (DeAuthorized) is acknowledged."""
     async with connected_charge_point(server.ocpp_url, "CP-037-3") as cp:
-        started = await cp.start_tx(1, "STRANGER", meter_start=0,
-                                    timestamp=stamp(timedelta(hours=2)))
+        started = await cp.start_tx(
+            1, "STRANGER", meter_start=0, timestamp=stamp(timedelta(hours=2))
+        )
         assert isinstance(started.transaction_id, int) and started.transaction_id > 0
         assert started.id_tag_info["status"] == "Invalid"
-        await cp.stop_tx(started.transaction_id, 0, reason="DeAuthorized",
-                         timestamp=stamp(timedelta(hours=2) - timedelta(seconds=5)))
+        await cp.stop_tx(
+            started.transaction_id,
+            0,
+            reason="DeAuthorized",
+            timestamp=stamp(timedelta(hours=2) - timedelta(seconds=5)),
+        )
     [tx] = await all_transactions(server)
     assert (tx.id, tx.user_id, tx.id_tag_status, tx.stop_reason) == (
-        started.transaction_id, None, IdTagStatus.INVALID, "DeAuthorized",
+        started.transaction_id,
+        None,
+        IdTagStatus.INVALID,
+        "DeAuthorized",
     )
 
 
@@ -515,11 +544,14 @@ async def test_tc039_offline_transaction_replayed(server: RunningServer) -> None
     await server.app.store.flush()
     samples = await server.app.store.meter_samples_of(started.transaction_id)
     assert [(format_utc(s.sample.timestamp), s.sample.energy_import_kwh) for s in samples] == [
-        (old, 1.5), (fresh, 2.5),
+        (old, 1.5),
+        (fresh, 2.5),
     ]
     [tx] = await all_transactions(server)
     assert (tx.id, tx.stopped_at, tx.meter_stop_wh) == (
-        started.transaction_id, parse_time(stopped_at), 2600,
+        started.transaction_id,
+        parse_time(stopped_at),
+        2600,
     )
     assert await server.app.store.get_transaction(987654) is None
 
@@ -585,7 +617,11 @@ async def test_unknown_action_is_not_implemented(server: RunningServer) -> None:
     """An action OCPP 1.6 does not define answers NotImplemented."""
     async with raw_charge_point(server.ocpp_url, "CP-UNK") as cp:
         assert await cp.call("FlyToTheMoon", {}, "u-1") == [
-            4, "u-1", "NotImplemented", "Unknown action FlyToTheMoon", {},
+            4,
+            "u-1",
+            "NotImplemented",
+            "Unknown action FlyToTheMoon",
+            {},
         ]
         await cp.heartbeat_works()
 
@@ -595,7 +631,10 @@ async def test_central_system_action_sent_to_us_is_not_supported(server: Running
     NotSupported, and starts nothing."""
     async with raw_charge_point(server.ocpp_url, "CP-NS") as cp:
         assert await cp.call("RemoteStartTransaction", {"idTag": "X"}, "u-2") == [
-            4, "u-2", "NotSupported", "RemoteStartTransaction is not supported by a central system",
+            4,
+            "u-2",
+            "NotSupported",
+            "RemoteStartTransaction is not supported by a central system",
             {},
         ]
         await cp.heartbeat_works()

@@ -44,10 +44,7 @@ class NodePeer:
         return [event for event in self.events if event["event"] == "failure"]
 
     def explain(self) -> str:
-        return (
-            f"peer events: {self.events!r}\n"
-            f"peer stderr: {self.stderr.decode(errors='replace')}"
-        )
+        return f"peer events: {self.events!r}\npeer stderr: {self.stderr.decode(errors='replace')}"
 
     async def expect(self, event: str, timeout: float = 15) -> dict[str, Any]:
         """The next line whose ``event`` is ``event``; fails at EOF or after ``timeout`` s."""
@@ -82,7 +79,11 @@ async def node_peer(endpoint: str, identity: str, mode: str) -> AsyncIterator[No
     if not (ROOT / "node_modules" / "ocpp-rpc").is_dir():
         missing("node_modules/ocpp-rpc", "run `npm install` (make test does)")
     proc = await asyncio.create_subprocess_exec(
-        node, str(PEER), endpoint, identity, mode,
+        node,
+        str(PEER),
+        endpoint,
+        identity,
+        mode,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -128,7 +129,9 @@ async def test_strict_ocpp_rpc_charge_point_runs_a_remote_session(server: Runnin
                 "charging_status_update", where=lambda m: m["data"]["status"] == "Charging"
             )
             assert charging["data"] == {
-                "chargePointId": CP, "connectorId": 1, "status": "Charging",
+                "chargePointId": CP,
+                "connectorId": 1,
+                "status": "Charging",
                 "transactionId": transaction_id,
             }
             meter = await app.push("meter_values_update")

@@ -92,9 +92,7 @@ async def test_gap_older_than_history_is_resync_required_and_get_state_rebuilds(
 
         async with app_at(server.app_url, token) as back:
             epoch = server.app.app_server.epoch
-            reply = await back.request(
-                "resume", {"lastSeq": last_seen, "epoch": epoch}, timeout=5
-            )
+            reply = await back.request("resume", {"lastSeq": last_seen, "epoch": epoch}, timeout=5)
             assert reply["type"] == "resume_response"
             assert reply["data"]["success"] is False
             assert reply["error"]["code"] == "RESYNC_REQUIRED"

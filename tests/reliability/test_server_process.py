@@ -224,13 +224,12 @@ async def test_resume_without_epoch_after_a_restart_is_resync_not_a_silent_gap(
                 assert resumed["type"] == "resume_response"
                 assert resumed["error"]["code"] == "RESYNC_REQUIRED", resumed
                 assert resumed["error"]["details"] == {
-                    "currentSeq": 3, "epoch": auth["data"]["epoch"]
+                    "currentSeq": 3,
+                    "epoch": auth["data"]["epoch"],
                 }
                 assert await drain_pushes(back) == []  # nothing half-replayed
                 state = (await back.request("get_state"))["data"]
                 assert [(t["transactionId"], t["status"]) for t in state["transactions"]] == []
                 # With this process's epoch the same number is proven: nothing to replay.
-                own = await back.request(
-                    "resume", {"lastSeq": 3, "epoch": auth["data"]["epoch"]}
-                )
+                own = await back.request("resume", {"lastSeq": 3, "epoch": auth["data"]["epoch"]})
                 assert own["data"] == {"success": True, "replayed": 0, "currentSeq": 3}

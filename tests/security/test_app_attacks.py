@@ -82,7 +82,9 @@ async def http_get(
     return int(status_line.split()[1]), parsed, body
 
 
-async def closed(client: AppClient | ClientConnection, timeout: float = 10) -> tuple[int | None, str | None]:
+async def closed(
+    client: AppClient | ClientConnection, timeout: float = 10
+) -> tuple[int | None, str | None]:
     """Wait for the server to end the connection; its close code and reason."""
     ws = client.ws if isinstance(client, AppClient) else client
     await asyncio.wait_for(ws.wait_closed(), timeout)
@@ -97,12 +99,12 @@ async def upgrade_status(server: RunningServer, **connect_kwargs: Any) -> int:
     return refused.value.response.status_code
 
 
-async def start_for(client: AppClient, cp: LibraryChargePoint, connector: int,
-                    **extra: Any) -> int:
+async def start_for(client: AppClient, cp: LibraryChargePoint, connector: int, **extra: Any) -> int:
     """A start the charge point accepts and follows with StartTransaction; the transaction id."""
     start = asyncio.ensure_future(
-        client.request("start_charging_request",
-                       {"chargePointId": CP, "connectorId": connector, **extra})
+        client.request(
+            "start_charging_request", {"chargePointId": CP, "connectorId": connector, **extra}
+        )
     )
     asked = await asyncio.wait_for(cp.remote_starts.get(), 10)
     tx = await cp.start_tx(connector, asked["id_tag"], 1000)
@@ -146,8 +148,10 @@ class Scene:
         txs = await self.server.app.store.transactions_of(None, 100)
         return sorted((t.id, t.user_id, t.active) for t in txs)
 
-    async def assert_unharmed(self, expected: list[tuple[int, str | None, bool]] | None = None,
-                              ) -> None:
+    async def assert_unharmed(
+        self,
+        expected: list[tuple[int, str | None, bool]] | None = None,
+    ) -> None:
         """/health answers, alice's session works, the database holds what it should, and no
         command reached the charge point."""
         status, _, body = await http_get(self.server, "/health")
@@ -251,9 +255,7 @@ async def test_bob_cannot_charge_with_alices_id_tags(scene: Scene) -> None:
 async def test_a_token_naming_alices_tag_does_not_make_it_bobs(scene: Scene) -> None:
     """Bob's token claiming alice's registered tag: it is skipped, bob has no tag to use."""
     async with app_client(scene.server, scene.server.token("bob", id_tag=ALICE_CARD)) as bob:
-        reply = await bob.request(
-            "start_charging_request", {"chargePointId": CP, "connectorId": 2}
-        )
+        reply = await bob.request("start_charging_request", {"chargePointId": CP, "connectorId": 2})
         failure(reply, "start_charging_response", "NO_ID_TAG")
         explicit = await bob.request(
             "start_charging_request", {"chargePointId": CP, "connectorId": 2, "idTag": ALICE_CARD}
@@ -264,10 +266,16 @@ async def test_a_token_naming_alices_tag_does_not_make_it_bobs(scene: Scene) -> 
 
 async def test_only_admins_may_subscribe(scene: Scene) -> None:
     """subscribe/unsubscribe by a non-admin: FORBIDDEN, and bob sees no charge point updates."""
-    failure(await scene.bob.request("subscribe", {"chargePointIds": "*"}),
-            "subscribe_response", "FORBIDDEN")
-    failure(await scene.bob.request("subscribe", {"chargePointIds": [CP]}),
-            "subscribe_response", "FORBIDDEN")
+    failure(
+        await scene.bob.request("subscribe", {"chargePointIds": "*"}),
+        "subscribe_response",
+        "FORBIDDEN",
+    )
+    failure(
+        await scene.bob.request("subscribe", {"chargePointIds": [CP]}),
+        "subscribe_response",
+        "FORBIDDEN",
+    )
     failure(await scene.bob.request("unsubscribe", {}), "unsubscribe_response", "FORBIDDEN")
     await scene.cp.status(2, "Unavailable")
     await nothing_more(scene.bob)
@@ -285,7 +293,8 @@ async def test_an_admin_watches_what_they_subscribe_to(scene: Scene) -> None:
     metered = await scene.admin.push("meter_values_update")
     assert metered["data"]["transactionId"] == scene.tx
     assert (await scene.admin.request("subscribe", {"chargePointIds": "*"}))["data"][
-        "chargePointIds"] == "*"
+        "chargePointIds"
+    ] == "*"
     off = await scene.admin.request("unsubscribe", {"chargePointIds": "*"})
     assert off["data"] == {"success": True, "chargePointIds": []}
     await scene.cp.status(2, "Available")
@@ -319,14 +328,22 @@ async def test_browsers_connect_only_from_frontend_url(tmp_path: Path) -> None:
         tmp_path, frontend_url="http://localhost:3000, https://app.example.com/"
     )
     async with running_server(settings) as server:
-        for origin in ("http://localhost:3000", "https://app.example.com",
-                       "https://app.example.com/"):
+        for origin in (
+            "http://localhost:3000",
+            "https://app.example.com",
+            "https://app.example.com/",
+        ):
             async with app_client(server, server.token("alice"), origin=Origin(origin)):
                 pass
         async with app_client(server, server.token("alice")):
             pass
-        for evil in ("https://evil.example", "null", "http://localhost:3000.evil.example",
-                     "https://app.example.com.evil.example", "http://localhost:3001"):
+        for evil in (
+            "https://evil.example",
+            "null",
+            "http://localhost:3000.evil.example",
+            "https://app.example.com.evil.example",
+            "http://localhost:3001",
+        ):
             assert await upgrade_status(server, origin=Origin(evil)) == 403
 
 
@@ -334,9 +351,7 @@ async def test_browsers_connect_only_from_frontend_url(tmp_path: Path) -> None:
 async def test_cors_headers_only_for_allowed_origins(server: RunningServer, path: str) -> None:
     """/health and /api/stats echo an allowed Origin in Access-Control-Allow-Origin, no other."""
     bearer = {"Authorization": f"Bearer {server.token('root', role='admin')}"}
-    status, headers, _ = await http_get(
-        server, path, {**bearer, "Origin": "http://localhost:3000"}
-    )
+    status, headers, _ = await http_get(server, path, {**bearer, "Origin": "http://localhost:3000"})
     assert status == 200
     assert headers["access-control-allow-origin"] == "http://localhost:3000"
     assert headers["vary"] == "Origin"
@@ -352,9 +367,11 @@ async def test_cors_headers_only_for_allowed_origins(server: RunningServer, path
 
 async def test_max_connections_refuses_the_next_upgrade_with_503(tmp_path: Path) -> None:
     """MAX_CONNECTIONS reached: the next upgrade gets 503; existing sessions keep working."""
-    async with running_server(make_settings(tmp_path, max_connections=2)) as server, app_client(
-        server, server.token("alice")
-    ) as alice, app_client(server, server.token("bob")) as bob:
+    async with (
+        running_server(make_settings(tmp_path, max_connections=2)) as server,
+        app_client(server, server.token("alice")) as alice,
+        app_client(server, server.token("bob")) as bob,
+    ):
         assert await upgrade_status(server) == 503
         for client in (alice, bob):
             state = await client.request("get_state")
@@ -366,9 +383,12 @@ async def test_max_connections_refuses_the_next_upgrade_with_503(tmp_path: Path)
 async def test_connections_per_user_are_limited(tmp_path: Path) -> None:
     """MAX_CONNECTIONS_PER_USER: the extra login is FORBIDDEN with the limit; others unaffected."""
     settings = make_settings(tmp_path, max_connections_per_user=2)
-    async with running_server(settings) as server, app_client(
-        server, server.token("alice")
-    ) as first, app_client(server, server.token("alice")) as second, app_client(server) as third:
+    async with (
+        running_server(settings) as server,
+        app_client(server, server.token("alice")) as first,
+        app_client(server, server.token("alice")) as second,
+        app_client(server) as third,
+    ):
         reply = await third.request("auth_request", {"token": server.token("alice")})
         assert failure(reply, "auth_response", "FORBIDDEN")
         assert reply["error"]["details"] == {"limit": 2}
@@ -381,9 +401,11 @@ async def test_connections_per_user_are_limited(tmp_path: Path) -> None:
 
 async def test_an_oversized_frame_closes_with_1009(tmp_path: Path) -> None:
     """A frame over MAX_FRAME_SIZE closes that connection with 1009; one under it is answered."""
-    async with running_server(make_settings(tmp_path, max_frame_size=2048)) as server, app_client(
-        server, server.token("alice")
-    ) as alice, app_client(server, server.token("bob")) as bob:
+    async with (
+        running_server(make_settings(tmp_path, max_frame_size=2048)) as server,
+        app_client(server, server.token("alice")) as alice,
+        app_client(server, server.token("bob")) as bob,
+    ):
         fits = json.dumps({"id": "fits", "type": "heartbeat", "pad": "x" * 1900})
         assert len(fits) <= 2048
         assert (await bob.send_raw(fits, "fits"))["type"] == "heartbeat"
@@ -396,9 +418,11 @@ async def test_an_oversized_frame_closes_with_1009(tmp_path: Path) -> None:
 async def test_a_message_flood_gets_rate_limited(tmp_path: Path) -> None:
     """Past the token bucket's burst each frame is answered RATE_LIMITED with its id."""
     settings = make_settings(tmp_path, rate_limit_per_second=1, rate_limit_burst=5)
-    async with running_server(settings) as server, app_client(server) as flood, app_client(
-        server, server.token("bob")
-    ) as bob:
+    async with (
+        running_server(settings) as server,
+        app_client(server) as flood,
+        app_client(server, server.token("bob")) as bob,
+    ):
         replies = await asyncio.gather(
             *(flood.request("heartbeat", message_id=f"f-{i}") for i in range(12))
         )
@@ -413,8 +437,9 @@ async def test_a_message_flood_gets_rate_limited(tmp_path: Path) -> None:
 
 async def test_a_pipelining_client_that_reads_gets_every_reply(tmp_path: Path) -> None:
     """More requests in flight than SEND_QUEUE_SIZE: all answered, in order, no 1013."""
-    settings = make_settings(tmp_path, send_queue_size=8, rate_limit_per_second=10_000,
-                             rate_limit_burst=10_000)
+    settings = make_settings(
+        tmp_path, send_queue_size=8, rate_limit_per_second=10_000, rate_limit_burst=10_000
+    )
     async with running_server(settings) as server, app_client(server) as client:
         for round_ in range(3):
             replies = await asyncio.gather(
@@ -427,9 +452,11 @@ async def test_a_pipelining_client_that_reads_gets_every_reply(tmp_path: Path) -
 
 async def test_a_connection_that_never_authenticates_is_closed(tmp_path: Path) -> None:
     """AUTH_TIMEOUT: no successful auth_request in time -> 1008; an authenticated one stays."""
-    async with running_server(make_settings(tmp_path, auth_timeout=1)) as server, app_client(
-        server
-    ) as lurker, app_client(server, server.token("alice")) as alice:
+    async with (
+        running_server(make_settings(tmp_path, auth_timeout=1)) as server,
+        app_client(server) as lurker,
+        app_client(server, server.token("alice")) as alice,
+    ):
         assert (await lurker.request("heartbeat"))["type"] == "heartbeat"
         assert await closed(lurker) == (1008, "authentication timeout")
         assert (await alice.request("get_state"))["type"] == "state"
@@ -438,9 +465,11 @@ async def test_a_connection_that_never_authenticates_is_closed(tmp_path: Path) -
 async def test_pending_requests_per_connection_are_limited(tmp_path: Path) -> None:
     """MAX_PENDING_REQUESTS starts/stops in flight: the next one is TOO_MANY_PENDING."""
     settings = make_settings(tmp_path, max_pending_requests=1)
-    async with running_server(settings) as server, connected_charge_point(
-        server.ocpp_url, CP
-    ) as cp, app_client(server, server.token("alice", id_tag=ALICE_TAG)) as alice:
+    async with (
+        running_server(settings) as server,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+        app_client(server, server.token("alice", id_tag=ALICE_TAG)) as alice,
+    ):
         first = asyncio.ensure_future(
             alice.request("start_charging_request", {"chargePointId": CP, "connectorId": 1})
         )
@@ -469,8 +498,10 @@ async def stalled_watcher(server: RunningServer) -> ClientConnection:
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (url.hostname, url.port))
     ws = await websockets.connect(server.app_url, sock=sock, max_queue=1)
-    for kind, data in (("auth_request", {"token": server.token("root", role="admin")}),
-                       ("subscribe", {"chargePointIds": "*"})):
+    for kind, data in (
+        ("auth_request", {"token": server.token("root", role="admin")}),
+        ("subscribe", {"chargePointIds": "*"}),
+    ):
         await ws.send(orjson.dumps({"id": kind, "type": kind, "data": data}).decode())
         reply = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
         assert reply["data"]["success"] is True, reply
@@ -483,12 +514,14 @@ BATCH = 200  # samples per MeterValues: fewer than QUEUE, so a drop means the qu
 
 def stall_settings(tmp_path: Path) -> Settings:
     """No rate limit in the way of the bystander's heartbeats."""
-    return make_settings(tmp_path, send_queue_size=QUEUE, rate_limit_per_second=10_000,
-                         rate_limit_burst=10_000)
+    return make_settings(
+        tmp_path, send_queue_size=QUEUE, rate_limit_per_second=10_000, rate_limit_burst=10_000
+    )
 
 
-async def flood_until_dropped(server: RunningServer, cp: LibraryChargePoint, tx: int,
-                              bystander: AppClient) -> None:
+async def flood_until_dropped(
+    server: RunningServer, cp: LibraryChargePoint, tx: int, bystander: AppClient
+) -> None:
     """MeterValues of BATCH samples until the server drops meter frames for someone (whose
     queue, as BATCH < QUEUE, was no longer draining); between two of them the bystander's
     requests are answered."""
@@ -498,19 +531,26 @@ async def flood_until_dropped(server: RunningServer, cp: LibraryChargePoint, tx:
             if app_server.dropped_frames > 0:
                 return
             stamp = now_text()
-            await cp.call(call.MeterValues(
-                connector_id=1, transaction_id=tx,
-                meter_value=[{"timestamp": stamp, "sampled_value": [{"value": str(1000 + i)}]}
-                             for i in range(BATCH)],
-            ), suppress=False)
+            await cp.call(
+                call.MeterValues(
+                    connector_id=1,
+                    transaction_id=tx,
+                    meter_value=[
+                        {"timestamp": stamp, "sampled_value": [{"value": str(1000 + i)}]}
+                        for i in range(BATCH)
+                    ],
+                ),
+                suppress=False,
+            )
             beat = await bystander.request("heartbeat", timeout=5)
             assert beat["type"] == "heartbeat"
     pytest.fail("the server never dropped a frame for the stalled client")
 
 
 @contextlib.asynccontextmanager
-async def stalled_scene(server: RunningServer) -> AsyncIterator[tuple[
-        LibraryChargePoint, AppClient, ClientConnection]]:
+async def stalled_scene(
+    server: RunningServer,
+) -> AsyncIterator[tuple[LibraryChargePoint, AppClient, ClientConnection]]:
     """Alice's transaction running (alice offline), bob online, and a stalled admin watcher
     whose send queue is backed up with meter updates: (cp, bob, stalled connection)."""
     async with connected_charge_point(server.ocpp_url, CP) as cp:
@@ -529,9 +569,10 @@ async def test_a_client_that_stops_reading_loses_meter_updates_and_blocks_nobody
     tmp_path: Path,
 ) -> None:
     """A stalled reader loses meter updates (a seq gap), others are served, it lives on."""
-    async with running_server(stall_settings(tmp_path)) as server, stalled_scene(
-        server
-    ) as (_, bob, stuck):
+    async with (
+        running_server(stall_settings(tmp_path)) as server,
+        stalled_scene(server) as (_, bob, stuck),
+    ):
         assert (await bob.request("get_state", timeout=5))["type"] == "state"
         last = server.app.hub.current_seq("root")
         seqs: list[int] = []
@@ -549,9 +590,10 @@ async def test_a_stalled_client_is_closed_when_undroppable_updates_overflow(
     tmp_path: Path,
 ) -> None:
     """Once a stalled client's queue holds only status/transaction updates it is closed 1013."""
-    async with running_server(stall_settings(tmp_path)) as server, stalled_scene(
-        server
-    ) as (cp, bob, stuck):
+    async with (
+        running_server(stall_settings(tmp_path)) as server,
+        stalled_scene(server) as (cp, bob, stuck),
+    ):
         for i in range(QUEUE + 1):  # status updates may not be dropped: the queue overflows
             await cp.status(2, "Unavailable" if i % 2 else "Available")
         assert (await bob.request("get_state", timeout=5))["type"] == "state"
@@ -569,8 +611,13 @@ async def test_shutdown_is_not_held_up_by_a_client_that_stopped_reading(tmp_path
     """With a stalled client on the line the server still stops in bounded time."""
     application = Application(stall_settings(tmp_path))
     ports = await application.start()
-    server = RunningServer(application, application.settings, f"ws://127.0.0.1:{ports.app}/ws",
-                           f"ws://127.0.0.1:{ports.ocpp}/ocpp", f"http://127.0.0.1:{ports.app}")
+    server = RunningServer(
+        application,
+        application.settings,
+        f"ws://127.0.0.1:{ports.app}/ws",
+        f"ws://127.0.0.1:{ports.ocpp}/ocpp",
+        f"http://127.0.0.1:{ports.app}",
+    )
     stopped = False
     try:
         async with stalled_scene(server) as (_, _, stuck):
@@ -620,7 +667,10 @@ async def test_stats_require_an_admin_token_or_the_stats_key(tmp_path: Path) -> 
                 assert set(answer["data"]) >= {"websocket", "ocpp", "uptime"}
             else:
                 assert answer["error"]["code"] in {
-                    "NOT_AUTHENTICATED", "AUTHENTICATION_FAILED", "FORBIDDEN"}
+                    "NOT_AUTHENTICATED",
+                    "AUTHENTICATION_FAILED",
+                    "FORBIDDEN",
+                }
 
 
 async def test_health_is_public_and_reveals_nothing_sensitive(scene: Scene) -> None:
@@ -631,7 +681,11 @@ async def test_health_is_public_and_reveals_nothing_sensitive(scene: Scene) -> N
     health = orjson.loads(body)
     assert set(health) == {"status", "timestamp", "version", "uptime", "websocket"}
     assert set(health["websocket"]) == {
-        "totalConnections", "authenticatedConnections", "totalUsers", "gatewayConnections"}
+        "totalConnections",
+        "authenticatedConnections",
+        "totalUsers",
+        "gatewayConnections",
+    }
     for secret in (SECRET, "alice", "bob", "root", ALICE_TAG, CP, "eyJ"):
         assert secret.encode() not in body
     status, _, _ = await http_get(scene.server, "/not-here")
@@ -660,17 +714,20 @@ async def test_tokens_and_secrets_never_reach_the_logs(tmp_path: Path) -> None:
     """A whole flow at DEBUG, with failures and a careless log line: no token or secret in LOG_FILE."""
     key = "stats-key-0123456789-abcdefghij"
     log_file = tmp_path / "logs" / "app.log"
-    settings = make_settings(tmp_path, stats_api_key=key, log_file=log_file, log_level="DEBUG",
-                             debug_websocket=True)
+    settings = make_settings(
+        tmp_path, stats_api_key=key, log_file=log_file, log_level="DEBUG", debug_websocket=True
+    )
     logs.configure(settings.log_level, settings.log_file, [settings.jwt_secret, key])
     tokens: list[str] = []
     async with running_server(settings) as server:
         alice_token = server.token("alice", id_tag=ALICE_TAG)
         admin_token = server.token("root", role="admin")
         tokens += [alice_token, admin_token, *(token for token, _ in forgeries().values())]
-        async with connected_charge_point(server.ocpp_url, CP) as cp, app_client(
-            server, alice_token
-        ) as alice, app_client(server) as mallory:
+        async with (
+            connected_charge_point(server.ocpp_url, CP) as cp,
+            app_client(server, alice_token) as alice,
+            app_client(server) as mallory,
+        ):
             for token, _ in forgeries().values():
                 await mallory.request("auth_request", {"token": token})
             await mallory.request(alice_token, {"token": alice_token})  # token as the type
@@ -679,12 +736,20 @@ async def test_tokens_and_secrets_never_reach_the_logs(tmp_path: Path) -> None:
             tx = await start_for(alice, cp, 1)
             await alice.request("stop_charging_request", {"transactionId": tx})
             await cp.stop_tx(tx, 5000)
-            for credential in (f"Bearer {admin_token}", f"Bearer {key}", f"Bearer {key}x",
-                               f"Bearer {alice_token}", f"Basic {key}"):
+            for credential in (
+                f"Bearer {admin_token}",
+                f"Bearer {key}",
+                f"Bearer {key}x",
+                f"Bearer {alice_token}",
+                f"Basic {key}",
+            ):
                 await http_get(server, "/api/stats", {"Authorization": credential})
             logging.getLogger("charging_api.careless").warning(
                 "careless line with token=%s secret=%s key=%s header=Bearer %s",
-                alice_token, SECRET, key, admin_token,
+                alice_token,
+                SECRET,
+                key,
+                admin_token,
             )
     for handler in logging.getLogger().handlers:
         handler.flush()
@@ -700,26 +765,40 @@ async def test_tokens_and_secrets_never_reach_the_logs(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- property: bad frames
 
-JSON_SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
-)
+JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40)
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 IDS = st.one_of(
-    st.text(max_size=8), st.text(min_size=120, max_size=400), st.integers(),
-    st.integers(min_value=2**63, max_value=2**80), st.floats(), st.booleans(), JSON_VALUES,
+    st.text(max_size=8),
+    st.text(min_size=120, max_size=400),
+    st.integers(),
+    st.integers(min_value=2**63, max_value=2**80),
+    st.floats(),
+    st.booleans(),
+    JSON_VALUES,
 )
 FIELD_VALUES = st.one_of(
-    JSON_VALUES, st.text(max_size=300), st.integers(), st.sampled_from([CP, 1, 0, -1, "*"]),
-    st.integers(min_value=2**31 - 2, max_value=2**64 - 1), st.integers(max_value=-(2**31)),
+    JSON_VALUES,
+    st.text(max_size=300),
+    st.integers(),
+    st.sampled_from([CP, 1, 0, -1, "*"]),
+    st.integers(min_value=2**31 - 2, max_value=2**64 - 1),
+    st.integers(max_value=-(2**31)),
     st.lists(st.text(max_size=140), max_size=50),
 )
 HOSTILE_FRAMES = [
-    "", "null", "true", "1", "[]", "{}", '"heartbeat"',
+    "",
+    "null",
+    "true",
+    "1",
+    "[]",
+    "{}",
+    '"heartbeat"',
     '{"id":"\\ud800","type":"heartbeat"}',
     '{"id":1,"type":"heartbeat","id":2}',
     '{"id":1e999,"type":"heartbeat"}',
@@ -743,13 +822,19 @@ def envelope_for(kind: Any) -> st.SearchStrategy[dict[str, Any]]:
         data = st.fixed_dictionaries({}, optional=fields) | JSON_VALUES
     return st.fixed_dictionaries(
         {"type": st.just(kind)},
-        optional={"id": IDS, "data": data, "timestamp": JSON_VALUES, "error": JSON_VALUES,
-                  "seq": JSON_VALUES},
+        optional={
+            "id": IDS,
+            "data": data,
+            "timestamp": JSON_VALUES,
+            "error": JSON_VALUES,
+            "seq": JSON_VALUES,
+        },
     )
 
 
-ENVELOPES = st.one_of(st.sampled_from(sorted(REQUESTS)), st.text(max_size=80), JSON_VALUES
-                      ).flatmap(envelope_for)
+ENVELOPES = st.one_of(st.sampled_from(sorted(REQUESTS)), st.text(max_size=80), JSON_VALUES).flatmap(
+    envelope_for
+)
 
 
 def as_text(value: Any, ascii_only: bool) -> str:
@@ -785,8 +870,11 @@ class FuzzTarget:
             server = self.scene.server
             self.ws = await websockets.connect(server.app_url)
             token = server.token("mallory", id_tag="TAG-MALLORY")
-            await self.ws.send(orjson.dumps(
-                {"id": "login", "type": "auth_request", "data": {"token": token}}).decode())
+            await self.ws.send(
+                orjson.dumps(
+                    {"id": "login", "type": "auth_request", "data": {"token": token}}
+                ).decode()
+            )
             assert orjson.loads(await self.ws.recv())["data"]["success"] is True
         return self.ws
 
@@ -853,8 +941,12 @@ async def answered_or_documented_close(target: FuzzTarget, frame: str | bytes) -
             assert reply["data"]["success"] is False
 
 
-@settings(max_examples=100, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(frames=st.lists(FRAMES, min_size=1, max_size=3))
 async def test_every_malformed_frame_gets_its_reply_or_an_error(
     fuzz_target: FuzzTarget, frames: list[str | bytes]
@@ -896,11 +988,18 @@ async def forged_logins(scene: Scene) -> None:
 
 async def cross_user_stop(scene: Scene) -> None:
     for data in ({"transactionId": scene.tx}, {"transactionId": scene.tx, "chargePointId": CP}):
-        failure(await scene.bob.request("stop_charging_request", data),
-                "stop_charging_response", "TRANSACTION_NOT_FOUND")
-    failure(await scene.bob.request("stop_charging_request",
-                                    {"transactionId": scene.tx, "userId": "alice"}),
-            "stop_charging_response", "FORBIDDEN")
+        failure(
+            await scene.bob.request("stop_charging_request", data),
+            "stop_charging_response",
+            "TRANSACTION_NOT_FOUND",
+        )
+    failure(
+        await scene.bob.request(
+            "stop_charging_request", {"transactionId": scene.tx, "userId": "alice"}
+        ),
+        "stop_charging_response",
+        "FORBIDDEN",
+    )
 
 
 async def cross_user_meter_snooping(scene: Scene) -> None:
@@ -908,8 +1007,11 @@ async def cross_user_meter_snooping(scene: Scene) -> None:
     await scene.alice.push("meter_values_update")
     await nothing_more(scene.bob)
     error(await scene.bob.request("get_meter_values", {"transactionId": scene.tx}), "FORBIDDEN")
-    failure(await scene.bob.request("subscribe", {"chargePointIds": [CP]}),
-            "subscribe_response", "FORBIDDEN")
+    failure(
+        await scene.bob.request("subscribe", {"chargePointIds": [CP]}),
+        "subscribe_response",
+        "FORBIDDEN",
+    )
     await scene.cp.meter(1, scene.tx, [{"value": "1600"}])
     await scene.alice.push("meter_values_update")
     await nothing_more(scene.bob)
@@ -917,15 +1019,23 @@ async def cross_user_meter_snooping(scene: Scene) -> None:
 
 async def foreign_id_tag(scene: Scene) -> None:
     for tag in (ALICE_CARD, ALICE_TAG):
-        failure(await scene.bob.request(
-            "start_charging_request", {"chargePointId": CP, "connectorId": 2, "idTag": tag}),
-            "start_charging_response", "FORBIDDEN")
+        failure(
+            await scene.bob.request(
+                "start_charging_request", {"chargePointId": CP, "connectorId": 2, "idTag": tag}
+            ),
+            "start_charging_response",
+            "FORBIDDEN",
+        )
 
 
 async def start_on_alices_connector(scene: Scene) -> None:
-    failure(await scene.bob.request(
-        "start_charging_request", {"chargePointId": CP, "connectorId": 1, "idTag": BOB_TAG}),
-        "start_charging_response", "CONNECTOR_BUSY")
+    failure(
+        await scene.bob.request(
+            "start_charging_request", {"chargePointId": CP, "connectorId": 1, "idTag": BOB_TAG}
+        ),
+        "start_charging_response",
+        "CONNECTOR_BUSY",
+    )
 
 
 async def origin_spoof(scene: Scene) -> None:
@@ -959,8 +1069,9 @@ async def flood(scene: Scene) -> None:
             *(bob.request("heartbeat", message_id=f"f-{i}") for i in range(300))
         )
         assert [r["id"] for r in replies] == [f"f-{i}" for i in range(300)]
-        limited = sum(1 for r in replies if r["type"] == "error"
-                      and r["error"]["code"] == "RATE_LIMITED")
+        limited = sum(
+            1 for r in replies if r["type"] == "error" and r["error"]["code"] == "RATE_LIMITED"
+        )
         assert limited >= 200
         assert bob.ws.state is State.OPEN
 
@@ -1007,9 +1118,10 @@ ATTACKS: dict[str, Attack] = {
 @pytest.mark.parametrize("name", list(ATTACKS))
 async def test_hand_picked_attack_fails_and_harms_nobody(tmp_path: Path, name: str) -> None:
     """Each attack gets its documented answer and leaves health, alice and the DB intact."""
-    async with running_server(make_settings(tmp_path, ws_open_timeout=1)) as server, scene_on(
-        server
-    ) as scene:
+    async with (
+        running_server(make_settings(tmp_path, ws_open_timeout=1)) as server,
+        scene_on(server) as scene,
+    ):
         await ATTACKS[name](scene)
         await scene.assert_unharmed()
         assert (await scene.bob.request("get_state"))["type"] == "state"

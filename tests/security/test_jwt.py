@@ -88,14 +88,19 @@ def private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
 
 
 def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, **extra: Any) -> dict[str, Any]:
-    algorithm: Any = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) \
+    algorithm: Any = (
+        jwt.algorithms.RSAAlgorithm
+        if isinstance(key, rsa.RSAPrivateKey)
         else jwt.algorithms.ECAlgorithm
+    )
     jwk: dict[str, Any] = json.loads(algorithm.to_jwk(key.public_key()))
     jwk.update(extra)
     return jwk
@@ -111,22 +116,29 @@ def forgeries(secret: str = SECRET) -> dict[str, tuple[str, str]]:
     return {
         "alg none": (unsigned({"alg": "none", "typ": "JWT"}, good), AUTH_FAILED),
         "alg none with the real signature": (
-            unsigned({"alg": "none", "typ": "JWT"}, good, signature), AUTH_FAILED,
+            unsigned({"alg": "none", "typ": "JWT"}, good, signature),
+            AUTH_FAILED,
         ),
         "wrong secret": (
             jwt.encode(good, "another-secret-0123456789-abcdefghijklm", algorithm="HS256"),
             AUTH_FAILED,
         ),
         "payload swapped for an admin role": (
-            f"{header}.{segment(good_claims(role='admin'))}.{signature}", AUTH_FAILED,
+            f"{header}.{segment(good_claims(role='admin'))}.{signature}",
+            AUTH_FAILED,
         ),
         "signature stripped": (f"{header}.{segment(good)}.", AUTH_FAILED),
         "another HMAC algorithm (HS512)": (
-            hmac_signed(secret.encode(), good, "HS512"), AUTH_FAILED,
+            hmac_signed(secret.encode(), good, "HS512"),
+            AUTH_FAILED,
         ),
         "attacker's RSA key embedded as jwk": (
-            jwt.encode(good, private_pem(attacker), algorithm="RS256",
-                       headers={"jwk": public_jwk(attacker)}),
+            jwt.encode(
+                good,
+                private_pem(attacker),
+                algorithm="RS256",
+                headers={"jwk": public_jwk(attacker)},
+            ),
             AUTH_FAILED,
         ),
         "expired": (
@@ -134,7 +146,8 @@ def forgeries(secret: str = SECRET) -> dict[str, tuple[str, str]]:
             EXPIRED,
         ),
         "not valid yet (nbf)": (
-            jwt.encode(good_claims(nbf=now + 600), secret, algorithm="HS256"), AUTH_FAILED,
+            jwt.encode(good_claims(nbf=now + 600), secret, algorithm="HS256"),
+            AUTH_FAILED,
         ),
         "issued in the future (iat)": (
             jwt.encode(good_claims(iat=now + 600, exp=now + 4200), secret, algorithm="HS256"),
@@ -145,16 +158,19 @@ def forgeries(secret: str = SECRET) -> dict[str, tuple[str, str]]:
             AUTH_FAILED,
         ),
         "empty user claim": (
-            jwt.encode(good_claims(user=""), secret, algorithm="HS256"), AUTH_FAILED,
+            jwt.encode(good_claims(user=""), secret, algorithm="HS256"),
+            AUTH_FAILED,
         ),
         "no exp": (jwt.encode({"sub": "alice", "iat": now}, secret, "HS256"), AUTH_FAILED),
         "not a JWT": ("not.a.jwt", AUTH_FAILED),
         # exp edge cases (issue 10 item 9): once INTERNAL_ERROR, or accepted and then ignored.
         "exp after year 9999": (
-            jwt.encode(good_claims(exp=now + 300_000_000_000), secret, "HS256"), AUTH_FAILED,
+            jwt.encode(good_claims(exp=now + 300_000_000_000), secret, "HS256"),
+            AUTH_FAILED,
         ),
         "exp as a numeric string": (
-            jwt.encode(good_claims(exp=str(now + 3600)), secret, "HS256"), AUTH_FAILED,
+            jwt.encode(good_claims(exp=str(now + 3600)), secret, "HS256"),
+            AUTH_FAILED,
         ),
         "exp Infinity": (hmac_signed(secret.encode(), good_claims(exp=float("inf"))), AUTH_FAILED),
     }
@@ -371,9 +387,7 @@ def test_bad_key_configuration_fails_at_start_up(
     }
     jwks = {
         "rsa-only": json.dumps({"keys": [public_jwk(rsa_key(), kid="r")]}),
-        "private": json.dumps(
-            {"keys": [json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key()))]}
-        ),
+        "private": json.dumps({"keys": [json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key()))]}),
     }
     kwargs: dict[str, Any] = {}
     if "public_key" in material:
@@ -402,8 +416,10 @@ def test_config_accepts_an_asymmetric_algorithm_with_a_key_file(tmp_path: Path) 
     [
         ({"jwt_algorithm": "none"}, "JWT_ALGORITHM"),
         ({"jwt_algorithm": "RS256"}, "needs exactly one of JWT_PUBLIC_KEY_FILE"),
-        ({"jwt_algorithm": "ES256", "jwt_public_key_file": "key", "jwt_jwks_file": "key"},
-         "needs exactly one"),
+        (
+            {"jwt_algorithm": "ES256", "jwt_public_key_file": "key", "jwt_jwks_file": "key"},
+            "needs exactly one",
+        ),
         ({"jwt_algorithm": "HS256", "jwt_public_key_file": "key"}, "asymmetric"),
     ],
 )
@@ -547,9 +563,11 @@ async def test_a_refresh_cannot_change_the_user_or_break_the_session(
 async def test_connection_timeout_closes_only_the_idle_connection(tmp_path: Path) -> None:
     """CONNECTION_TIMEOUT (ms): a client that sends nothing is closed (1000), a talking one lives."""
     settings = make_settings(tmp_path, connection_timeout=2000)
-    async with running_server(settings) as server, app_client(
-        server, server.token("alice")
-    ) as idle, app_client(server, server.token("bob")) as talking:
+    async with (
+        running_server(settings) as server,
+        app_client(server, server.token("alice")) as idle,
+        app_client(server, server.token("bob")) as talking,
+    ):
         idle_closed = asyncio.ensure_future(closed(idle))
         async with asyncio.timeout(15):
             while not idle_closed.done():

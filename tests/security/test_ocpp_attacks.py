@@ -68,9 +68,7 @@ async def health(server: RunningServer) -> dict[str, Any]:
     assert parts.hostname is not None and parts.port is not None
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     try:
-        writer.write(
-            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), 10)
     finally:
@@ -154,8 +152,15 @@ async def test_profile1_right_password_connects(server: RunningServer) -> None:
         {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
         {"Authorization": "Bearer s3cret-pw"},
     ],
-    ids=["missing", "wrong-password", "empty-password", "other-user", "bad-base64",
-         "no-colon", "bearer"],
+    ids=[
+        "missing",
+        "wrong-password",
+        "empty-password",
+        "other-user",
+        "bad-base64",
+        "no-colon",
+        "bearer",
+    ],
 )
 async def test_profile1_wrong_or_missing_credentials_get_401(
     server: RunningServer, headers: dict[str, str]
@@ -224,7 +229,9 @@ async def test_profile2_port_speaks_only_tls(
     stranger = make_self_signed(tmp_path / "other")
     with pytest.raises(ssl.SSLCertVerificationError):
         async with websockets.connect(
-            f"{wss_url}/CP-P2", ssl=stranger.client_context(), open_timeout=5,
+            f"{wss_url}/CP-P2",
+            ssl=stranger.client_context(),
+            open_timeout=5,
             additional_headers=basic("CP-P2", "tls-pw"),
         ):
             pass
@@ -355,45 +362,79 @@ STATUS_OK = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
 
 MALFORMED: list[tuple[str, str | bytes, list[Any] | None]] = [
     ("not-json", "{not json", [4, "-1", "FormationViolation", "Message is not valid JSON", {}]),
-    ("binary-garbage", b"\x00\xff\xfe", [4, "-1", "FormationViolation",
-                                         "Message is not valid JSON", {}]),
-    ("object", '{"a":1}', [4, "-1", "FormationViolation",
-                           "Message must be a non-empty JSON array", {}]),
-    ("empty-array", "[]", [4, "-1", "FormationViolation",
-                           "Message must be a non-empty JSON array", {}]),
-    ("short-call", '[2,"m1","Heartbeat"]', [4, "m1", "FormationViolation",
-                                            "CALL must be [2, id, action, payload]", {}]),
-    ("numeric-id", '[2,17,"Heartbeat",{}]', [4, "-1", "FormationViolation",
-                                             "Message id must be a string of 1 to 36 characters",
-                                             {}]),
-    ("unknown-type", '[7,"m2","Heartbeat",{}]', [4, "m2", "FormationViolation",
-                                                 "Unknown message type id 7", {}]),
-    ("payload-array", '[2,"m3","Heartbeat",[]]', [4, "m3", "FormationViolation",
-                                                  "CALL payload must be an object", {}]),
-    ("unknown-action", '[2,"m4","Teleport",{}]', [4, "m4", "NotImplemented",
-                                                  "Unknown action Teleport", {}]),
-    ("cs-action", '[2,"m5","Reset",{"type":"Hard"}]', [4, "m5", "NotSupported",
-                                                       "Reset is not supported by a central system",
-                                                       {}]),
+    (
+        "binary-garbage",
+        b"\x00\xff\xfe",
+        [4, "-1", "FormationViolation", "Message is not valid JSON", {}],
+    ),
+    (
+        "object",
+        '{"a":1}',
+        [4, "-1", "FormationViolation", "Message must be a non-empty JSON array", {}],
+    ),
+    (
+        "empty-array",
+        "[]",
+        [4, "-1", "FormationViolation", "Message must be a non-empty JSON array", {}],
+    ),
+    (
+        "short-call",
+        '[2,"m1","Heartbeat"]',
+        [4, "m1", "FormationViolation", "CALL must be [2, id, action, payload]", {}],
+    ),
+    (
+        "numeric-id",
+        '[2,17,"Heartbeat",{}]',
+        [4, "-1", "FormationViolation", "Message id must be a string of 1 to 36 characters", {}],
+    ),
+    (
+        "unknown-type",
+        '[7,"m2","Heartbeat",{}]',
+        [4, "m2", "FormationViolation", "Unknown message type id 7", {}],
+    ),
+    (
+        "payload-array",
+        '[2,"m3","Heartbeat",[]]',
+        [4, "m3", "FormationViolation", "CALL payload must be an object", {}],
+    ),
+    (
+        "unknown-action",
+        '[2,"m4","Teleport",{}]',
+        [4, "m4", "NotImplemented", "Unknown action Teleport", {}],
+    ),
+    (
+        "cs-action",
+        '[2,"m5","Reset",{"type":"Hard"}]',
+        [4, "m5", "NotSupported", "Reset is not supported by a central system", {}],
+    ),
     ("missing-field", '[2,"m6","Authorize",{}]', [4, "m6", "ProtocolError"]),
     ("wrong-type", '[2,"m7","Authorize",{"idTag":5}]', [4, "m7", "TypeConstraintViolation"]),
-    ("bad-enum", orjson.dumps([2, "m8", "StatusNotification", {**STATUS_OK, "status": "Nope"}]),
-     [4, "m8", "PropertyConstraintViolation"]),
-    ("huge-connector", orjson.dumps([2, "m9", "StatusNotification",
-                                     {**STATUS_OK, "connectorId": 2**63}]),
-     [4, "m9", "PropertyConstraintViolation"]),
-    ("no-items", '[2,"m10","MeterValues",{"connectorId":1,"meterValue":[]}]',
-     [4, "m10", "OccurenceConstraintViolation"]),
+    (
+        "bad-enum",
+        orjson.dumps([2, "m8", "StatusNotification", {**STATUS_OK, "status": "Nope"}]),
+        [4, "m8", "PropertyConstraintViolation"],
+    ),
+    (
+        "huge-connector",
+        orjson.dumps([2, "m9", "StatusNotification", {**STATUS_OK, "connectorId": 2**63}]),
+        [4, "m9", "PropertyConstraintViolation"],
+    ),
+    (
+        "no-items",
+        '[2,"m10","MeterValues",{"connectorId":1,"meterValue":[]}]',
+        [4, "m10", "OccurenceConstraintViolation"],
+    ),
     ("extra-field", '[2,"m11","Heartbeat",{"extra":true}]', [4, "m11", "FormationViolation"]),
     ("result-for-nothing", '[3,"nobody",{"status":"Accepted"}]', None),
     ("error-for-nothing", '[4,"nobody","GenericError","",{}]', None),
-    ("bad-result", '[3,5,{}]', None),
+    ("bad-result", "[3,5,{}]", None),
     ("bad-error", '[4,"x",5]', None),
 ]
 
 
-@pytest.mark.parametrize(("frame", "expected"), [c[1:] for c in MALFORMED],
-                         ids=[c[0] for c in MALFORMED])
+@pytest.mark.parametrize(
+    ("frame", "expected"), [c[1:] for c in MALFORMED], ids=[c[0] for c in MALFORMED]
+)
 async def test_malformed_frame_gets_its_callerror_and_connection_lives(
     server: RunningServer, frame: str | bytes, expected: list[Any] | None
 ) -> None:
@@ -535,11 +576,27 @@ async def test_slow_loris_upgrade_is_dropped_after_open_timeout(server: RunningS
 
 # ----------------------------------------------------------------------------- property test
 
-FIELDS = st.sampled_from([
-    "connectorId", "idTag", "meterStart", "meterStop", "timestamp", "transactionId", "status",
-    "errorCode", "meterValue", "sampledValue", "value", "vendorId", "chargePointVendor",
-    "chargePointModel", "reason", "data", "info",
-]) | st.text(max_size=12)
+FIELDS = st.sampled_from(
+    [
+        "connectorId",
+        "idTag",
+        "meterStart",
+        "meterStop",
+        "timestamp",
+        "transactionId",
+        "status",
+        "errorCode",
+        "meterValue",
+        "sampledValue",
+        "value",
+        "vendorId",
+        "chargePointVendor",
+        "chargePointModel",
+        "reason",
+        "data",
+        "info",
+    ]
+) | st.text(max_size=12)
 LEAVES = (
     st.none()
     | st.booleans()
@@ -549,13 +606,19 @@ LEAVES = (
     | st.sampled_from(["2024-01-15T10:30:00Z", "Available", "Accepted", "NoError", "1500", ""])
 )
 JSON = st.recursive(
-    LEAVES, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(FIELDS, inner, max_size=5),
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(FIELDS, inner, max_size=5),
     max_leaves=12,
 )
 IDS = st.text(min_size=1, max_size=36)
 ACTIONS = st.sampled_from(
-    [*sorted(HANDLERS), "RemoteStartTransaction", "RemoteStopTransaction", "Reset",
-     "GetConfiguration"]
+    [
+        *sorted(HANDLERS),
+        "RemoteStartTransaction",
+        "RemoteStopTransaction",
+        "Reset",
+        "GetConfiguration",
+    ]
 ) | st.text(max_size=40)
 HUGE = st.integers(min_value=1_000, max_value=60_000).map(lambda n: "x" * n)
 
@@ -565,20 +628,33 @@ def dumps(value: Any) -> str:
     return json.dumps(value)
 
 
-TIMES = st.sampled_from([
-    "2024-01-15T10:30:00Z", "2024-01-15T10:30:00.123456+02:00", "0001-01-01T00:00:00-01:00",
-    "9999-12-31T23:59:59-23:59", "2024-02-30T10:00:00Z", "1970-01-01T00:00:00Z", "yesterday",
-])
+TIMES = st.sampled_from(
+    [
+        "2024-01-15T10:30:00Z",
+        "2024-01-15T10:30:00.123456+02:00",
+        "0001-01-01T00:00:00-01:00",
+        "9999-12-31T23:59:59-23:59",
+        "2024-02-30T10:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "yesterday",
+    ]
+)
 TEMPLATES: dict[str, dict[str, Any]] = {
     "BootNotification": {"chargePointVendor": "V", "chargePointModel": "M"},
     "Heartbeat": {},
     "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
     "Authorize": {"idTag": "FUZZ"},
-    "StartTransaction": {"connectorId": 1, "idTag": "FUZZ", "meterStart": 0,
-                         "timestamp": "2024-01-15T10:30:00Z"},
+    "StartTransaction": {
+        "connectorId": 1,
+        "idTag": "FUZZ",
+        "meterStart": 0,
+        "timestamp": "2024-01-15T10:30:00Z",
+    },
     "StopTransaction": {"transactionId": 1, "meterStop": 0, "timestamp": "2024-01-15T10:30:00Z"},
-    "MeterValues": {"connectorId": 1, "meterValue": [
-        {"timestamp": "2024-01-15T10:30:00Z", "sampledValue": [{"value": "1"}]}]},
+    "MeterValues": {
+        "connectorId": 1,
+        "meterValue": [{"timestamp": "2024-01-15T10:30:00Z", "sampledValue": [{"value": "1"}]}],
+    },
     "DataTransfer": {"vendorId": "v"},
     "DiagnosticsStatusNotification": {"status": "Idle"},
     "FirmwareStatusNotification": {"status": "Idle"},
@@ -601,18 +677,41 @@ def near_valid_calls(draw: st.DrawFn) -> str:
     elif how == "time" and "timestamp" in payload:
         payload["timestamp"] = draw(TIMES)
     elif how == "sample" and action == "MeterValues":
-        payload["meterValue"] = [{"timestamp": draw(TIMES), "sampledValue": [
-            draw(st.dictionaries(st.sampled_from(
-                ["value", "unit", "measurand", "phase", "location", "format", "context"]),
-                LEAVES, min_size=1))]}]
+        payload["meterValue"] = [
+            {
+                "timestamp": draw(TIMES),
+                "sampledValue": [
+                    draw(
+                        st.dictionaries(
+                            st.sampled_from(
+                                [
+                                    "value",
+                                    "unit",
+                                    "measurand",
+                                    "phase",
+                                    "location",
+                                    "format",
+                                    "context",
+                                ]
+                            ),
+                            LEAVES,
+                            min_size=1,
+                        )
+                    )
+                ],
+            }
+        ]
     return dumps([2, draw(IDS), action, payload])
 
 
 RANDOM_CALLS = st.tuples(st.just(2), IDS, ACTIONS, st.dictionaries(FIELDS, JSON, max_size=6))
 OTHER_FRAMES: st.SearchStrategy[str | bytes] = st.one_of(
-    st.tuples(st.just(2), IDS, st.sampled_from(["DataTransfer", "Authorize", "Teleport"]),
-              st.builds(lambda key, s: {key: s}, st.sampled_from(["vendorId", "idTag", "data"]),
-                        HUGE)).map(dumps),
+    st.tuples(
+        st.just(2),
+        IDS,
+        st.sampled_from(["DataTransfer", "Authorize", "Teleport"]),
+        st.builds(lambda key, s: {key: s}, st.sampled_from(["vendorId", "idTag", "data"]), HUGE),
+    ).map(dumps),
     st.tuples(st.sampled_from([3, 4]), IDS | JSON, JSON, JSON).map(lambda t: dumps(list(t))),
     st.lists(JSON, max_size=6).map(dumps),
     JSON.map(dumps),
@@ -638,8 +737,13 @@ def expectation(frame: str | bytes) -> tuple[str, str | None]:
     kind = value[0]
     if type(kind) is int and kind in (3, 4):
         return "silent", None
-    if (type(kind) is int and kind == 2 and len(value) == 4 and isinstance(value[1], str)
-            and 1 <= len(value[1]) <= 36):
+    if (
+        type(kind) is int
+        and kind == 2
+        and len(value) == 4
+        and isinstance(value[1], str)
+        and 1 <= len(value[1]) <= 36
+    ):
         return "call", value[1]
     return "other", None
 
@@ -654,8 +758,12 @@ def ledger() -> set[int]:
     max_examples=60,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 @given(frame=FRAMES)
 async def test_hostile_frames_never_break_the_server(
@@ -712,8 +820,14 @@ async def test_database_holds_exactly_the_attack_tables_transactions(
             for _, frame, _expected in MALFORMED:
                 await raw.send(frame)
                 await probe(raw)
-            await raw.send([2, "big", "DataTransfer",
-                            {"vendorId": "x", "data": "a" * server.settings.ocpp_max_frame_size}])
+            await raw.send(
+                [
+                    2,
+                    "big",
+                    "DataTransfer",
+                    {"vendorId": "x", "data": "a" * server.settings.ocpp_max_frame_size},
+                ]
+            )
             with pytest.raises(ConnectionClosed):
                 await raw.recv()
         await z1.stop_tx(a.transaction_id, 800, reason="Local")

@@ -30,9 +30,7 @@ OpenSqlStore = Callable[..., Awaitable[SqlStore]]
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "memory"])
-async def open_store(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[OpenStore]:
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
     """``await open_store(**kwargs)`` gives a started store; every call in one test opens
     the same database (so close + reopen can be tested). The fake ignores ``kwargs`` (they
     tune batching, which it does not do) and "reopens" as the same object."""
@@ -75,9 +73,7 @@ async def _sql_backend(backend: str, tmp_path: Path) -> AsyncIterator[OpenSqlSto
         nonlocal created
         if backend == "sqlite":
             # A missing parent directory is part of the contract: start() creates it.
-            store = SqlStore(
-                f"sqlite:///{tmp_path / 'data' / 'store.db'}", **kwargs
-            )
+            store = SqlStore(f"sqlite:///{tmp_path / 'data' / 'store.db'}", **kwargs)
         else:
             if not created:
                 try:
@@ -94,9 +90,7 @@ async def _sql_backend(backend: str, tmp_path: Path) -> AsyncIterator[OpenSqlSto
                     await conn.close()
                 created = True
             server_settings = {"server_settings": {"search_path": schema}}
-            store = SqlStore(
-                PG_URL, engine_kwargs={"connect_args": server_settings}, **kwargs
-            )
+            store = SqlStore(PG_URL, engine_kwargs={"connect_args": server_settings}, **kwargs)
         await store.start()
         opened.append(store)
         return store

@@ -49,9 +49,7 @@ def sample(tx: int | None, at: datetime, **fields: Any) -> StoredMeterSample:
     return StoredMeterSample("CP1", 1, tx, MeterSample(timestamp=at, **fields))
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 5.0
-) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
@@ -108,9 +106,7 @@ async def test_stop_twice_keeps_first_stop(open_store: OpenStore) -> None:
     """A repeated StopTransaction returns the first stop and does not overwrite it."""
     store = await open_store()
     tx = await start_tx(store)
-    stopped = await store.stop_transaction(
-        tx.id, 5000, T0 + timedelta(hours=1), "Local"
-    )
+    stopped = await store.stop_transaction(tx.id, 5000, T0 + timedelta(hours=1), "Local")
     assert stopped is not None and not stopped.active
     assert (stopped.meter_stop_wh, stopped.stopped_at, stopped.stop_reason) == (
         5000,
@@ -211,9 +207,7 @@ async def test_meter_samples_batch_flush_and_read_back(open_store: OpenStore) ->
     store.add_meter_samples([sample(tx.id, T0 + timedelta(seconds=10), power_kw=7.5)])
     await store.flush()
     got = await store.meter_samples_of(tx.id)
-    assert [s.sample.timestamp for s in got] == [
-        T0 + timedelta(seconds=s) for s in (0, 10, 20)
-    ]
+    assert [s.sample.timestamp for s in got] == [T0 + timedelta(seconds=s) for s in (0, 10, 20)]
     assert got[0] == sample(
         tx.id,
         T0,
@@ -288,12 +282,8 @@ async def test_id_tags_are_case_insensitive_and_keep_their_spelling(
 async def test_connector_status_upsert(open_store: OpenStore) -> None:
     """set_connector_status keeps one row per connector, holding the latest status."""
     store = await open_store()
-    await store.set_connector_status(
-        ConnectorState("CP1", 2, "Available", updated_at=T0)
-    )
-    await store.set_connector_status(
-        ConnectorState("CP1", 1, "Available", updated_at=T0)
-    )
+    await store.set_connector_status(ConnectorState("CP1", 2, "Available", updated_at=T0))
+    await store.set_connector_status(ConnectorState("CP1", 1, "Available", updated_at=T0))
     await store.set_connector_status(
         ConnectorState("CP1", 1, "Faulted", "GroundFailure", T0 + timedelta(1))
     )
@@ -325,9 +315,7 @@ async def test_record_boot_does_not_clobber_registration(open_store: OpenStore) 
     assert registered is not None and registered.registered_at is not None
     info = ChargePointInfo("ACME", "X1", "SN1", "1.0")
     await store.record_boot("CP1", info, T0)
-    await store.record_boot(
-        "CP1", ChargePointInfo("ACME", "X1", "SN1", "1.1"), T0 + timedelta(1)
-    )
+    await store.record_boot("CP1", ChargePointInfo("ACME", "X1", "SN1", "1.1"), T0 + timedelta(1))
     cp = await store.get_charge_point("CP1")
     assert cp is not None
     assert (cp.password_hash, cp.registered_at) == ("hash1", registered.registered_at)
@@ -344,9 +332,7 @@ async def test_record_boot_does_not_clobber_registration(open_store: OpenStore) 
     cp2 = await store.get_charge_point("CP2")
     assert cp2 is not None and (cp2.info, cp2.password_hash) == (info, "hash2")
     assert cp2.registered_at is not None
-    await store.add_charge_point(
-        "CP2", None
-    )  # re-key keeps the first registration time
+    await store.add_charge_point("CP2", None)  # re-key keeps the first registration time
     again = await store.get_charge_point("CP2")
     assert again is not None and (again.password_hash, again.registered_at) == (
         None,

@@ -47,10 +47,18 @@ def fixed_time(raw: bytes) -> bytes:
     ("kind", "data", "model", "response"),
     [
         ("auth_request", {"token": "t", "userId": "u"}, m.AuthRequest, "auth_response"),
-        ("start_charging_request", {"chargePointId": "CP", "connectorId": 1, "idTag": "T"},
-         m.StartChargingRequest, "start_charging_response"),
-        ("stop_charging_request", {"transactionId": 7}, m.StopChargingRequest,
-         "stop_charging_response"),
+        (
+            "start_charging_request",
+            {"chargePointId": "CP", "connectorId": 1, "idTag": "T"},
+            m.StartChargingRequest,
+            "start_charging_response",
+        ),
+        (
+            "stop_charging_request",
+            {"transactionId": 7},
+            m.StopChargingRequest,
+            "stop_charging_response",
+        ),
         ("heartbeat", None, m.HeartbeatRequest, "heartbeat"),
         ("resume", {"lastSeq": 0}, m.ResumeRequest, "resume_response"),
         ("get_state", {}, m.GetStateRequest, "state"),
@@ -98,9 +106,14 @@ def test_unknown_data_fields_are_ignored() -> None:
         (b'{"id": "", "type": "heartbeat"}', "Field id must be a non-empty string or a number"),
         (b'{"id": true, "type": "heartbeat"}', "Field id must be a non-empty string or a number"),
         (b'{"id": 1.5, "type": "heartbeat"}', "Field id must be a non-empty string or a number"),
-        (b'{"id": {"a": 1}, "type": "heartbeat"}', "Field id must be a non-empty string or a number"),
-        (b'{"id": "' + b"x" * 129 + b'", "type": "heartbeat"}',
-         "Field id must be a non-empty string or a number"),
+        (
+            b'{"id": {"a": 1}, "type": "heartbeat"}',
+            "Field id must be a non-empty string or a number",
+        ),
+        (
+            b'{"id": "' + b"x" * 129 + b'", "type": "heartbeat"}',
+            "Field id must be a non-empty string or a number",
+        ),
     ],
 )
 def test_frames_without_a_usable_id_are_invalid_and_answer_no_id(raw: bytes, message: str) -> None:
@@ -150,10 +163,12 @@ def test_an_unknown_type_is_echoed_at_most_64_characters() -> None:
         ("start_charging_request", {"chargePointId": "CP", "connectorId": 0}, "connectorId"),
         ("start_charging_request", {"chargePointId": "CP", "connectorId": True}, "connectorId"),
         ("start_charging_request", {"chargePointId": "", "connectorId": 1}, "chargePointId"),
-        ("start_charging_request", {"chargePointId": "C" * 129, "connectorId": 1},
-         "chargePointId"),
-        ("start_charging_request", {"chargePointId": "CP", "connectorId": 1, "idTag": "T" * 21},
-         "idTag"),
+        ("start_charging_request", {"chargePointId": "C" * 129, "connectorId": 1}, "chargePointId"),
+        (
+            "start_charging_request",
+            {"chargePointId": "CP", "connectorId": 1, "idTag": "T" * 21},
+            "idTag",
+        ),
         ("start_charging_request", {"connectorId": 1}, "chargePointId"),
         ("stop_charging_request", {"transactionId": 1.0}, "transactionId"),
         ("stop_charging_request", {"transactionId": "1"}, "transactionId"),
@@ -214,7 +229,10 @@ def test_an_error_answers_its_request_or_gets_its_own_id() -> None:
 def test_a_failure_is_the_response_type_with_success_false_and_the_error() -> None:
     """Business failures keep the ``*_response`` type, add success/message and the error."""
     raw = protocol.encode_failure(
-        "s-1", "stop_charging_response", Forbidden("Not yours", {"transactionId": 4}), NOW,
+        "s-1",
+        "stop_charging_response",
+        Forbidden("Not yours", {"transactionId": 4}),
+        NOW,
         {"transactionId": 4},
     )
     assert fixed_time(raw) == (
@@ -238,11 +256,16 @@ def test_status_updates_name_transaction_and_error_only_when_there_are_some() ->
     """transactionId and errorCode appear only when set (NoError is left out)."""
     plain = ConnectorStatusChanged("CP", 1, "Available", "NoError", WHEN, None, None)
     assert protocol.status_update(plain) == {
-        "chargePointId": "CP", "connectorId": 1, "status": "Available",
+        "chargePointId": "CP",
+        "connectorId": 1,
+        "status": "Available",
     }
     faulted = ConnectorStatusChanged("CP", 2, "Faulted", "GroundFailure", WHEN, 9, "alice")
     assert protocol.status_update(faulted) == {
-        "chargePointId": "CP", "connectorId": 2, "status": "Faulted", "transactionId": 9,
+        "chargePointId": "CP",
+        "connectorId": 2,
+        "status": "Faulted",
+        "transactionId": 9,
         "errorCode": "GroundFailure",
     }
 
@@ -263,10 +286,16 @@ def test_meter_updates_carry_the_seeds_meter_value() -> None:
     sample = MeterSample(WHEN, 15.234, 7.5, 230.1, 32.6, 75.0)
     event = MeterValuesReceived("CP", 1, 9, "alice", sample)
     assert protocol.meter_update(event) == {
-        "chargePointId": "CP", "connectorId": 1, "transactionId": 9,
+        "chargePointId": "CP",
+        "connectorId": 1,
+        "transactionId": 9,
         "meterValue": {
-            "energyImportKWh": 15.234, "powerKw": 7.5, "voltage": 230.1, "current": 32.6,
-            "timestamp": "2024-01-15T10:30:00.000Z", "stateOfCharge": 75.0,
+            "energyImportKWh": 15.234,
+            "powerKw": 7.5,
+            "voltage": 230.1,
+            "current": 32.6,
+            "timestamp": "2024-01-15T10:30:00.000Z",
+            "stateOfCharge": 75.0,
         },
     }
     phased = MeterSample(WHEN, phases={"L1": {"voltage": 230.0}})
@@ -279,15 +308,26 @@ def test_transaction_updates_for_start_and_stop() -> None:
     point's reason, the app's reason and who closed it."""
     started = TransactionStarted("CP", 1, 9, "alice", "TAG", 1500, WHEN)
     assert protocol.transaction_update(started) == {
-        "chargePointId": "CP", "connectorId": 1, "transactionId": 9,
-        "timestamp": "2024-01-15T10:30:00.000Z", "status": "Started", "meterStartWh": 1500,
+        "chargePointId": "CP",
+        "connectorId": 1,
+        "transactionId": 9,
+        "timestamp": "2024-01-15T10:30:00.000Z",
+        "status": "Started",
+        "meterStartWh": 1500,
     }
     stopped = TransactionStopped("CP", 1, 9, "alice", 8500, 7.0, "Remote", WHEN,
                                  app_reason="UserStop")  # fmt: skip
     assert protocol.transaction_update(stopped) == {
-        "chargePointId": "CP", "connectorId": 1, "transactionId": 9,
-        "timestamp": "2024-01-15T10:30:00.000Z", "status": "Stopped", "meterStopWh": 8500,
-        "energyKWh": 7.0, "reason": "Remote", "appReason": "UserStop", "closedBy": "ChargePoint",
+        "chargePointId": "CP",
+        "connectorId": 1,
+        "transactionId": 9,
+        "timestamp": "2024-01-15T10:30:00.000Z",
+        "status": "Stopped",
+        "meterStopWh": 8500,
+        "energyKWh": 7.0,
+        "reason": "Remote",
+        "appReason": "UserStop",
+        "closedBy": "ChargePoint",
     }
 
 
@@ -295,14 +335,36 @@ def test_a_transaction_on_the_wire() -> None:
     """Active and stopped transactions as get_state/get_transactions list them."""
     active = Transaction(9, "CP", 1, "TAG", "alice", 1500, WHEN)
     assert protocol.transaction_to_wire(active) == {
-        "transactionId": 9, "chargePointId": "CP", "connectorId": 1, "idTag": "TAG",
-        "userId": "alice", "status": "Active", "meterStartWh": 1500,
-        "startedAt": "2024-01-15T10:30:00.000Z", "stoppedAt": None, "meterStopWh": None,
-        "stopReason": None, "appStopReason": None, "closedBy": None,
+        "transactionId": 9,
+        "chargePointId": "CP",
+        "connectorId": 1,
+        "idTag": "TAG",
+        "userId": "alice",
+        "status": "Active",
+        "meterStartWh": 1500,
+        "startedAt": "2024-01-15T10:30:00.000Z",
+        "stoppedAt": None,
+        "meterStopWh": None,
+        "stopReason": None,
+        "appStopReason": None,
+        "closedBy": None,
     }
-    done = Transaction(9, "CP", 1, "TAG", "alice", 1500, WHEN, meter_stop_wh=8500,
-                       stopped_at=WHEN, stop_reason="Local")
+    done = Transaction(
+        9,
+        "CP",
+        1,
+        "TAG",
+        "alice",
+        1500,
+        WHEN,
+        meter_stop_wh=8500,
+        stopped_at=WHEN,
+        stop_reason="Local",
+    )
     wire = protocol.transaction_to_wire(done)
     assert (wire["status"], wire["meterStopWh"], wire["stoppedAt"], wire["stopReason"]) == (
-        "Stopped", 8500, "2024-01-15T10:30:00.000Z", "Local",
+        "Stopped",
+        8500,
+        "2024-01-15T10:30:00.000Z",
+        "Local",
     )

@@ -30,7 +30,9 @@ LIMITS = AppLimits(
 )
 
 
-def principal(user: str = "alice", *, exp: float | None = T0 + 600, admin: bool = False) -> Principal:
+def principal(
+    user: str = "alice", *, exp: float | None = T0 + 600, admin: bool = False
+) -> Principal:
     expires = datetime.fromtimestamp(exp, UTC) if exp is not None else None
     return Principal(user, Role.ADMIN if admin else Role.USER, frozenset(), expires)
 
@@ -60,7 +62,10 @@ def test_before_auth_only_auth_and_heartbeat_pass() -> None:
     assert answer(session.receive(frame("get_state"), T0))["error"]["code"] == "NOT_AUTHENTICATED"
     beat = answer(session.receive(frame("heartbeat", mid="h"), T0))
     assert beat == {
-        "id": "h", "type": "heartbeat", "timestamp": "2024-01-15T10:30:00.000Z", "data": {}
+        "id": "h",
+        "type": "heartbeat",
+        "timestamp": "2024-01-15T10:30:00.000Z",
+        "data": {},
     }
     request = session.receive(frame("auth_request", {"token": "t"}), T0)
     assert isinstance(request, protocol.Request) and request.type == "auth_request"

@@ -389,6 +389,8 @@ async def test_a_tag_refused_once_its_expiry_passes_on_the_core_clock() -> None:
         await world.service.start(ALICE, "CP1", 2)
     assert refused.value.details == {"idTag": "TAG-A", "idTagStatus": "Expired"}
     assert (await world.service.on_authorize("CP1", "tag-a")).status is IdTagStatus.EXPIRED
+
+
 # ------------------------------------------------------------------ ghost sessions (issue 10.2)
 
 

@@ -37,8 +37,9 @@ class Inbox:
         return [message for message, _ in self.frames]
 
 
-def status(cp: str = "CP-1", user: str | None = "alice", state: str = "Charging",
-           tx: int | None = 7) -> ConnectorStatusChanged:
+def status(
+    cp: str = "CP-1", user: str | None = "alice", state: str = "Charging", tx: int | None = 7
+) -> ConnectorStatusChanged:
     return ConnectorStatusChanged(cp, 1, state, "NoError", WHEN, tx, user)
 
 
@@ -60,7 +61,10 @@ def test_the_owner_gets_the_event_and_nobody_else() -> None:
     hub.on_event(status())
     assert [m["type"] for m in inbox["alice"].messages] == ["charging_status_update"]
     assert inbox["alice"].messages[0]["data"] == {
-        "chargePointId": "CP-1", "connectorId": 1, "status": "Charging", "transactionId": 7,
+        "chargePointId": "CP-1",
+        "connectorId": 1,
+        "status": "Charging",
+        "transactionId": 7,
     }
     assert inbox["bob"].frames == []
     assert inbox["admin"].frames == []

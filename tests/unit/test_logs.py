@@ -42,9 +42,7 @@ def test_a_token_inside_an_exception_is_redacted_in_the_trace(tmp_path: Path) ->
         try:
             raise ValueError(f"cause with Bearer {token}")
         except ValueError as cause:
-            raise RuntimeError(
-                f"INSERT failed [parameters: ('{token}', '{SECRET}')]"
-            ) from cause
+            raise RuntimeError(f"INSERT failed [parameters: ('{token}', '{SECRET}')]") from cause
     except RuntimeError:
         logging.getLogger("charging_api.test").exception("request failed")
     for handler in logging.getLogger().handlers:

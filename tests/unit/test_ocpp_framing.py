@@ -48,9 +48,7 @@ def test_parse_call_error_with_and_without_details() -> None:
     assert framing.parse('[4,"x-1","NotSupported","no",{"a":1}]') == CallError(
         "x-1", "NotSupported", "no", {"a": 1}
     )
-    assert framing.parse('[4,"x-2","GenericError",""]') == CallError(
-        "x-2", "GenericError", "", {}
-    )
+    assert framing.parse('[4,"x-2","GenericError",""]') == CallError("x-2", "GenericError", "", {})
 
 
 def test_thirty_six_character_id_is_accepted() -> None:
@@ -80,21 +78,34 @@ def test_not_an_array_is_formation_violation(text: str) -> None:
     """A JSON value that is not a non-empty array answers FormationViolation, id "-1"."""
     exc = parse_error(text)
     assert error_frame(exc) == [
-        4, "-1", "FormationViolation", "Message must be a non-empty JSON array", {},
+        4,
+        "-1",
+        "FormationViolation",
+        "Message must be a non-empty JSON array",
+        {},
     ]
 
 
 @pytest.mark.parametrize(
     "text",
-    ['[2,5,"Heartbeat",{}]', '[2,null,"Heartbeat",{}]', '[2,"","Heartbeat",{}]', "[2]",
-     '[2,"' + "x" * 37 + '","Heartbeat",{}]'],
+    [
+        '[2,5,"Heartbeat",{}]',
+        '[2,null,"Heartbeat",{}]',
+        '[2,"","Heartbeat",{}]',
+        "[2]",
+        '[2,"' + "x" * 37 + '","Heartbeat",{}]',
+    ],
 )
 def test_unreadable_message_id_answers_minus_one(text: str) -> None:
     """A CALL whose id is not a string of 1..36 characters is answered with id "-1"."""
     exc = parse_error(text)
     assert exc.answer is True
     assert error_frame(exc) == [
-        4, "-1", "FormationViolation", "Message id must be a string of 1 to 36 characters", {},
+        4,
+        "-1",
+        "FormationViolation",
+        "Message id must be a string of 1 to 36 characters",
+        {},
     ]
 
 
@@ -132,8 +143,17 @@ def test_unknown_message_type_id_is_formation_violation(text: str, description: 
 
 @pytest.mark.parametrize(
     "text",
-    ['[3,"a"]', '[3,"a",[]]', '[3,"a",{},{}]', '[3,5,{}]', "[3]", '[4,"a"]', '[4,"a",5,""]',
-     '[4,null,"GenericError",""]', '[4,"a","GenericError","",{},1]'],
+    [
+        '[3,"a"]',
+        '[3,"a",[]]',
+        '[3,"a",{},{}]',
+        "[3,5,{}]",
+        "[3]",
+        '[4,"a"]',
+        '[4,"a",5,""]',
+        '[4,null,"GenericError",""]',
+        '[4,"a","GenericError","",{},1]',
+    ],
 )
 def test_malformed_replies_are_never_answered(text: str) -> None:
     """A malformed CALLRESULT or CALLERROR raises FrameError with answer=False."""
@@ -214,7 +234,9 @@ def test_wrong_type_is_type_constraint_violation() -> None:
 def test_too_long_string_is_type_constraint_violation() -> None:
     """A string over the schema's maxLength (idTag: 20) answers TypeConstraintViolation."""
     assert validation_error("Authorize", {"idTag": "x" * 21})[:3] == [
-        4, "m-1", "TypeConstraintViolation",
+        4,
+        "m-1",
+        "TypeConstraintViolation",
     ]
 
 

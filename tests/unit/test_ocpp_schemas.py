@@ -24,8 +24,12 @@ def valid_payload() -> dict[str, Any]:
             {
                 "timestamp": "2024-01-15T10:31:00.000Z",
                 "sampledValue": [
-                    {"value": "1200", "context": "Sample.Periodic",
-                     "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                    {
+                        "value": "1200",
+                        "context": "Sample.Periodic",
+                        "measurand": "Energy.Active.Import.Register",
+                        "unit": "Wh",
+                    },
                     {"value": "7400", "measurand": "Power.Active.Import", "unit": "W"},
                     {"value": "230.1", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
                     {"value": "55", "measurand": "SoC", "unit": "Percent", "location": "EV"},
@@ -45,8 +49,28 @@ def schema_accepts(payload: Any) -> bool:
 
 
 ODD_VALUES: list[Any] = [
-    None, True, 0, -1, 1.0, 1.5, 2**31, -(2**31) - 1, 2**31 - 1, "", "x", "Wh", "wh", "L1",
-    "Outlet", "2024-01-15T10:31:00Z", "2024-01-15 10:31:00", "yesterday", [], [{}], {}, {"a": 1},
+    None,
+    True,
+    0,
+    -1,
+    1.0,
+    1.5,
+    2**31,
+    -(2**31) - 1,
+    2**31 - 1,
+    "",
+    "x",
+    "Wh",
+    "wh",
+    "L1",
+    "Outlet",
+    "2024-01-15T10:31:00Z",
+    "2024-01-15 10:31:00",
+    "yesterday",
+    [],
+    [{}],
+    {},
+    {"a": 1},
 ]
 
 
@@ -104,12 +128,16 @@ def test_the_fast_check_never_accepts_what_the_schema_refuses() -> None:
 @pytest.mark.parametrize(
     ("change", "code"),
     [
-        (lambda p: p["meterValue"][0]["sampledValue"][0].update(unit="Joule"),
-         "PropertyConstraintViolation"),
+        (
+            lambda p: p["meterValue"][0]["sampledValue"][0].update(unit="Joule"),
+            "PropertyConstraintViolation",
+        ),
         (lambda p: p.update(connectorId=-1), "PropertyConstraintViolation"),
         (lambda p: p["meterValue"][0].pop("timestamp"), "ProtocolError"),
-        (lambda p: p["meterValue"][0]["sampledValue"][1].update(value=7400),
-         "TypeConstraintViolation"),
+        (
+            lambda p: p["meterValue"][0]["sampledValue"][1].update(value=7400),
+            "TypeConstraintViolation",
+        ),
         (lambda p: p.update(meterValue=[]), "OccurenceConstraintViolation"),
     ],
 )

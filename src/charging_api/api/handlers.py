@@ -172,9 +172,7 @@ async def resume(door: Door, conn: Connection, request: protocol.Request, now: f
     user = _principal(conn).user_id
     hub = door.hub
     trusted = (
-        data.epoch == door.epoch
-        if data.epoch is not None
-        else conn.session.covers(data.lastSeq)
+        data.epoch == door.epoch if data.epoch is not None else conn.session.covers(data.lastSeq)
     )
     frames = hub.missed_since(user, data.lastSeq) if trusted else None
     current = hub.current_seq(user)

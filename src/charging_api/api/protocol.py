@@ -122,9 +122,7 @@ def wire_time(now: float) -> str:
 
 def encode_reply(request_id: MessageId, kind: str, data: dict[str, Any], now: float) -> bytes:
     """A successful reply stamped ``now`` (epoch seconds)."""
-    return orjson.dumps(
-        {"id": request_id, "type": kind, "timestamp": wire_time(now), "data": data}
-    )
+    return orjson.dumps({"id": request_id, "type": kind, "timestamp": wire_time(now), "data": data})
 
 
 def encode_error(request_id: MessageId | None, error: ChargingApiError, now: float) -> bytes:

@@ -378,8 +378,6 @@ class AppServer:
         }
 
 
-
-
 def _plain(status: http.HTTPStatus, text: str) -> Response:
     body = text.encode()
     headers = Headers(
