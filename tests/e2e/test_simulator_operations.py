@@ -730,7 +730,7 @@ async def test_trigger_message_sends_each_of_the_six_messages() -> None:
     """TriggerMessage: Accepted, then the asked message, for each of the six; an unknown
     connector Rejected."""
     async with simulator() as h:
-        expected = {
+        expected: dict[str, dict[str, Any]] = {
             "BootNotification": {},
             "Heartbeat": {},
             "DiagnosticsStatusNotification": {"status": "Idle"},

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import websockets
+from websockets.typing import Subprotocol
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -117,7 +118,7 @@ async def connected_charge_point(
 ) -> AsyncIterator[LibraryChargePoint]:
     """Connect, start the library's read loop as an owned task, boot, and clean up after."""
     async with websockets.connect(
-        f"{ocpp_url}/{cp_id}", subprotocols=["ocpp1.6"], **connect_kwargs
+        f"{ocpp_url}/{cp_id}", subprotocols=[Subprotocol("ocpp1.6")], **connect_kwargs
     ) as ws:
         cp = LibraryChargePoint(cp_id, ws)
         reader = asyncio.create_task(cp.start())

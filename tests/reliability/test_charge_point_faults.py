@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.conftest import AppClient, RunningServer, make_settings, running_server
 from tests.peers.proxy import TcpProxy, proxy_to
@@ -208,7 +209,7 @@ class SilentChargePoint:
 
 @contextlib.asynccontextmanager
 async def silent_charge_point(ocpp_url: str, cp_id: str) -> AsyncIterator[SilentChargePoint]:
-    ws = await websockets.connect(f"{ocpp_url}/{cp_id}", subprotocols=["ocpp1.6"])
+    ws = await websockets.connect(f"{ocpp_url}/{cp_id}", subprotocols=[Subprotocol("ocpp1.6")])
     boot = [
         2,
         "boot-1",

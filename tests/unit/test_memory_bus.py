@@ -15,7 +15,7 @@ EVENT = ChargePointConnectionChanged("CP-1", True, datetime(2024, 1, 15, tzinfo=
 
 async def test_handlers_run_in_order_sync_and_async() -> None:
     """Plain functions are called, coroutine functions awaited, in subscription order."""
-    bus, seen = MemoryBus(), []
+    bus, seen = MemoryBus(), list[str]()
 
     async def later(event: DomainEvent) -> None:
         seen.append("async")
@@ -32,7 +32,7 @@ async def test_a_failing_handler_is_logged_and_the_others_still_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A subscriber that raises does not keep the event from the next one."""
-    bus, seen = MemoryBus(), []
+    bus, seen = MemoryBus(), list[DomainEvent]()
 
     def broken(event: DomainEvent) -> None:
         raise RuntimeError("boom")
@@ -47,7 +47,7 @@ async def test_a_failing_handler_is_logged_and_the_others_still_run(
 async def test_unsubscribe_removes_one_subscription() -> None:
     """The same handler subscribed twice runs twice; unsubscribing once leaves one; close ends
     all."""
-    bus, seen = MemoryBus(), []
+    bus, seen = MemoryBus(), list[DomainEvent]()
     first = bus.subscribe(seen.append)
     bus.subscribe(seen.append)
     first()
