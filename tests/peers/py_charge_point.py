@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import websockets
-from websockets.typing import Subprotocol
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
+from websockets.typing import Subprotocol
 
 
 def now_text() -> str:
