@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,6 +78,7 @@ class SqlStore:
         # not a promise to a charge point, and one commit (an fsync) per StatusNotification
         # was the command path's bottleneck.
         self._statuses: dict[tuple[str, int], ConnectorState] = {}
+        self._statuses_in_flight: dict[tuple[str, int], ConnectorState] = {}
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()  # one batch write at a time, in buffer order
         self._flusher: asyncio.Task[None] | None = None
@@ -149,21 +151,25 @@ class SqlStore:
     async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
         stored = await self._db.read(self._sql.connector_states(charge_point_id))
         found = {state.connector_id: state for state in stored}
-        for (cp_id, connector_id), state in list(self._statuses.items()):
-            if cp_id == charge_point_id:
-                found[connector_id] = state
+        for buffered in (self._statuses_in_flight, self._statuses):  # newer wins
+            for (cp_id, connector_id), state in list(buffered.items()):
+                if cp_id == charge_point_id:
+                    found[connector_id] = state
         return [found[k] for k in sorted(found)]
 
     async def _write_statuses(self) -> None:
         """One upsert batch for the buffered statuses; on failure they stay buffered
         (unless a newer status for the same connector arrived meanwhile)."""
         pending, self._statuses = self._statuses, {}
+        self._statuses_in_flight = pending  # still what readers see, until committed
         try:
             await self._db.write(self._sql.put_connector_states(list(pending.values())))
         except BaseException:
             for key, state in pending.items():
                 self._statuses.setdefault(key, state)
             raise
+        finally:
+            self._statuses_in_flight = {}
 
     # id tags
 
@@ -239,7 +245,15 @@ class SqlStore:
             self._wake.set()
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
-        return await self._db.read(self._sql.meter_samples_of(transaction_id))
+        """The stored samples and those still waiting in the buffer, in timestamp order (a
+        reader never flushes first). A batch write in progress is waited for: its samples
+        are in neither place until it commits."""
+        async with self._write_lock:  # no batch leaves the buffer until the read is done
+            waiting = [_utc(s) for s in self._buffer if s.transaction_id == transaction_id]
+            stored = await self._db.read(self._sql.meter_samples_of(transaction_id))
+        if not waiting:
+            return stored
+        return sorted([*stored, *waiting], key=_sample_time)  # stable: ties in arrival order
 
     # internals
 
@@ -282,3 +296,15 @@ class SqlStore:
                 log.exception("writing %d meter samples failed", len(self._buffer))
                 # Don't spin against a dead database.
                 await asyncio.sleep(self._flush_interval)
+
+
+def _sample_time(s: StoredMeterSample) -> datetime:
+    return s.sample.timestamp
+
+
+def _utc(s: StoredMeterSample) -> StoredMeterSample:
+    """A buffered sample as it will read back once written: its timestamp in UTC."""
+    at = s.sample.timestamp
+    if at.tzinfo is UTC:
+        return s
+    return replace(s, sample=replace(s.sample, timestamp=at.astimezone(UTC)))
