@@ -234,19 +234,19 @@ class SqliteDatabase:
             )
             self._reader = self._writer
         else:
+            # The loop's connections: write()'s and lookup()'s.
             self._writer = create_engine(
-                url, pool_size=1, max_overflow=0, connect_args=connect_args, **kwargs
+                url, pool_size=2, max_overflow=0, connect_args=connect_args, **kwargs
             )
-            # One connection per reader thread, plus lookup()'s and the checkpointer's.
+            # One connection per reader thread, plus the checkpointer's.
             self._reader = create_engine(
                 url,
-                pool_size=SQLITE_READERS + 2,
+                pool_size=SQLITE_READERS + 1,
                 max_overflow=0,
                 connect_args=connect_args,
                 **kwargs,
             )
-        # The writer's connection is used on the loop: SQLite never waits there (see above).
-        # Readers run on threads and may wait; lookup()'s connection turns it off for itself.
+        # The loop's connections never let SQLite wait (see above); reader threads may.
         event.listen(self._writer, "connect", _sqlite_connect_hook(0))
         if self._reader is not self._writer:
             reader_wait = _sqlite_connect_hook(int(self.lock_timeout * 1000))
@@ -292,8 +292,7 @@ class SqliteDatabase:
         wait for the writer. Range reads (histories, samples) still go to the reader threads.
         """
         if self._inline is None:
-            self._inline = self._reader.connect()
-            self._inline.exec_driver_sql("PRAGMA busy_timeout=0")  # never wait on the loop
+            self._inline = self._writer.connect()
         try:
             return work(self._inline)
         except Exception as exc:
