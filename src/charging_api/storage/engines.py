@@ -350,7 +350,7 @@ class SqliteDatabase:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise DatabaseLocked(
-                        f"database {self.path} is locked by another process"
+                        f"database {self.name} is locked by another process"
                         f" (waited {self.lock_timeout:g} s)"
                     )
                 await asyncio.sleep(min(pause, left))

@@ -58,11 +58,11 @@ class StorageUnavailable(Exception):
 class SqlStore:
     """``Store`` over SQLAlchemy Core.
 
-    ``engine_kwargs`` go to the engine (e.g. ``connect_args``). ``log_failures``: log when
-    writes start failing and when they succeed again (a service does; a one-shot command
-    reports its one failure itself). At most
+    ``engine_kwargs`` go to the engine (e.g. ``connect_args``). At most
     ``max_buffered_samples`` meter samples wait in memory; beyond that the oldest are
-    dropped, so a dead database cannot exhaust memory.
+    dropped, so a dead database cannot exhaust memory. ``log_failures``: log when writes
+    start failing and when they succeed again (a service does; a one-shot command reports
+    its one failure itself).
     """
 
     def __init__(
