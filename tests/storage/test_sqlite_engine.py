@@ -179,7 +179,7 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where SQLite cannot use WAL (some network file systems), writes still return once
-    synced: the syncer falls back to the database file."""
+    synced: the syncer falls back to the database file; commits may wait for readers."""
     from charging_api.storage import engines
 
     no_wal = tuple(
@@ -194,6 +194,9 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
         assert isinstance(db, SqliteDatabase)
         mode = await db.lookup(lambda c: c.exec_driver_sql("PRAGMA journal_mode").scalar())
         assert mode == "delete" and not (tmp_path / "nowal.db-wal").exists()
+        # Without WAL a COMMIT waits for readers: SQLite may wait there, even on the loop.
+        wait = await db.write(lambda c: c.exec_driver_sql("PRAGMA busy_timeout").scalar())
+        assert wait == 5000
         before = db.syncs
         await store.put_id_tag(IdTag("T1", "u1"))
         assert db.syncs > before

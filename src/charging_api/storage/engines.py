@@ -144,9 +144,14 @@ def failure_kind(exc: BaseException) -> str | None:
     return None
 
 
-def _sqlite_connect_hook(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+def _sqlite_connect_hook(busy_timeout_ms: int, lock_timeout_ms: int) -> Callable[[Any, Any], None]:
     """Sets up each new connection: our pragmas, and how long SQLite itself may block the
-    connection's thread waiting for a lock (0 for connections used on the event loop)."""
+    connection's thread waiting for a lock (0 for connections used on the event loop).
+
+    Where the database could not switch to WAL (some network file systems), readers and the
+    writer block each other and a COMMIT must wait for readers to finish: there every
+    connection lets SQLite wait, up to ``lock_timeout_ms``, as before WAL.
+    """
 
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own implicit BEGIN/COMMIT is off: transactions are exactly the ones we
@@ -154,8 +159,14 @@ def _sqlite_connect_hook(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         # The wait first: the pragmas themselves may meet a lock.
-        for pragma in (f"busy_timeout={busy_timeout_ms}", *_SQLITE_PRAGMAS):
-            cursor.execute(f"PRAGMA {pragma}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        wal = True
+        for pragma in _SQLITE_PRAGMAS:
+            found = cursor.execute(f"PRAGMA {pragma}").fetchone()
+            if pragma.startswith("journal_mode"):
+                wal = found is not None and str(found[0]).lower() == "wal"
+        if not wal:
+            cursor.execute(f"PRAGMA busy_timeout={lock_timeout_ms}")
         cursor.close()
 
     return on_connect
@@ -207,7 +218,9 @@ class SqliteDatabase:
     lookup that finds the database busy is handed to a reader thread instead. The trade-off:
     a write may take the lock up to 50 ms after it was freed; polling is how SQLite's own
     busy handler waits too, and here the loop keeps serving everyone else meanwhile. Reader
-    threads block only themselves, for at most ``lock_timeout``.
+    threads block only themselves, for at most ``lock_timeout``. (Without WAL, which some
+    network file systems cannot do, a COMMIT waits for readers, so there SQLite waits on
+    every connection, the loop's included, as it did before WAL.)
 
     An in-memory database has no file to sync: everything runs on the loop, on one connection.
     """
@@ -247,10 +260,10 @@ class SqliteDatabase:
                 **kwargs,
             )
         # The loop's connections never let SQLite wait (see above); reader threads may.
-        event.listen(self._writer, "connect", _sqlite_connect_hook(0))
+        wait_ms = int(self.lock_timeout * 1000)
+        event.listen(self._writer, "connect", _sqlite_connect_hook(0, wait_ms))
         if self._reader is not self._writer:
-            reader_wait = _sqlite_connect_hook(int(self.lock_timeout * 1000))
-            event.listen(self._reader, "connect", reader_wait)
+            event.listen(self._reader, "connect", _sqlite_connect_hook(wait_ms, wait_ms))
         self._lock_queue = asyncio.Lock()  # writes waiting for another process's lock
         self._read_threads = (
             None
