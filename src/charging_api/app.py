@@ -38,6 +38,7 @@ from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
 from charging_api.storage.sql import SqlStore
+from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Application:
             self._websocket_stats,
             self._system_stats,
             self.verifier.verify,
+            self.store.failure,
         )
         self.app_server.set_http_handler(self.routes)
         self.ocpp_server = OcppServer(
@@ -249,10 +251,15 @@ def _tune_garbage_collector() -> None:
 @contextlib.asynccontextmanager
 async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
     """The store for one CLI command (the server need not run)."""
-    store = SqlStore(settings.database_url)
+    store = SqlStore(settings.database_url, log_failures=False)
     await store.start()
     try:
         yield store
+    except Exception as exc:
+        unavailable = store.unavailable(exc)  # one line for the CLI, not a traceback
+        if unavailable is None:
+            raise
+        raise unavailable from exc
     finally:
         await store.close()
 

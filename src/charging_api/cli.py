@@ -169,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     secrets = [settings.jwt_secret, settings.stats_api_key or "", settings.ws_gateway_api_key or ""]
     logs.configure(settings.log_level, settings.log_file, secrets)
+    try:
+        return _run(args, settings)
+    except app.StorageUnavailable as exc:  # a database we cannot use: one line, not a trace
+        print(f"charging-api: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         if settings.ws_gateway_url:
             print(

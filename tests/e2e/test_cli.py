@@ -138,8 +138,9 @@ async def test_serve_answers_health_in_the_seed_shape_and_exits_0_on_sigterm(
         assert status == 200
         assert headers["content-type"].startswith("application/json")
         _, health = await proc.get_json("/health")
-        assert set(health) == {"status", "timestamp", "version", "uptime", "websocket"}
-        assert health["status"] == "healthy"
+        # The seed's shape, plus our storage state (see docs/reliability.md).
+        assert set(health) == {"status", "timestamp", "version", "uptime", "websocket", "storage"}
+        assert health["status"] == "healthy" and health["storage"] == "ok"
         assert isinstance(health["timestamp"], str) and health["timestamp"].endswith("Z")
         assert isinstance(health["version"], str) and health["version"]
         assert isinstance(health["uptime"], int | float) and health["uptime"] >= 0

@@ -128,7 +128,9 @@ async def test_drop_mid_transaction_then_replay_is_accepted_once(
 
             samples = (await app.request("get_meter_values", {"transactionId": tx}))["data"]
             assert [s["energyImportKWh"] for s in samples["meterValues"]] == [1.1, 1.2, 1.3, 1.4]
-        # One transaction, closed once; each sample once, in time order.
+        # One transaction, closed once; each sample once, in time order (samples are written
+        # in batches: flush the last one rather than wait for the flusher).
+        await server.app.store.flush()
         assert transactions_in_db(url) == [(tx, cp_id, 1, "driver", 1000, 1500, 1)]
         assert energy_samples_in_db(url, tx) == [1.1, 1.2, 1.3, 1.4]
 

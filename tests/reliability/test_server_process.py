@@ -58,9 +58,14 @@ async def test_sigkill_mid_session_then_restart_loses_nothing_acknowledged(
             assert (await request)["data"]["transactionId"] == tx
             for wh in (1100, 1200, 1300):
                 await cp.meter(1, tx, energy(wh))
-            # Reading the samples makes the server flush its meter buffer: these are on disk.
             stored = await app.request("get_meter_values", {"transactionId": tx})
             assert [s["energyImportKWh"] for s in stored["data"]["meterValues"]] == [1.1, 1.2, 1.3]
+            # The flusher writes them within its interval: wait until they are on disk.
+            for _ in range(500):  # bounded: 5 s
+                if energy_samples_in_db(url, tx) == [1.1, 1.2, 1.3]:
+                    break
+                await asyncio.sleep(0.01)
+            assert energy_samples_in_db(url, tx) == [1.1, 1.2, 1.3]
             await cp.meter(1, tx, energy(1400))  # acknowledged, but still in the 0.2 s buffer
             last_seq = (await drain_pushes(app))[-1]["seq"]
 

@@ -679,7 +679,8 @@ async def test_health_is_public_and_reveals_nothing_sensitive(scene: Scene) -> N
     assert status == 200
     assert headers["cache-control"] == "no-store"
     health = orjson.loads(body)
-    assert set(health) == {"status", "timestamp", "version", "uptime", "websocket"}
+    assert set(health) == {"status", "timestamp", "version", "uptime", "websocket", "storage"}
+    assert health["storage"] == "ok"  # a failure shows a kind only (no path, no message)
     assert set(health["websocket"]) == {
         "totalConnections",
         "authenticatedConnections",

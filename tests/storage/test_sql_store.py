@@ -84,7 +84,8 @@ async def test_flush_writes_what_is_buffered(open_sql_store: OpenSqlStore) -> No
 async def test_failed_batch_is_logged_kept_and_retried(
     open_sql_store: OpenSqlStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failing batch write is logged, the flusher survives, and the samples are written later."""
+    """A failing batch write is logged and reported (failure()), the flusher survives, and
+    the samples are written later, which clears the report."""
     store = await open_sql_store(meter_flush_interval=0.02, meter_batch_size=1000)
     await store._db.write(
         lambda c: c.execute(text("ALTER TABLE meter_samples RENAME TO meter_samples_away"))
@@ -96,6 +97,7 @@ async def test_failed_batch_is_logged_kept_and_retried(
         return any("meter samples failed" in r.getMessage() for r in caplog.records)
 
     await eventually(failure_logged)
+    assert store.failure() == "error"  # what /health reports while writes fail
     await store._db.write(
         lambda c: c.execute(text("ALTER TABLE meter_samples_away RENAME TO meter_samples"))
     )
@@ -104,6 +106,11 @@ async def test_failed_batch_is_logged_kept_and_retried(
         return len(await written_times(store, 7)) == 2
 
     await eventually(written)
+
+    async def recovered() -> bool:  # (the rows are visible a moment before the write returns)
+        return store.failure() is None
+
+    await eventually(recovered)
 
 
 async def test_refused_sample_is_dropped_and_the_rest_written(
@@ -117,6 +124,7 @@ async def test_refused_sample_is_dropped_and_the_rest_written(
         await store.flush()
     assert await written_times(store, 7) == [T0, T0 + timedelta(seconds=2)]
     assert any("refuses" in r.getMessage() for r in caplog.records)
+    assert store.failure() is None  # the row was at fault, not the database
 
 
 async def test_meter_buffer_is_bounded(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 
 from charging_api.domain.models import IdTag, IdTagStatus
 from charging_api.storage import SqlStore
-from charging_api.storage.engines import SqliteDatabase
+from charging_api.storage.engines import DatabaseLocked, SqliteDatabase
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -177,7 +180,7 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Where SQLite cannot use WAL (some network file systems), writes still return once
-    synced: the syncer falls back to the database file."""
+    synced: the syncer falls back to the database file; commits may wait for readers."""
     from charging_api.storage import engines
 
     no_wal = tuple(
@@ -192,6 +195,9 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
         assert isinstance(db, SqliteDatabase)
         mode = await db.lookup(lambda c: c.exec_driver_sql("PRAGMA journal_mode").scalar())
         assert mode == "delete" and not (tmp_path / "nowal.db-wal").exists()
+        # Without WAL a COMMIT waits for readers: SQLite may wait there, even on the loop.
+        wait = await db.write(lambda c: c.exec_driver_sql("PRAGMA busy_timeout").scalar())
+        assert wait == 5000
         before = db.syncs
         await store.put_id_tag(IdTag("T1", "u1"))
         assert db.syncs > before
@@ -201,18 +207,128 @@ async def test_without_wal_the_database_file_is_what_gets_synced(
 
 
 async def test_sqlite_is_configured_for_durability(tmp_path: Path) -> None:
-    """SQLite runs in WAL mode, foreign keys on, with a busy timeout. synchronous=NORMAL: a
-    commit does not fsync, the store's WAL syncer does before the write returns (tested above)."""
+    """SQLite runs in WAL mode, foreign keys on. synchronous=NORMAL: a commit does not fsync,
+    the store's WAL syncer does before the write returns (tested above). Reader threads wait
+    for a lock up to the lock timeout; the loop's connections never let SQLite wait."""
     store = SqlStore(f"sqlite:///{tmp_path / 'new' / 'dir' / 'x.db'}")
     await store.start()
     try:
-        for run in (store._db.read, store._db.write):  # every connection, readers and writer
-            pragmas = await run(
-                lambda c: [
-                    c.exec_driver_sql(f"PRAGMA {p}").scalar()
-                    for p in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
-                ]
-            )
-            assert pragmas == ["wal", 1, 1, 5000]
+        db = store._db
+        assert isinstance(db, SqliteDatabase)
+        settings = ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
+
+        def pragmas(c: Connection) -> list[Any]:
+            return [c.exec_driver_sql(f"PRAGMA {p}").scalar() for p in settings]
+
+        assert await db.read(pragmas) == ["wal", 1, 1, 5000]  # a reader thread
+        assert await db.write(pragmas) == ["wal", 1, 1, 0]  # the loop's writer
+        assert await db.lookup(pragmas) == ["wal", 1, 1, 0]  # the loop's key lookups
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection (as a CLI command would) holding the database's write lock."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_a_held_write_lock_blocks_neither_the_loop_nor_reads_and_the_write_lands(
+    tmp_path: Path,
+) -> None:
+    """While another connection holds the write lock, a write waits without blocking the event
+    loop (other coroutines run, key lookups and range reads answer) and lands once released."""
+    path = tmp_path / "locked.db"
+    store = SqlStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        await store.put_id_tag(IdTag("OLD", "u1"))
+        with write_lock_held(path) as other:
+            write = asyncio.ensure_future(store.put_id_tag(IdTag("NEW", "u1")))
+            ticks = 0
+            while ticks < 20:  # the loop turns while the write waits
+                await asyncio.sleep(0)
+                ticks += 1
+            assert not write.done()
+            assert await store.get_id_tag("OLD") == IdTag("OLD", "u1")  # lookup, on the loop
+            assert [t.tag for t in await store.id_tags_of("u1")] == ["OLD"]  # reader thread
+            assert not write.done() and store.failure() is None
+            other.execute("ROLLBACK")
+            await asyncio.wait_for(write, 10)
+        assert await store.get_id_tag("NEW") == IdTag("NEW", "u1")
+    finally:
+        await store.close()
+
+
+async def test_a_write_gives_up_after_the_lock_timeout_and_health_follows(
+    tmp_path: Path,
+) -> None:
+    """Past the lock timeout (?timeout= in the URL) a write fails with DatabaseLocked, the store
+    reports itself failing ("locked"), and the next write after the release clears it."""
+    path = tmp_path / "locked.db"
+    store = SqlStore(f"sqlite:///{path}?timeout=0.1")
+    await store.start()
+    try:
+        with write_lock_held(path):
+            with pytest.raises(DatabaseLocked, match="locked by another process"):
+                await store.put_id_tag(IdTag("T1", "u1"))
+            assert store.failure() == "locked"
+        await store.put_id_tag(IdTag("T1", "u1"))
+        assert store.failure() is None
+        assert await store.get_id_tag("T1") == IdTag("T1", "u1")
+    finally:
+        await store.close()
+
+
+async def test_waiting_writes_keep_their_order(tmp_path: Path) -> None:
+    """Writes that queue behind another process's lock commit in the order they were made."""
+    path = tmp_path / "order.db"
+    store = SqlStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        with write_lock_held(path) as other:
+            writes = [
+                asyncio.ensure_future(store.put_id_tag(IdTag("T", f"u{i}"))) for i in range(5)
+            ]
+            for _ in range(10):
+                await asyncio.sleep(0)
+            other.execute("ROLLBACK")
+            await asyncio.wait_for(asyncio.gather(*writes), 10)
+        tag = await store.get_id_tag("T")
+        assert tag is not None and tag.user_id == "u4"  # the last one made is the last written
+    finally:
+        await store.close()
+
+
+async def test_a_batch_waiting_for_the_lock_stays_visible_to_readers(tmp_path: Path) -> None:
+    """Statuses and samples taken out of the buffer for a batch write that waits for another
+    process's lock are still what readers see; once written, each is there once."""
+    from charging_api.domain.models import ConnectorState, MeterSample, StoredMeterSample
+
+    path = tmp_path / "batch.db"
+    store = SqlStore(f"sqlite:///{path}", meter_flush_interval=60)
+    await store.start()
+    try:
+        await store.set_connector_status(ConnectorState("CP1", 1, "Preparing", updated_at=T0))
+        store.add_meter_samples([StoredMeterSample("CP1", 1, 7, MeterSample(T0, power_kw=1.0))])
+        with write_lock_held(path) as other:
+            flush = asyncio.ensure_future(store.flush())
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not flush.done()  # the batch is out of the buffer, waiting for the lock
+            assert [s.status for s in await store.connector_states("CP1")] == ["Preparing"]
+            samples = asyncio.ensure_future(store.meter_samples_of(7))
+            other.execute("ROLLBACK")
+            await asyncio.wait_for(flush, 10)
+            assert [s.sample.power_kw for s in await asyncio.wait_for(samples, 10)] == [1.0]
+        assert [s.status for s in await store.connector_states("CP1")] == ["Preparing"]
+        assert [s.sample.power_kw for s in await store.meter_samples_of(7)] == [1.0]
     finally:
         await store.close()

@@ -222,6 +222,32 @@ async def test_meter_samples_batch_flush_and_read_back(open_store: OpenStore) ->
     assert all(s.sample.timestamp.tzinfo == UTC for s in got)
 
 
+async def test_samples_read_back_before_any_flush(open_store: OpenStore) -> None:
+    """A sample is readable as soon as it is added (no flush first): merged in time order
+    with those already written, in UTC, other transactions' apart."""
+    store = await open_store(meter_flush_interval=60, meter_batch_size=1000)
+    tx = await start_tx(store)
+    store.add_meter_samples([sample(tx.id, T0 + timedelta(seconds=10), power_kw=1.0)])
+    await store.flush()
+    plus2 = timezone(timedelta(hours=2))
+    store.add_meter_samples(
+        [
+            sample(tx.id, (T0 + timedelta(seconds=20)).astimezone(plus2), power_kw=3.0),
+            sample(tx.id + 1, T0 + timedelta(seconds=5), power_kw=9.0),
+            sample(tx.id, T0, power_kw=0.5),
+        ]
+    )
+    got = await store.meter_samples_of(tx.id)
+    assert [(s.sample.timestamp, s.sample.power_kw) for s in got] == [
+        (T0, 0.5),
+        (T0 + timedelta(seconds=10), 1.0),
+        (T0 + timedelta(seconds=20), 3.0),
+    ]
+    assert all(s.sample.timestamp.tzinfo == UTC for s in got)
+    await store.flush()
+    assert await store.meter_samples_of(tx.id) == got  # the same once written
+
+
 async def test_close_without_flush_writes_buffered_samples(
     open_store: OpenStore,
 ) -> None:

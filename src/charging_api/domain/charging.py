@@ -635,7 +635,6 @@ class ChargingService:
             )
         if not (principal.is_admin or tx.user_id == principal.user_id):
             raise Forbidden("Not your transaction", {"transactionId": transaction_id})
-        await self._store.flush()
         return await self._store.meter_samples_of(transaction_id)
 
     def live_transaction_count(self) -> int:

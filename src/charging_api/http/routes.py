@@ -42,8 +42,10 @@ class HttpRoutes:
         websocket_stats: Callable[[], dict[str, int]],
         system_stats: Callable[[], dict[str, Any]],
         verify_bearer: Callable[[str], Principal],
+        storage_failure: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._config = config
+        self._storage_failure = storage_failure
         self._websocket_stats = websocket_stats
         self._system_stats = system_stats
         self._verify = verify_bearer
@@ -67,8 +69,9 @@ class HttpRoutes:
             return _failure(405, MethodNotAllowed("Use GET"), [("Allow", "GET, OPTIONS"), *cors])
         if path == "/health":
             ws = self._websocket_stats()
-            body = {
-                "status": "healthy",
+            failure = self._storage_failure()  # the kind of error while writes fail
+            body: dict[str, Any] = {
+                "status": "healthy" if failure is None else "unhealthy",
                 "timestamp": utc_now_text(),
                 "version": self._config.version,
                 "uptime": round(time.monotonic() - self._started, 3),
@@ -78,8 +81,11 @@ class HttpRoutes:
                     "totalUsers": ws["totalUsers"],
                     "gatewayConnections": ws["gatewayConnections"],
                 },
+                "storage": "ok" if failure is None else "failing",
             }
-            return _json(200, body, cors)
+            if failure is not None:
+                body["storageError"] = failure
+            return _json(200 if failure is None else 503, body, cors)
         if path == "/api/stats":
             denied = self._require_admin(headers)
             if denied is not None:

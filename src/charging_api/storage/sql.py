@@ -19,8 +19,9 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy.engine import make_url
@@ -36,12 +37,13 @@ from charging_api.domain.models import (
     StoredMeterSample,
     Transaction,
 )
-from charging_api.storage.engines import Database, open_database
+from charging_api.storage.engines import Database, Work, failure_kind, open_database
 from charging_api.storage.postgresql import PostgresStatements
 from charging_api.storage.sqlite import SqliteStatements
 from charging_api.storage.statements import SqlStatements
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _REFUSED = (DataError, IntegrityError)  # the rows are at fault, not the connection
 #: One statement set per dialect.
@@ -50,12 +52,18 @@ _STATEMENTS: dict[str, type[SqlStatements]] = {
 }
 
 
+class StorageUnavailable(Exception):
+    """The database cannot be used at start-up; the message is one line naming it."""
+
+
 class SqlStore:
     """``Store`` over SQLAlchemy Core.
 
     ``engine_kwargs`` go to the engine (e.g. ``connect_args``). At most
     ``max_buffered_samples`` meter samples wait in memory; beyond that the oldest are
-    dropped, so a dead database cannot exhaust memory.
+    dropped, so a dead database cannot exhaust memory. ``log_failures``: log when writes
+    start failing and when they succeed again (a service does; a one-shot command reports
+    its one failure itself).
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class SqlStore:
         meter_flush_interval: float = 0.2,
         max_buffered_samples: int = 100_000,
         engine_kwargs: dict[str, Any] | None = None,
+        log_failures: bool = True,
     ) -> None:
         self._url = make_url(database_url)
         self._db: Database = open_database(self._url, engine_kwargs)
@@ -78,16 +87,33 @@ class SqlStore:
         # not a promise to a charge point, and one commit (an fsync) per StatusNotification
         # was the command path's bottleneck.
         self._statuses: dict[tuple[str, int], ConnectorState] = {}
+        self._statuses_in_flight: dict[tuple[str, int], ConnectorState] = {}
         self._wake = asyncio.Event()
         self._write_lock = asyncio.Lock()  # one batch write at a time, in buffer order
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        self._failure: str | None = None
+        self._log_failures = log_failures
 
     # lifecycle
 
     async def start(self) -> None:
-        """Create the schema if needed and start the meter sample flusher."""
-        await self._db.write(self._sql.create_schema())
+        """Create the schema if needed, check that the database takes writes, and start the
+        meter sample flusher.
+
+        Raises :class:`StorageUnavailable` (one line naming the database) when it cannot be
+        used: missing and not creatable, read-only, locked past the lock timeout, unreachable.
+        """
+        try:
+            await self._db.write(self._sql.create_schema())
+            # An existing read-only file wrote nothing above: prove it takes a write.
+            await self._db.write(self._sql.probe())
+        except Exception as exc:
+            unavailable = self.unavailable(exc)
+            if unavailable is None:
+                raise
+            await self._db.dispose()
+            raise unavailable from exc
         self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="meter flusher")
 
@@ -122,6 +148,23 @@ class SqlStore:
                 self._enqueue(rest)
                 raise
 
+    def unavailable(self, exc: BaseException) -> StorageUnavailable | None:
+        """``exc`` as one line naming the database and what is wrong with it, if it is a
+        storage failure (for a command that cannot go on: start-up, a CLI command)."""
+        kind = failure_kind(exc)
+        if kind is None:
+            return None
+        return StorageUnavailable(
+            f"cannot use the database {self._db.name}: {kind.replace('_', ' ')}"
+            f" ({_first_line(exc)})"
+        )
+
+    def failure(self) -> str | None:
+        """While writes fail: the kind of the last failure (``locked``, ``read_only``,
+        ``missing``, ``disk_full``, ...; see ``engines.failure_kind``). None once a write
+        succeeds again. Rows the database refuses for their data are no storage failure."""
+        return self._failure
+
     # charge points
 
     async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None:
@@ -130,11 +173,11 @@ class SqlStore:
     async def add_charge_point(self, charge_point_id: str, password_hash: str | None) -> None:
         """Register (or re-key) a charge point; the first registration time is kept."""
         at = datetime.now(UTC)
-        await self._db.write(self._sql.register_charge_point(charge_point_id, password_hash, at))
+        await self._write(self._sql.register_charge_point(charge_point_id, password_hash, at))
 
     async def record_boot(self, charge_point_id: str, info: ChargePointInfo, at: datetime) -> None:
         """Upsert what BootNotification said; password and registration stay as they are."""
-        await self._db.write(self._sql.record_boot(charge_point_id, info, at))
+        await self._write(self._sql.record_boot(charge_point_id, info, at))
 
     async def count_charge_points(self) -> int:
         return await self._db.read(self._sql.count_charge_points())
@@ -150,21 +193,25 @@ class SqlStore:
     async def connector_states(self, charge_point_id: str) -> list[ConnectorState]:
         stored = await self._db.read(self._sql.connector_states(charge_point_id))
         found = {state.connector_id: state for state in stored}
-        for (cp_id, connector_id), state in list(self._statuses.items()):
-            if cp_id == charge_point_id:
-                found[connector_id] = state
+        for buffered in (self._statuses_in_flight, self._statuses):  # newer wins
+            for (cp_id, connector_id), state in list(buffered.items()):
+                if cp_id == charge_point_id:
+                    found[connector_id] = state
         return [found[k] for k in sorted(found)]
 
     async def _write_statuses(self) -> None:
         """One upsert batch for the buffered statuses; on failure they stay buffered
         (unless a newer status for the same connector arrived meanwhile)."""
         pending, self._statuses = self._statuses, {}
+        self._statuses_in_flight = pending  # still what readers see, until committed
         try:
-            await self._db.write(self._sql.put_connector_states(list(pending.values())))
+            await self._write(self._sql.put_connector_states(list(pending.values())))
         except BaseException:
             for key, state in pending.items():
                 self._statuses.setdefault(key, state)
             raise
+        finally:
+            self._statuses_in_flight = {}
 
     # id tags
 
@@ -172,7 +219,7 @@ class SqlStore:
         return await self._db.lookup(self._sql.get_id_tag(tag))
 
     async def put_id_tag(self, tag: IdTag) -> None:
-        await self._db.write(self._sql.put_id_tag(tag))
+        await self._write(self._sql.put_id_tag(tag))
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return await self._db.read(self._sql.id_tags_of(user_id))
@@ -191,7 +238,7 @@ class SqlStore:
     ) -> tuple[Transaction, bool]:
         """The replay check and the insert in one write transaction (one commit); the
         database's autoincrement id is the OCPP transactionId."""
-        return await self._db.write(
+        return await self._write(
             self._sql.start_transaction(
                 charge_point_id,
                 connector_id,
@@ -216,7 +263,7 @@ class SqlStore:
         app_stop_reason: str | None = None,
     ) -> Transaction | None:
         """Close it once: a repeated (replayed) stop gets the first stop back, unchanged."""
-        return await self._db.write(
+        return await self._write(
             self._sql.stop_transaction(
                 transaction_id, meter_stop_wh, stopped_at, reason, closed_by, app_stop_reason
             )
@@ -226,7 +273,7 @@ class SqlStore:
         self, transaction_id: int, meter_stop_wh: int, stopped_at: datetime, reason: str | None
     ) -> Transaction | None:
         """See ``Store.correct_stop``: one UPDATE, committed."""
-        return await self._db.write(
+        return await self._write(
             self._sql.correct_stop(transaction_id, meter_stop_wh, stopped_at, reason)
         )
 
@@ -252,9 +299,34 @@ class SqlStore:
             self._wake.set()
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
-        return await self._db.read(self._sql.meter_samples_of(transaction_id))
+        """The stored samples and those still waiting in the buffer, in timestamp order (a
+        reader never flushes first). A batch write in progress is waited for: its samples
+        are in neither place until it commits."""
+        async with self._write_lock:  # no batch leaves the buffer until the read is done
+            waiting = [_utc(s) for s in self._buffer if s.transaction_id == transaction_id]
+            stored = await self._db.read(self._sql.meter_samples_of(transaction_id))
+        if not waiting:
+            return stored
+        return sorted([*stored, *waiting], key=_sample_time)  # stable: ties in arrival order
 
     # internals
+
+    async def _write(self, work: Work[T]) -> T:
+        """Every write goes through here, so :meth:`failure` follows their outcome."""
+        try:
+            result = await self._db.write(work)
+        except Exception as exc:
+            kind = failure_kind(exc)
+            if kind is not None:
+                if self._failure is None and self._log_failures:
+                    log.error("storage failing (%s): writes to %s fail", kind, self._db.name)
+                self._failure = kind
+            raise
+        if self._failure is not None:
+            if self._log_failures:
+                log.warning("storage recovered: writes to %s succeed again", self._db.name)
+            self._failure = None
+        return result
 
     def _enqueue(self, rows: Collection[StoredMeterSample]) -> None:
         overflow = len(self._buffer) + len(rows) - self._max_buffered
@@ -269,14 +341,14 @@ class SqlStore:
         hostage forever: retry row by row and drop only the rows it refuses.
         """
         try:
-            await self._db.write(self._sql.insert_meter_samples(list(pending)))
+            await self._write(self._sql.insert_meter_samples(list(pending)))
             pending.clear()
             return
         except _REFUSED:
             log.warning("%d meter samples refused; retrying one by one", len(pending))
         while pending:
             try:
-                await self._db.write(self._sql.insert_meter_samples([pending[0]]))
+                await self._write(self._sql.insert_meter_samples([pending[0]]))
             except _REFUSED:
                 log.exception("dropping a meter sample the database refuses: %r", pending[0])
             pending.popleft()
@@ -291,7 +363,29 @@ class SqlStore:
                 return  # close() does the final flush
             try:
                 await self.flush()
+                if self._failure is not None:  # nothing else may write: find out when it's back
+                    await self._write(self._sql.probe())
             except Exception:  # keep flushing: the database may come back
-                log.exception("writing %d meter samples failed", len(self._buffer))
+                if self._buffer or self._statuses:
+                    log.exception("writing %d meter samples failed", len(self._buffer))
                 # Don't spin against a dead database.
                 await asyncio.sleep(self._flush_interval)
+
+
+def _sample_time(s: StoredMeterSample) -> datetime:
+    return s.sample.timestamp
+
+
+def _utc(s: StoredMeterSample) -> StoredMeterSample:
+    """A buffered sample as it will read back once written: its timestamp in UTC."""
+    at = s.sample.timestamp
+    if at.tzinfo is UTC:
+        return s
+    return replace(s, sample=replace(s.sample, timestamp=at.astimezone(UTC)))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own words, without SQLAlchemy's SQL and background-link lines."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0][:200] if text else type(orig).__name__

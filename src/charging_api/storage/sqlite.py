@@ -120,10 +120,9 @@ class DriverTable:
 
 
 class DriverInsert:
-    """``INSERT INTO table (names..., columns with defaults...) VALUES (?, ...)``.
-
-    :meth:`params` binds values given in the order of ``names`` and appends the defaults.
-    """
+    """``INSERT INTO table (names..., columns with defaults...) VALUES (?, ...)``: run it with
+    values for ``names``, in that order and bound (see :func:`bind_time`), followed by
+    :attr:`defaults`, the bound (scalar) defaults ``tables.py`` declares for the others."""
 
     def __init__(self, table: DriverTable, names: Sequence[str], returning: bool) -> None:
         columns = table.table.columns
@@ -135,9 +134,6 @@ class DriverInsert:
             for c in columns
             if c.name not in names and c.default is not None and c.default.is_scalar
         ]
-        self._binders = tuple(
-            (i, bind) for i, n in enumerate(names) if (bind := _binder(columns[n])) is not None
-        )
         self.defaults = tuple(_bind(c, c.default.arg) for c in defaults)  # type: ignore[union-attr]
         listed = [*names, *(c.name for c in defaults)]
         self.sql = "INSERT INTO {} ({}) VALUES ({})".format(
@@ -147,14 +143,6 @@ class DriverInsert:
         )
         if returning:
             self.sql += f" RETURNING {table.columns}"
-
-    def params(self, values: Sequence[Any]) -> tuple[Any, ...]:
-        bound = list(values)
-        for i, bind in self._binders:
-            value = bound[i]
-            if value is not None:
-                bound[i] = bind(value)
-        return (*bound, *self.defaults)
 
 
 def _bind(column: Column[Any], value: Any) -> Any:
@@ -221,10 +209,8 @@ class SqliteStatements(SqlStatements):
     ) -> Work[tuple[Transaction, bool]]:
         at = bind_time(started_at)
         same_start = (charge_point_id, connector_id, at, id_tag, meter_start_wh)
-        new = _CREATE_TRANSACTION.params(
-            (charge_point_id, connector_id, id_tag, user_id, str(id_tag_status),
-             meter_start_wh, started_at)
-        )  # fmt: skip
+        new = (charge_point_id, connector_id, id_tag, user_id, str(id_tag_status),
+               meter_start_wh, at, *_CREATE_TRANSACTION.defaults)  # fmt: skip
 
         def run(conn: Connection) -> tuple[Transaction, bool]:
             raw = driver_connection(conn)

@@ -168,6 +168,11 @@ class SqlStatements:
         """Create missing tables and record (or check) the schema version."""
         return ensure_schema
 
+    def probe(self) -> Work[None]:
+        """A write that changes nothing a reader could see: proves the database takes writes
+        (the page is written, synced, committed)."""
+        return _PROBE
+
     # charge points
 
     def get_charge_point(self, charge_point_id: str) -> Work[ChargePoint | None]:
@@ -335,6 +340,14 @@ class SqlStatements:
             return [rows.stored_meter_sample(r._mapping) for r in found]
 
         return run
+
+
+def _probe(conn: Connection) -> None:
+    conn.execute(_TOUCH_SCHEMA_VERSION)
+
+
+_PROBE: Work[None] = _probe
+_TOUCH_SCHEMA_VERSION = update(schema_version).values(version=schema_version.c.version)
 
 
 def ensure_schema(conn: Connection) -> None:
