@@ -154,6 +154,7 @@ class Application:
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
         self._timers: asyncio.Task[None] | None = None
+        self._serving = False
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
@@ -198,6 +199,7 @@ class Application:
             s.ocpp_host,
             ocpp_port,
         )
+        self._serving = True
         return BoundPorts(app_port, ocpp_port)
 
     async def stop(self) -> None:
@@ -210,7 +212,8 @@ class Application:
         self._unsubscribe()
         await self.bus.close()
         await self.store.close()
-        log.info("stopped")
+        if self._serving:  # a start-up that failed says why in one line, not "stopped"
+            log.info("stopped")
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
