@@ -137,6 +137,7 @@ class Application:
             ),
             http_handler=None,
             debug=settings.debug_websocket,
+            operator=self.operator,
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),

@@ -30,7 +30,8 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppSession
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.models import Principal
-from charging_api.errors import Forbidden, ResyncRequired
+from charging_api.domain.operations import OperatorService
+from charging_api.errors import Forbidden, InternalError, ResyncRequired
 
 Data = dict[str, Any]
 
@@ -55,6 +56,8 @@ class Door:
     hub: UpdateHub
     #: Names this server process's push numbering (``auth_response.epoch``).
     epoch: str
+    #: The operator side (``operation_request``); None where no charge point door runs.
+    operator: OperatorService | None = None
 
 
 Handler = Callable[[Door, Connection, protocol.Request, float], Awaitable[Data | None]]
@@ -224,6 +227,18 @@ async def get_meter_values(
     return protocol.meter_values_reply(data.transactionId, [s.sample for s in stored])
 
 
+async def operation(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """An admin's OCPP operation: the charge point's answer payload, or its error."""
+    data = request.data
+    assert isinstance(data, m.OperationRequest)
+    if door.operator is None:
+        raise InternalError("Operations are not available on this server")
+    response = await door.operator.execute(
+        _principal(conn), data.chargePointId, data.action, dict(data.payload), force=data.force
+    )
+    return protocol.operation_reply(data.chargePointId, data.action, response)
+
+
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).
 ROUTES: dict[str, Route] = {
     "auth_request": Route(auth),
@@ -236,6 +251,9 @@ ROUTES: dict[str, Route] = {
     "get_transactions": Route(get_transactions),
     "get_meter_values": Route(get_meter_values),
     "close_transaction_request": Route(close_transaction, failure_fields=("transactionId",)),
+    "operation_request": Route(
+        operation, concurrent=True, failure_fields=("chargePointId", "action")
+    ),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

@@ -21,6 +21,8 @@ from charging_api.api.messages import REQUESTS
 from charging_api.domain.charging import StartOutcome, StopOutcome, UserState
 from charging_api.domain.events import (
     ConnectorStatusChanged,
+    DataTransferReceived,
+    DeviceStatusChanged,
     MeterValuesReceived,
     TransactionStarted,
     TransactionStopped,
@@ -367,3 +369,31 @@ def server_shutdown(now: float) -> bytes:
     return encode_connection_push(
         "server_shutdown", {"message": "Server is shutting down; reconnect and resume"}, now
     )
+
+
+def operation_reply(charge_point_id: str, action: str, response: dict[str, Any]) -> dict[str, Any]:
+    """``operation_response`` data: the charge point's answer payload as it sent it."""
+    return {
+        "success": True,
+        "chargePointId": charge_point_id,
+        "action": action,
+        "response": response,
+    }
+
+
+def data_transfer_push(event: DataTransferReceived) -> dict[str, Any]:
+    data: dict[str, Any] = {"chargePointId": event.charge_point_id, "vendorId": event.vendor_id}
+    if event.message_id is not None:
+        data["messageId"] = event.message_id
+    if event.data is not None:
+        data["data"] = event.data
+    return data
+
+
+def device_status_push(event: DeviceStatusChanged) -> dict[str, Any]:
+    return {
+        "chargePointId": event.charge_point_id,
+        "job": event.job.value,
+        "status": event.status,
+        "timestamp": format_utc(event.timestamp),
+    }
