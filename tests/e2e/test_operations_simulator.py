@@ -330,16 +330,37 @@ async def test_tc_019_tc_021_configuration_is_stored_and_wanted_values_follow_a_
         )
         assert readonly == {"status": "Rejected"}
 
-        await server.app.operator.want_configuration(ADMIN, cp, "MeterValueSampleInterval", "15")
+        wanted = await client.request(
+            "want_configuration_request",
+            {"chargePointId": cp, "key": "MeterValueSampleInterval", "value": "15"},
+        )
+        assert wanted["data"] == {
+            "success": True,
+            "chargePointId": cp,
+            "key": "MeterValueSampleInterval",
+            "value": "15",
+        }
         assert await answer(client, cp, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
         await sim.next_boot()
         await server.app.operator.drain()
         check = await answer(client, cp, "GetConfiguration", {"key": ["MeterValueSampleInterval"]})
         assert check["configurationKey"][0]["value"] == "15"
-        log = await server.app.operator.operations_log(ADMIN, charge_point_id=cp, limit=5)
-        assert any(
-            r.requested_by == "system:boot" and r.response == {"status": "Accepted"} for r in log
+        details = await client.request("get_charge_point_details", {"chargePointId": cp})
+        assert details["type"] == "charge_point_details"
+        by_key = {e["key"]: e for e in details["data"]["configuration"]}
+        assert by_key["MeterValueSampleInterval"]["wanted"] == "15"
+        assert by_key["MeterValueSampleInterval"]["appliedStatus"] == "Accepted"
+        assert by_key["NumberOfConnectors"]["readonly"] is True
+        log = await client.request("get_operations", {"chargePointId": cp, "limit": 3})
+        newest = log["data"]["operations"]
+        assert [o["action"] for o in newest] == ["GetConfiguration", "ChangeConfiguration", "Reset"]
+        assert newest[1]["requestedBy"] == "system:boot"
+        assert newest[1]["response"] == {"status": "Accepted"}
+        older = await client.request(
+            "get_operations", {"chargePointId": cp, "limit": 1, "beforeId": newest[2]["id"]}
         )
+        assert [o["action"] for o in older["data"]["operations"]] == ["ChangeConfiguration"]
+        assert older["data"]["operations"][0]["request"]["key"] == "NumberOfConnectors"
 
 
 async def test_tc_017_tc_031_tc_061_unlock_and_clear_cache(server: RunningServer) -> None:
@@ -410,6 +431,13 @@ async def test_bad_operations_are_refused_with_clear_errors(tmp_path: Path) -> N
                     {"chargePointId": cp, "action": "Reset", "payload": {"type": "Soft"}},
                 )
                 assert reply["error"]["code"] == "FORBIDDEN"
+                for kind, data in (
+                    ("get_operations", {}),
+                    ("get_charge_point_details", {"chargePointId": cp}),
+                    ("want_configuration_request", {"chargePointId": cp, "key": "K", "value": "v"}),
+                ):
+                    denied = await alice.request(kind, data)
+                    assert denied["error"]["code"] == "FORBIDDEN", kind
             assert sim.current is not None and sim.current.booted.is_set()
         await asyncio.wait_for(gone.wait(), WAIT)
         async with admin(server) as client:

@@ -87,6 +87,29 @@ class OperationRequest(_Data):
     force: StrictBool = False
 
 
+class WantConfigurationRequest(_Data):
+    """Admins: declare the value a configuration key should have on a charge point (sent
+    after every BootNotification); ``value`` null withdraws it."""
+
+    chargePointId: Ident
+    key: Annotated[StrictStr, Field(min_length=1, max_length=50)]  # CiString50
+    value: Annotated[StrictStr, Field(max_length=500)] | None  # CiString500
+
+
+class GetChargePointDetailsRequest(_Data):
+    """Admins: what the core keeps about one charge point's operations."""
+
+    chargePointId: Ident
+
+
+class GetOperationsRequest(_Data):
+    """Admins: the operations log, newest first; ``beforeId`` pages back."""
+
+    chargePointId: Ident | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=500)] = 100
+    beforeId: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -102,6 +125,9 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
     "close_transaction_request": (CloseTransactionRequest, "close_transaction_response"),
     "operation_request": (OperationRequest, "operation_response"),
+    "want_configuration_request": (WantConfigurationRequest, "want_configuration_response"),
+    "get_charge_point_details": (GetChargePointDetailsRequest, "charge_point_details"),
+    "get_operations": (GetOperationsRequest, "operations"),
 }
 
 #: Pushes the server sends on its own.

@@ -56,6 +56,7 @@ from charging_api.errors import (
     Forbidden,
     TransactionRunning,
     UnknownOperation,
+    ValidationFailed,
 )
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,10 @@ class OperatorService:
         if not principal.is_admin:
             raise Forbidden("Only admins may change a charge point's configuration")
         if not 1 <= len(key) <= 50 or (value is not None and len(value) > 500):
-            raise ValueError("a configuration key has 1 to 50 characters, a value up to 500")
+            raise ValidationFailed(
+                "A configuration key has 1 to 50 characters and a value up to 500 (OCPP 1.6)",
+                {"key": key[:50]},
+            )
         await self._store.put_wanted_configuration(charge_point_id, key, value)
 
     # ------------------------------------------------------------------ events
