@@ -171,7 +171,7 @@ async def test_inoperative_connector_refuses_app_starts_without_a_remote_start()
     (stored,) = await world.ops.availability_of(ADMIN, "CP1")
     assert stored.wanted is Availability.INOPERATIVE and not stored.scheduled
     with pytest.raises(ConnectorUnavailable):
-        await world.charging.start(ALICE, "CP1", 1)
+        await asyncio.wait_for(world.charging.start(ALICE, "CP1", 1), 5)  # never hangs
     assert world.gateway.calls.empty()
     with pytest.raises(ConnectorUnavailable):
         await world.ops.execute(
@@ -228,7 +228,7 @@ async def test_scheduled_availability_takes_effect_when_the_transaction_ends() -
     (done,) = await world.ops.availability_of(ADMIN, "CP1")
     assert not done.scheduled and done.wanted is Availability.INOPERATIVE
     with pytest.raises(ConnectorUnavailable):
-        await world.charging.start(ALICE, "CP1", 1)
+        await asyncio.wait_for(world.charging.start(ALICE, "CP1", 1), 5)  # never hangs
 
 
 async def test_get_configuration_answer_is_stored_with_readonly() -> None:
