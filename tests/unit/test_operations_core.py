@@ -303,3 +303,30 @@ async def test_data_transfer_vendor_allowlist() -> None:
     )
     published = [e for e in world.bus.events if isinstance(e, DataTransferReceived)]
     assert [(e.vendor_id, e.message_id, e.data) for e in published] == [("COM.Example", "m1", "{}")]
+
+
+async def test_forced_remote_start_goes_out_on_an_inoperative_connector() -> None:
+    """force lets an admin's RemoteStartTransaction through on an Inoperative connector."""
+    world = World()
+    await world.online()
+    await world.ops.execute(
+        ADMIN, "CP1", "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}
+    )
+    world.gateway.calls.get_nowait()
+    payload = {"connectorId": 1, "idTag": "TAG-A"}
+    answer = await world.ops.execute(ADMIN, "CP1", "RemoteStartTransaction", payload, force=True)
+    assert answer == {"status": "Accepted"}
+    assert world.gateway.calls.get_nowait() == ("CP1", "RemoteStartTransaction", payload)
+
+
+async def test_wanted_availability_survives_a_restart() -> None:
+    """A new core on the same storage (a restart) still refuses starts on the connector."""
+    world = World()
+    await world.online()
+    await world.ops.execute(
+        ADMIN, "CP1", "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}
+    )
+    restarted = ChargingService(world.store, world.gateway, world.bus, world.clock)
+    await restarted.load()
+    assert await restarted.is_unavailable("CP1", 1)
+    assert not await restarted.is_unavailable("CP1", 2)

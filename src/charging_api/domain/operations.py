@@ -325,7 +325,8 @@ class OperatorService:
                 await task
 
     async def apply_wanted_configuration(self, charge_point_id: str) -> None:
-        """Send each wanted value that differs from the reported one (each recorded)."""
+        """Send every wanted value (each recorded), even one the charge point reported before:
+        a reboot or a firmware update may have reset it, and one CALL per key is cheap."""
         for entry in await self._store.configuration(charge_point_id):
             if entry.wanted is None:
                 continue
