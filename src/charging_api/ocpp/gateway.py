@@ -9,8 +9,9 @@ OCPP-J allows one outstanding CALL per direction: commands for one charge point 
 behind a lock, at most ``max_queued`` of them, and the whole wait (queue + answer) is bounded by
 ``call_timeout``. Every CALL is checked against the OCA schema of its request before it is
 queued (a bad payload is ``InvalidPayload`` and nothing is sent) and its answer against the
-schema of its response (a bad answer is ``ChargePointError``). When a session ends or is replaced, every CALL waiting on it fails at once with
-CHARGE_POINT_OFFLINE, so the app that asked still gets a response.
+schema of its response (a bad answer is ``ChargePointError``). When a session ends or is
+replaced, every CALL waiting on it fails at once with CHARGE_POINT_OFFLINE, so the app that
+asked still gets a response.
 """
 
 from __future__ import annotations
@@ -128,7 +129,17 @@ class OcppSession:
 
 
 def check_request(action: str, payload: dict[str, Any]) -> None:
-    """Raise ``InvalidPayload`` when ``payload`` breaks the OCPP 1.6 schema of ``action``."""
+    """Raise ``InvalidPayload`` when ``payload`` breaks the OCPP 1.6 schema of ``action`` (or
+    ``action`` is none of OCPP 1.6's)."""
+    if action not in schemas.ALL_ACTIONS:
+        raise InvalidPayload(
+            f"{action[:64]} is not an OCPP 1.6 action",
+            {
+                "schemaError": "unknown action",
+                "ocppErrorCode": "NotImplemented",
+                "action": action[:64],
+            },
+        )
     try:
         schemas.validate(action, payload, framing.UNKNOWN_ID)
     except framing.FrameError as exc:
