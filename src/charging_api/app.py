@@ -33,6 +33,7 @@ from charging_api.config import Settings
 from charging_api.domain import access
 from charging_api.domain.charging import ChargingPolicy, ChargingService
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
+from charging_api.domain.operations import OperatorService
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.ocpp.gateway import OcppGateway
@@ -99,8 +100,10 @@ class Application:
                 meter_live_window=settings.meter_live_window,
                 heartbeat_interval_s=settings.ocpp_heartbeat_interval,
                 accept_unknown_charge_points=not settings.production,
+                data_transfer_vendors=frozenset(settings.data_transfer_vendors),
             ),
         )
+        self.operator = OperatorService(self.store, self.gateway, self.service)
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -135,6 +138,7 @@ class Application:
             ),
             http_handler=None,
             debug=settings.debug_websocket,
+            operator=self.operator,
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
@@ -153,6 +157,7 @@ class Application:
             open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
         self._serving = False
 
@@ -210,6 +215,8 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timers
         self._unsubscribe()
+        self._unsubscribe_operator()
+        await self.operator.close()
         await self.bus.close()
         await self.store.close()
         if self._serving:  # a start-up that failed says why in one line, not "stopped"
@@ -316,6 +323,11 @@ class _NoChargePoints:
         return 0
 
     async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
+        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
 
     async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:

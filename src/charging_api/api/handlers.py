@@ -29,8 +29,9 @@ from charging_api.api.auth import TokenVerifier
 from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppSession
 from charging_api.domain.charging import ChargingService
-from charging_api.domain.models import Principal
-from charging_api.errors import Forbidden, ResyncRequired
+from charging_api.domain.models import DeviceJob, Principal
+from charging_api.domain.operations import OperatorService
+from charging_api.errors import Forbidden, InternalError, ResyncRequired
 
 Data = dict[str, Any]
 
@@ -55,6 +56,8 @@ class Door:
     hub: UpdateHub
     #: Names this server process's push numbering (``auth_response.epoch``).
     epoch: str
+    #: The operator side (``operation_request``); None where no charge point door runs.
+    operator: OperatorService | None = None
 
 
 Handler = Callable[[Door, Connection, protocol.Request, float], Awaitable[Data | None]]
@@ -224,6 +227,62 @@ async def get_meter_values(
     return protocol.meter_values_reply(data.transactionId, [s.sample for s in stored])
 
 
+async def operation(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """An admin's OCPP operation: the charge point's answer payload, or its error."""
+    data = request.data
+    assert isinstance(data, m.OperationRequest)
+    response = await _operator(door).execute(
+        _principal(conn), data.chargePointId, data.action, dict(data.payload), force=data.force
+    )
+    return protocol.operation_reply(data.chargePointId, data.action, response)
+
+
+def _operator(door: Door) -> OperatorService:
+    if door.operator is None:
+        raise InternalError("Operations are not available on this server")
+    return door.operator
+
+
+async def want_configuration(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.WantConfigurationRequest)
+    await _operator(door).want_configuration(
+        _principal(conn), data.chargePointId, data.key, data.value
+    )
+    return protocol.want_configuration_reply(data.chargePointId, data.key, data.value)
+
+
+async def charge_point_details(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.GetChargePointDetailsRequest)
+    operator, principal, cp = _operator(door), _principal(conn), data.chargePointId
+    return protocol.charge_point_details_reply(
+        cp,
+        await operator.configuration_of(principal, cp),
+        await operator.availability_of(principal, cp),
+        await operator.device_statuses_of(principal, cp, DeviceJob.FIRMWARE, 20),
+        await operator.device_statuses_of(principal, cp, DeviceJob.DIAGNOSTICS, 20),
+    )
+
+
+async def get_operations(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.GetOperationsRequest)
+    records = await _operator(door).operations_log(
+        _principal(conn),
+        charge_point_id=data.chargePointId,
+        limit=data.limit,
+        before_id=data.beforeId,
+    )
+    return protocol.operations_reply(records)
+
+
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).
 ROUTES: dict[str, Route] = {
     "auth_request": Route(auth),
@@ -236,6 +295,14 @@ ROUTES: dict[str, Route] = {
     "get_transactions": Route(get_transactions),
     "get_meter_values": Route(get_meter_values),
     "close_transaction_request": Route(close_transaction, failure_fields=("transactionId",)),
+    "operation_request": Route(
+        operation, concurrent=True, failure_fields=("chargePointId", "action")
+    ),
+    "want_configuration_request": Route(
+        want_configuration, failure_fields=("chargePointId", "key")
+    ),
+    "get_charge_point_details": Route(charge_point_details),
+    "get_operations": Route(get_operations),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

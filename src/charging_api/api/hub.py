@@ -29,8 +29,11 @@ import orjson
 
 from charging_api.api import protocol
 from charging_api.domain.events import (
+    ChargePointBooted,
     ChargePointConnectionChanged,
     ConnectorStatusChanged,
+    DataTransferReceived,
+    DeviceStatusChanged,
     DomainEvent,
     MeterValuesReceived,
     TransactionStarted,
@@ -184,8 +187,8 @@ class UpdateHub:
 
     def on_event(self, event: DomainEvent) -> None:
         """Bus handler: one event in, one frame per entitled stream out (the owner first)."""
-        if isinstance(event, ChargePointConnectionChanged):
-            return  # Offline reaches apps as a status update
+        if isinstance(event, ChargePointConnectionChanged | ChargePointBooted):
+            return  # Offline reaches apps as a status update; a boot is the core's business
         owner = self._streams.get(event.user_id) if event.user_id is not None else None
         watchers: set[UserStream] | None = None
         everything: tuple[UserStream, ...] = ()
@@ -202,6 +205,18 @@ class UpdateHub:
             kind, data, droppable = "charging_status_update", protocol.status_update(event), False
         elif isinstance(event, TransactionStarted | TransactionStopped):
             kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
+        elif isinstance(event, DataTransferReceived):  # to watching admins (no owner)
+            kind, data, droppable = (
+                "data_transfer_received",
+                protocol.data_transfer_push(event),
+                False,
+            )
+        elif isinstance(event, DeviceStatusChanged):
+            kind, data, droppable = (
+                "device_status_update",
+                protocol.device_status_push(event),
+                False,
+            )
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())

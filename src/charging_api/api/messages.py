@@ -6,9 +6,9 @@ unknown fields are ignored so that clients written for the seed keep working.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
@@ -76,6 +76,40 @@ class CloseTransactionRequest(_Data):
     meterStopWh: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
 
 
+class OperationRequest(_Data):
+    """Admins: one OCPP 1.6 central-system operation (``action`` as OCPP names it, e.g.
+    ``Reset``) with its request payload exactly as the spec names it; the payload itself is
+    checked by the OCPP schema of the action (INVALID_PAYLOAD), not here."""
+
+    chargePointId: Ident
+    action: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    payload: dict[str, Any] = Field(default_factory=dict)
+    force: StrictBool = False
+
+
+class WantConfigurationRequest(_Data):
+    """Admins: declare the value a configuration key should have on a charge point (sent
+    after every BootNotification); ``value`` null withdraws it."""
+
+    chargePointId: Ident
+    key: Annotated[StrictStr, Field(min_length=1, max_length=50)]  # CiString50
+    value: Annotated[StrictStr, Field(max_length=500)] | None  # CiString500
+
+
+class GetChargePointDetailsRequest(_Data):
+    """Admins: what the core keeps about one charge point's operations."""
+
+    chargePointId: Ident
+
+
+class GetOperationsRequest(_Data):
+    """Admins: the operations log, newest first; ``beforeId`` pages back."""
+
+    chargePointId: Ident | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=500)] = 100
+    beforeId: Annotated[StrictInt, Field(ge=1)] | None = None
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -90,6 +124,10 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_transactions": (GetTransactionsRequest, "transactions"),
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
     "close_transaction_request": (CloseTransactionRequest, "close_transaction_response"),
+    "operation_request": (OperationRequest, "operation_response"),
+    "want_configuration_request": (WantConfigurationRequest, "want_configuration_response"),
+    "get_charge_point_details": (GetChargePointDetailsRequest, "charge_point_details"),
+    "get_operations": (GetOperationsRequest, "operations"),
 }
 
 #: Pushes the server sends on its own.
@@ -98,6 +136,8 @@ PUSH_TYPES = frozenset(
         "charging_status_update",
         "meter_values_update",
         "transaction_update",
+        "data_transfer_received",
+        "device_status_update",
         "session_expiring",
         "server_shutdown",
     }

@@ -21,11 +21,22 @@ from charging_api.api.messages import REQUESTS
 from charging_api.domain.charging import StartOutcome, StopOutcome, UserState
 from charging_api.domain.events import (
     ConnectorStatusChanged,
+    DataTransferReceived,
+    DeviceStatusChanged,
     MeterValuesReceived,
     TransactionStarted,
     TransactionStopped,
 )
-from charging_api.domain.models import ConnectorState, MeterSample, Principal, Transaction
+from charging_api.domain.models import (
+    ConfigurationEntry,
+    ConnectorAvailability,
+    ConnectorState,
+    DeviceStatus,
+    MeterSample,
+    OperationRecord,
+    Principal,
+    Transaction,
+)
 from charging_api.errors import (
     ChargingApiError,
     InvalidMessage,
@@ -367,3 +378,94 @@ def server_shutdown(now: float) -> bytes:
     return encode_connection_push(
         "server_shutdown", {"message": "Server is shutting down; reconnect and resume"}, now
     )
+
+
+def operation_reply(charge_point_id: str, action: str, response: dict[str, Any]) -> dict[str, Any]:
+    """``operation_response`` data: the charge point's answer payload as it sent it."""
+    return {
+        "success": True,
+        "chargePointId": charge_point_id,
+        "action": action,
+        "response": response,
+    }
+
+
+def data_transfer_push(event: DataTransferReceived) -> dict[str, Any]:
+    data: dict[str, Any] = {"chargePointId": event.charge_point_id, "vendorId": event.vendor_id}
+    if event.message_id is not None:
+        data["messageId"] = event.message_id
+    if event.data is not None:
+        data["data"] = event.data
+    return data
+
+
+def device_status_push(event: DeviceStatusChanged) -> dict[str, Any]:
+    return {
+        "chargePointId": event.charge_point_id,
+        "job": event.job.value,
+        "status": event.status,
+        "timestamp": format_utc(event.timestamp),
+    }
+
+
+def _time(at: datetime | None) -> str | None:
+    return None if at is None else format_utc(at)
+
+
+def operation_to_wire(record: OperationRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "chargePointId": record.charge_point_id,
+        "action": record.action,
+        "requestedBy": record.requested_by,
+        "requestedAt": format_utc(record.requested_at),
+        "durationMs": record.duration_ms,
+        "request": record.request,
+        "response": record.response,
+        "errorCode": record.error_code,
+    }
+
+
+def operations_reply(records: list[OperationRecord]) -> dict[str, Any]:
+    return {"operations": [operation_to_wire(r) for r in records]}
+
+
+def want_configuration_reply(charge_point_id: str, key: str, value: str | None) -> dict[str, Any]:
+    return {"success": True, "chargePointId": charge_point_id, "key": key, "value": value}
+
+
+def charge_point_details_reply(
+    charge_point_id: str,
+    configuration: list[ConfigurationEntry],
+    availability: list[ConnectorAvailability],
+    firmware: list[DeviceStatus],
+    diagnostics: list[DeviceStatus],
+) -> dict[str, Any]:
+    """``charge_point_details`` data: stored configuration, wanted availability and the
+    firmware/diagnostics histories (newest first)."""
+    return {
+        "chargePointId": charge_point_id,
+        "configuration": [
+            {
+                "key": e.key,
+                "value": e.value,
+                "readonly": e.readonly,
+                "reportedAt": _time(e.reported_at),
+                "wanted": e.wanted,
+                "appliedStatus": e.applied_status,
+                "appliedAt": _time(e.applied_at),
+            }
+            for e in configuration
+        ],
+        "availability": [
+            {
+                "connectorId": a.connector_id,
+                "wanted": a.wanted.value,
+                "scheduled": a.scheduled,
+                "updatedAt": format_utc(a.updated_at),
+            }
+            for a in availability
+        ],
+        "firmware": [{"status": s.status, "timestamp": format_utc(s.at)} for s in firmware],
+        "diagnostics": [{"status": s.status, "timestamp": format_utc(s.at)} for s in diagnostics],
+    }
