@@ -11,6 +11,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
@@ -20,6 +21,9 @@ from charging_api.domain.models import (
     ConnectorState,
     IdTag,
     IdTagStatus,
+    LocalListState,
+    Reservation,
+    StoredChargingProfile,
     StoredMeterSample,
     Transaction,
     id_tag_key,
@@ -58,6 +62,10 @@ class MemoryStore:
         self.transactions: dict[int, Transaction] = {}
         self.samples: list[StoredMeterSample] = []
         self._ids = itertools.count(1)
+        self.reservations: dict[int, Reservation] = {}
+        self._reservation_ids = itertools.count(1)
+        self.local_lists: dict[str, LocalListState] = {}
+        self.profiles: dict[tuple[str, int], StoredChargingProfile] = {}
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -199,6 +207,51 @@ class MemoryStore:
         found = [s for s in self.samples if s.transaction_id == transaction_id]
         return sorted(found, key=_sample_time)  # stable: equal times stay in arrival order
 
+    # operator state (the OpsStateStore port)
+
+    async def add_reservation(self, reservation: Reservation) -> Reservation:
+        _utc(reservation.expiry)
+        stored = replace(reservation, id=next(self._reservation_ids))
+        self.reservations[stored.id] = stored
+        return stored
+
+    async def update_reservation(self, reservation: Reservation) -> None:
+        if reservation.id in self.reservations:
+            self.reservations[reservation.id] = reservation
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None:
+        return self.reservations.get(reservation_id)
+
+    async def active_reservations(self) -> list[Reservation]:
+        return [r for _, r in sorted(self.reservations.items()) if r.active]
+
+    async def all_id_tags(self) -> list[IdTag]:
+        return sorted(self.id_tags.values(), key=_tag)
+
+    async def charge_point_ids(self) -> list[str]:
+        return sorted(self.charge_points)
+
+    async def get_local_list(self, charge_point_id: str) -> LocalListState | None:
+        return self.local_lists.get(charge_point_id)
+
+    async def put_local_list(self, state: LocalListState) -> None:
+        self.local_lists[state.charge_point_id] = state
+
+    async def put_charging_profile(self, profile: StoredChargingProfile) -> None:
+        self.profiles[(profile.charge_point_id, profile.profile_id)] = profile
+
+    async def charging_profiles(
+        self, charge_point_id: str | None = None
+    ) -> list[StoredChargingProfile]:
+        return [
+            p
+            for _, p in sorted(self.profiles.items())
+            if charge_point_id in (None, p.charge_point_id)
+        ]
+
+    async def delete_charging_profile(self, charge_point_id: str, profile_id: int) -> None:
+        self.profiles.pop((charge_point_id, profile_id), None)
+
 
 def _utc(at: datetime) -> datetime:
     """As the SQL store takes datetimes: aware only (naive is refused), kept in UTC."""
@@ -233,6 +286,9 @@ class FakeGateway:
             "RemoteStartTransaction": "Accepted",
             "RemoteStopTransaction": "Accepted",
         }
+        #: Whole CALLRESULT payloads for :meth:`call`, by action (default: ``{"status":
+        #: answers[action]}``, else ``{"status": "Accepted"}``).
+        self.results: dict[str, dict[str, Any]] = {}
 
     def is_online(self, charge_point_id: str) -> bool:
         return charge_point_id in self.online
@@ -257,6 +313,16 @@ class FakeGateway:
         return await self._call(
             charge_point_id, "RemoteStopTransaction", {"transactionId": transaction_id}
         )
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        if charge_point_id not in self.online:
+            raise ChargePointOffline(f"{charge_point_id} offline")
+        self.calls.put_nowait((charge_point_id, action, payload))
+        if action in self.results:
+            return dict(self.results[action])
+        return {"status": self.answers.get(action, "Accepted")}
 
 
 class RecordingBus:

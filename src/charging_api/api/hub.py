@@ -33,6 +33,7 @@ from charging_api.domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
     MeterValuesReceived,
+    ReservationChanged,
     TransactionStarted,
     TransactionStopped,
 )
@@ -202,6 +203,8 @@ class UpdateHub:
             kind, data, droppable = "charging_status_update", protocol.status_update(event), False
         elif isinstance(event, TransactionStarted | TransactionStopped):
             kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
+        elif isinstance(event, ReservationChanged):
+            kind, data, droppable = "reservation_update", protocol.reservation_update(event), False
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())

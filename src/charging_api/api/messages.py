@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
@@ -76,6 +76,34 @@ class CloseTransactionRequest(_Data):
     meterStopWh: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
 
 
+class ReserveRequest(_Data):
+    """Reserve a connector for one's own id tag (admins: any registered tag)."""
+
+    chargePointId: Ident
+    connectorId: Annotated[StrictInt, Field(ge=1, le=255)]
+    idTag: IdTagText | None = None
+    expiryMinutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
+
+
+class CancelReservationRequest(_Data):
+    reservationId: TransactionId
+
+
+class SetPowerLimitRequest(_Data):
+    """Limit the power of one's own open session (a TxProfile)."""
+
+    transactionId: TransactionId
+    limit: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False, strict=True)]
+    unit: Literal["kW", "A"]
+
+
+class SyncLocalListRequest(_Data):
+    """Admins: send one charge point (or ``"*"``: every connected one) its local list."""
+
+    chargePointId: Ident
+    full: StrictBool = False
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -90,6 +118,10 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_transactions": (GetTransactionsRequest, "transactions"),
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
     "close_transaction_request": (CloseTransactionRequest, "close_transaction_response"),
+    "reserve_request": (ReserveRequest, "reserve_response"),
+    "cancel_reservation_request": (CancelReservationRequest, "cancel_reservation_response"),
+    "set_power_limit_request": (SetPowerLimitRequest, "set_power_limit_response"),
+    "sync_local_list_request": (SyncLocalListRequest, "sync_local_list_response"),
 }
 
 #: Pushes the server sends on its own.
@@ -100,5 +132,6 @@ PUSH_TYPES = frozenset(
         "transaction_update",
         "session_expiring",
         "server_shutdown",
+        "reservation_update",
     }
 )

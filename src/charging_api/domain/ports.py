@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
@@ -18,6 +18,9 @@ from charging_api.domain.models import (
     ConnectorState,
     IdTag,
     IdTagStatus,
+    LocalListState,
+    Reservation,
+    StoredChargingProfile,
     StoredMeterSample,
     Transaction,
 )
@@ -40,6 +43,13 @@ class ChargerGateway(Protocol):
 
     async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
         """RemoteStopTransaction; returns the charge point's status (Accepted/Rejected)."""
+        ...
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Any OCPP 1.6 CALL (``action`` as the spec names it, e.g. ``ReserveNow``); returns the
+        CALLRESULT payload."""
         ...
 
 
@@ -149,6 +159,45 @@ class Store(Protocol):
         ...
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]: ...
+
+
+class OpsStateStore(Protocol):
+    """Persistent operator state: reservations, local lists, charging profiles the server set.
+
+    Every write returns once committed."""
+
+    async def add_reservation(self, reservation: Reservation) -> Reservation:
+        """Store a new reservation; returns it with its allocated ``id`` (the OCPP
+        reservationId, never handed out twice)."""
+        ...
+
+    async def update_reservation(self, reservation: Reservation) -> None: ...
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None: ...
+
+    async def active_reservations(self) -> list[Reservation]:
+        """Reservations still holding a connector, oldest first."""
+        ...
+
+    async def all_id_tags(self) -> list[IdTag]:
+        """Every registered id tag, ordered by tag."""
+        ...
+
+    async def charge_point_ids(self) -> list[str]: ...
+
+    async def get_local_list(self, charge_point_id: str) -> LocalListState | None: ...
+
+    async def put_local_list(self, state: LocalListState) -> None: ...
+
+    async def put_charging_profile(self, profile: StoredChargingProfile) -> None:
+        """Insert or replace (same charge point and profile id)."""
+        ...
+
+    async def charging_profiles(
+        self, charge_point_id: str | None = None
+    ) -> list[StoredChargingProfile]: ...
+
+    async def delete_charging_profile(self, charge_point_id: str, profile_id: int) -> None: ...
 
 
 class Clock(Protocol):

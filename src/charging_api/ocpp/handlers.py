@@ -74,7 +74,12 @@ async def start_transaction(service: ChargingService, cp_id: str, p: Payload) ->
             "connector 0 is the charge point itself"
         )
     transaction_id, verdict = await service.on_start_transaction(
-        cp_id, p["connectorId"], p["idTag"], p["meterStart"], parse_ocpp_datetime(p["timestamp"])
+        cp_id,
+        p["connectorId"],
+        p["idTag"],
+        p["meterStart"],
+        parse_ocpp_datetime(p["timestamp"]),
+        reservation_id=p.get("reservationId"),
     )
     return {"transactionId": transaction_id, "idTagInfo": _id_tag_info(verdict)}
 
