@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -335,5 +335,5 @@ class RecordingBus:
     async def publish(self, event: DomainEvent) -> None:
         self.events.append(event)
 
-    def subscribe(self, handler: EventHandler) -> object:
+    def subscribe(self, handler: EventHandler) -> Callable[[], None]:
         raise NotImplementedError
