@@ -35,6 +35,7 @@ from charging_api.domain import access
 from charging_api.domain.charging import ChargingPolicy, ChargingService
 from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
+from charging_api.domain.operations import OperatorService
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
 from charging_api.errors import ChargePointOffline, ChargingApiError
@@ -102,6 +103,7 @@ class Application:
                 meter_live_window=settings.meter_live_window,
                 heartbeat_interval_s=settings.ocpp_heartbeat_interval,
                 accept_unknown_charge_points=not settings.production,
+                data_transfer_vendors=frozenset(settings.data_transfer_vendors),
             ),
         )
         # Operator state: reservations (a start rule and a timer source of the core),
@@ -120,6 +122,7 @@ class Application:
         self.service.add_timer_source(self.reservations)
         self.profiles = ChargingProfiles(self.store, self.store, self.gateway, clock)
         self.local_list = LocalListSync(self.store, self.gateway, clock)
+        self.operator = OperatorService(self.store, self.gateway, self.service)
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -173,6 +176,7 @@ class Application:
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
         self._unsubscribe_profiles = self.bus.subscribe(self.profiles.on_event)
+        self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
 
     def _websocket_stats(self) -> dict[str, int]:
@@ -231,6 +235,8 @@ class Application:
         self._unsubscribe()
         self._unsubscribe_profiles()
         await self.profiles.close()
+        self._unsubscribe_operator()
+        await self.operator.close()
         await self.bus.close()
         await self.store.close()
         log.info("stopped")
@@ -333,12 +339,12 @@ class _NoChargePoints:
     async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
         raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
 
-    async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
-        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
-
     async def call(
         self, charge_point_id: str, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
+        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
+
+    async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:
         raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
 
 

@@ -173,7 +173,7 @@ async def test_refused_reserve_now_holds_nothing() -> None:
     """The charge point's Occupied is CHARGE_POINT_REJECTED and the connector stays free."""
     world = World()
     await world.online()
-    world.gateway.answers["ReserveNow"] = "Occupied"
+    world.gateway.replies["ReserveNow"] = {"status": "Occupied"}
     with pytest.raises(ChargePointRejected) as refused:
         await world.book.reserve(ALICE, "CP1", 1)
     assert refused.value.details["status"] == "Occupied"
@@ -243,7 +243,7 @@ async def test_local_list_version_mismatch_falls_back_to_full() -> None:
     await world.lists.sync(ADMIN, "CP1")
     await world.call("SendLocalList")
     await world.store.put_id_tag(IdTag("TAG-Z", None))
-    world.gateway.results["SendLocalList"] = {"status": "VersionMismatch"}
+    world.gateway.replies["SendLocalList"] = {"status": "VersionMismatch"}
     task = asyncio.create_task(world.lists.sync(ADMIN, "CP1"))
     assert (await world.call("SendLocalList"))["updateType"] == "Differential"
     assert (await world.call("SendLocalList"))["updateType"] == "Full"
