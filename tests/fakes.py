@@ -224,6 +224,13 @@ class MemoryStore:
         self.reservations[stored.id] = stored
         return stored
 
+    async def put_reservation(self, reservation: Reservation) -> None:
+        _utc(reservation.expiry)
+        self.reservations[reservation.id] = reservation
+        above = max(self.reservations) + 1
+        if next(self._reservation_ids) < above:
+            self._reservation_ids = itertools.count(above)
+
     async def update_reservation(self, reservation: Reservation) -> None:
         if reservation.id in self.reservations:
             self.reservations[reservation.id] = reservation

@@ -31,7 +31,7 @@ from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
 from charging_api.config import Settings
-from charging_api.domain import access
+from charging_api.domain import access, operator_rules
 from charging_api.domain.charging import ChargingPolicy, ChargingService
 from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
@@ -123,6 +123,7 @@ class Application:
         self.profiles = ChargingProfiles(self.store, self.store, self.gateway, clock)
         self.local_list = LocalListSync(self.store, self.gateway, clock)
         self.operator = OperatorService(self.store, self.gateway, self.service)
+        operator_rules.install(self.operator, self.reservations, self.profiles, self.local_list)
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,

@@ -81,3 +81,15 @@ async def test_charging_profiles_are_replaced_by_id_and_deleted(open_store: Open
     assert len(await store.charging_profiles()) == 2
     await store.delete_charging_profile("CP1", 5)
     assert await store.charging_profiles() == [other]
+
+
+async def test_an_operator_numbered_reservation_keeps_later_ids_above_it(
+    open_store: OpenStore,
+) -> None:
+    """put_reservation stores the operator's own id; add_reservation allocates above it."""
+    store = cast(OpsStateStore, await _open(open_store))
+    await store.put_reservation(replace(_reservation(), id=500))
+    again = replace(_reservation(), id=500, connector_id=2)
+    await store.put_reservation(again)  # the same id replaces
+    assert await store.get_reservation(500) == again
+    assert (await store.add_reservation(_reservation(3))).id > 500

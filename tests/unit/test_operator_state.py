@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from charging_api.domain import operator_rules
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.events import ReservationChanged, TransactionStopped
 from charging_api.domain.local_list import LocalListSync
@@ -21,7 +22,9 @@ from charging_api.domain.models import (
     ReservationStatus,
     Role,
     StoredMeterSample,
+    ocpp_datetime,
 )
+from charging_api.domain.operations import OperatorService
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
 from charging_api.errors import (
@@ -53,6 +56,8 @@ class World:
         self.service.add_timer_source(self.book)
         self.profiles = ChargingProfiles(self.store, self.store, self.gateway, self.clock)
         self.lists = LocalListSync(self.store, self.gateway, self.clock)
+        self.operator = OperatorService(self.store, self.gateway, self.service, self.clock)
+        operator_rules.install(self.operator, self.book, self.profiles, self.lists)
 
     async def online(self, cp: str = "CP1") -> None:
         await self.store.add_charge_point(cp, None)
@@ -299,3 +304,101 @@ async def test_session_end_clears_its_profiles() -> None:
     assert (await world.call("ClearChargingProfile")) == {"id": limit.profile_id}
     await world.profiles.close()
     assert await world.store.charging_profiles() == []
+
+
+async def test_admin_reserve_now_through_the_operator_service_is_kept() -> None:
+    """An admin's raw ReserveNow, once Accepted, holds the connector in our books (other
+    tags refused, the holder pushed) and a StartTransaction with its id uses it up."""
+    world = World()
+    await world.online()
+    await world.store.put_id_tag(IdTag("TAG-A", "alice"))
+    expiry = ocpp_datetime(world.clock.now() + timedelta(minutes=20))
+    payload = {"connectorId": 1, "expiryDate": expiry, "idTag": "tag-a", "reservationId": 77}
+    answer = await world.operator.execute(ADMIN, "CP1", "ReserveNow", payload)
+    assert answer == {"status": "Accepted"} and (await world.call("ReserveNow")) == payload
+    assert world.pushes()[-1].user_id == "alice" and world.pushes()[-1].reservation_id == 77
+    with pytest.raises(ConnectorReserved):
+        await asyncio.wait_for(world.service.start(BOB, "CP1", 1), 5)
+    await world.start(ALICE, "TAG-A", reservation=77)
+    stored = await world.store.get_reservation(77)
+    assert stored is not None and stored.status is ReservationStatus.USED
+    ours = await world.book.reserve(ALICE, "CP1", 1)
+    assert ours.id > 77  # ids we allocate stay above the operator's
+
+
+async def test_admin_reserve_now_on_a_connector_held_for_another_tag_is_refused() -> None:
+    """An admin's ReserveNow for Bob on Alice's reserved connector is refused before the CALL."""
+    world = World()
+    await world.online()
+    reservation = await world.book.reserve(ALICE, "CP1", 1)
+    await world.call("ReserveNow")
+    expiry = ocpp_datetime(world.clock.now() + timedelta(minutes=20))
+    payload = {"connectorId": 1, "expiryDate": expiry, "idTag": "TAG-B", "reservationId": 5}
+    with pytest.raises(ConnectorReserved):
+        await world.operator.execute(ADMIN, "CP1", "ReserveNow", payload)
+    assert world.gateway.calls.empty()
+    await world.operator.execute(
+        ADMIN, "CP1", "CancelReservation", {"reservationId": reservation.id}
+    )
+    await world.call("CancelReservation")
+    assert world.book.on_connector("CP1", 1) is None
+    assert world.pushes()[-1].status == "Cancelled"
+
+
+async def test_admin_send_local_list_is_the_base_of_the_next_differential() -> None:
+    """A list an admin sent by hand (version 7) is what the next sync diffs against."""
+    world = World()
+    await world.online()
+    await world.store.put_id_tag(IdTag("TAG-A", "alice"))
+    entry = {"idTag": "TAG-A", "idTagInfo": {"status": "Accepted"}}
+    full = {"listVersion": 7, "updateType": "Full", "localAuthorizationList": [entry]}
+    await world.operator.execute(ADMIN, "CP1", "SendLocalList", full)
+    await world.call("SendLocalList")
+    await world.store.put_id_tag(IdTag("TAG-N", None))
+    result = await world.lists.sync(ADMIN, "CP1")
+    sent = await world.call("SendLocalList")
+    assert (result.update_type, sent["listVersion"]) == ("Differential", 8)
+    assert sent["localAuthorizationList"] == [
+        {"idTag": "TAG-N", "idTagInfo": {"status": "Accepted"}}
+    ]
+
+
+async def test_admin_profiles_are_listed_and_forgotten_when_cleared() -> None:
+    """ChargePointMaxProfile and TxDefaultProfile set through the operator service are
+    listed; a ClearChargingProfile by purpose forgets the one it cleared."""
+    world = World()
+    await world.online()
+    schedule = {
+        "chargingRateUnit": "W",
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 11000}],
+    }
+    for profile_id, purpose, connector in (
+        (1, "ChargePointMaxProfile", 0),
+        (2, "TxDefaultProfile", 1),
+    ):
+        profile = {
+            "chargingProfileId": profile_id,
+            "stackLevel": 0,
+            "chargingProfilePurpose": purpose,
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": schedule,
+        }
+        await world.operator.execute(
+            ADMIN,
+            "CP1",
+            "SetChargingProfile",
+            {"connectorId": connector, "csChargingProfiles": profile},
+        )
+        await world.call("SetChargingProfile")
+    listed = await world.profiles.profiles(ADMIN, "CP1")
+    assert [(p.profile_id, p.purpose, p.set_by) for p in listed] == [
+        (1, "ChargePointMaxProfile", "ops"),
+        (2, "TxDefaultProfile", "ops"),
+    ]
+    await world.operator.execute(
+        ADMIN, "CP1", "ClearChargingProfile", {"chargingProfilePurpose": "TxDefaultProfile"}
+    )
+    await world.call("ClearChargingProfile")
+    assert [p.profile_id for p in await world.profiles.profiles(ADMIN, "CP1")] == [1]
+    with pytest.raises(Forbidden):
+        await world.profiles.profiles(ALICE)

@@ -233,6 +233,11 @@ class OpsStateStore(Protocol):
 
     async def update_reservation(self, reservation: Reservation) -> None: ...
 
+    async def put_reservation(self, reservation: Reservation) -> None:
+        """Insert or replace the reservation with this ``id`` (one an operator numbered
+        himself, in ReserveNow); ids allocated later by :meth:`add_reservation` stay above it."""
+        ...
+
     async def get_reservation(self, reservation_id: int) -> Reservation | None: ...
 
     async def active_reservations(self) -> list[Reservation]:

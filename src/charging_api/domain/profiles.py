@@ -10,11 +10,11 @@
   last learnt for that connector (from an earlier session, or :meth:`configure_connector`),
   else the default of 3 x 230 V. Trade-off: reading the stored samples when a limit is set
   costs one query per request and nothing on the MeterValues hot path.
-* Admins set any profile (ChargePointMaxProfile, TxDefaultProfile, TxProfile) with
-  :meth:`set_profile` and read GetCompositeSchedule; every profile the server set and the
-  charge point accepted is stored and listed (:meth:`profiles`), a ClearChargingProfile
-  through :meth:`clear_profile` forgets what it cleared, and the TxProfiles of a session are
-  cleared (ClearChargingProfile, then forgotten) when it ends (:meth:`on_event`).
+* Admins set any profile (ChargePointMaxProfile, TxDefaultProfile, TxProfile) and read
+  GetCompositeSchedule through ``OperatorService`` (its hooks, ``operator_rules``, call
+  :meth:`record_accepted` and :meth:`forget_matching`); every profile the server set and the
+  charge point accepted is stored and listed (:meth:`profiles`), and the TxProfiles of a
+  session are cleared (ClearChargingProfile, then forgotten) when it ends (:meth:`on_event`).
 """
 
 from __future__ import annotations
@@ -169,31 +169,6 @@ class ChargingProfiles:
             source,
         )
 
-    async def set_profile(
-        self, principal: Principal, charge_point_id: str, payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        """An admin's SetChargingProfile (the OCPP request payload); kept when Accepted."""
-        _admin(principal)
-        profile = payload.get("csChargingProfiles")
-        connector_id = payload.get("connectorId")
-        if not isinstance(profile, dict) or not isinstance(connector_id, int):
-            raise ValidationFailed(
-                "SetChargingProfile needs connectorId and csChargingProfiles",
-                {"field": "csChargingProfiles"},
-            )
-        return await self._send_profile(principal, charge_point_id, connector_id, profile)
-
-    async def clear_profile(
-        self, principal: Principal, charge_point_id: str, payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        """An admin's ClearChargingProfile; the stored profiles it matches are forgotten
-        when the charge point answers Accepted."""
-        _admin(principal)
-        answer = await self._gateway.call(charge_point_id, "ClearChargingProfile", payload)
-        if answer.get("status") == "Accepted":
-            await self.forget_matching(charge_point_id, payload)
-        return answer
-
     async def forget_matching(self, charge_point_id: str, criteria: dict[str, Any]) -> None:
         """Forget the stored profiles a ClearChargingProfile with ``criteria`` cleared (OCPP:
         by id, else by every given field of connectorId, purpose and stackLevel)."""
@@ -220,13 +195,6 @@ class ChargingProfiles:
         )
         await self._state.put_charging_profile(stored)
         return stored
-
-    async def composite_schedule(
-        self, principal: Principal, charge_point_id: str, payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        """GetCompositeSchedule (admins), the charge point's answer as it came."""
-        _admin(principal)
-        return await self._gateway.call(charge_point_id, "GetCompositeSchedule", payload)
 
     async def profiles(
         self, principal: Principal, charge_point_id: str | None = None

@@ -29,7 +29,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from charging_api.domain import access
 from charging_api.domain.events import ReservationChanged
@@ -201,6 +202,61 @@ class ReservationBook:
         ended = await self._end(held, ReservationStatus.CANCELLED)
         return ended, cp_status
 
+    # ----------------------------------------------------------------- an admin's ReserveNow
+
+    async def check_operator_reserve(self, charge_point_id: str, payload: dict[str, Any]) -> None:
+        """Before an admin's ReserveNow (OperatorService): CONNECTOR_RESERVED when another
+        tag holds the connector; VALIDATION_ERROR when the reservationId is held elsewhere."""
+        connector_id = int(payload["connectorId"])
+        held = self.on_connector(charge_point_id, connector_id)
+        if held is not None and not same_id_tag(held.id_tag, str(payload["idTag"])):
+            raise _reserved(held)
+        same_id = self._active.get(int(payload["reservationId"]))
+        if same_id is not None and (same_id.charge_point_id, same_id.connector_id) != (
+            charge_point_id,
+            connector_id,
+        ):
+            raise ValidationFailed(
+                f"reservationId {same_id.id} holds connector {same_id.connector_id} of "
+                f"{same_id.charge_point_id}; cancel it or choose another id",
+                {"reservationId": same_id.id},
+            )
+
+    async def adopt(
+        self, principal: Principal, charge_point_id: str, payload: dict[str, Any]
+    ) -> Reservation:
+        """After an admin's ReserveNow the charge point Accepted: keep it as ours (its
+        reservationId as the operator chose it; the holder is the tag's owner)."""
+        record = await self._store.get_id_tag(str(payload["idTag"]))
+        expiry = datetime.fromisoformat(str(payload["expiryDate"]).replace("Z", "+00:00"))
+        if expiry.tzinfo is None:
+            expiry = expiry.replace(tzinfo=UTC)
+        reservation = Reservation(
+            int(payload["reservationId"]),
+            charge_point_id,
+            int(payload["connectorId"]),
+            record.tag if record is not None else str(payload["idTag"]),
+            record.user_id if record is not None else None,
+            expiry,
+            self._clock.now(),
+            principal.user_id,
+            payload.get("parentIdTag") or (record.parent_id_tag if record else None),
+        )
+        replaced = self._active.get(reservation.id)
+        if replaced is not None:
+            self._unhold(replaced)
+        await self._state.put_reservation(reservation)
+        self._hold(reservation)
+        await self._publish(reservation)
+        return reservation
+
+    async def cancelled_by_operator(self, reservation_id: int) -> None:
+        """After an admin's CancelReservation (whatever the charge point answered: Rejected
+        means it no longer has it either): the server stops honouring it."""
+        held = self._active.get(reservation_id)
+        if held is not None:
+            await self._end(held, ReservationStatus.CANCELLED)
+
     # ----------------------------------------------------------------- StartRule
 
     async def check_start(
@@ -253,13 +309,16 @@ class ReservationBook:
             held, status=status, transaction_id=transaction_id, ended_at=self._clock.now()
         )
         await self._state.update_reservation(ended)
+        self._unhold(held)
+        await self._publish(ended)
+        return ended
+
+    def _unhold(self, held: Reservation) -> None:
         self._active.pop(held.id, None)
         self._deadlines.pop(held.id, None)
         key = (held.charge_point_id, held.connector_id)
         if self._on_connector.get(key) == held.id:
             del self._on_connector[key]
-        await self._publish(ended)
-        return ended
 
     async def _end_quietly(self, reservation: Reservation, status: ReservationStatus) -> None:
         """A reservation the charge point never took: stored as ended, nobody told."""

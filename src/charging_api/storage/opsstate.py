@@ -69,6 +69,21 @@ def add_reservation(reservation: Reservation) -> Work[Reservation]:
     return run
 
 
+def put_reservation(reservation: Reservation) -> Work[None]:
+    row = _reservation_row(reservation)
+
+    def run(conn: Connection) -> None:
+        conn.execute(delete(reservations).where(_r.id == reservation.id))
+        conn.execute(insert(reservations), row)
+        if conn.dialect.name == "postgresql":  # keep the sequence above an explicit id
+            conn.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('reservations', 'id'), "
+                "GREATEST((SELECT MAX(id) FROM reservations), 1))"
+            )
+
+    return run
+
+
 def update_reservation(reservation: Reservation) -> Work[None]:
     row = _reservation_row(reservation)
     del row["id"]

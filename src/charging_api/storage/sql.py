@@ -265,6 +265,9 @@ class SqlStore:
     async def add_reservation(self, reservation: Reservation) -> Reservation:
         return await self._db.write(opsstate.add_reservation(reservation))
 
+    async def put_reservation(self, reservation: Reservation) -> None:
+        await self._db.write(opsstate.put_reservation(reservation))
+
     async def update_reservation(self, reservation: Reservation) -> None:
         await self._db.write(opsstate.update_reservation(reservation))
 
