@@ -6,7 +6,8 @@
   every smart-charging charger takes), with ``numberPhases``. kW become A with the
   connector's electrical set-up: ``A = W / (phases x voltage)``.
 * The set-up of a connector (phases, phase-to-neutral voltage) comes from, in order: the
-  session's own meter values (the lines with current flowing, the mean voltage), what was
+  session's own meter values (per-phase readings: the lines with current flowing and their
+  mean voltage; else headline power, voltage and current: ``phases = P / (V x I)``), what was
   last learnt for that connector (from an earlier session, or :meth:`configure_connector`),
   else the default of 3 x 230 V. Trade-off: reading the stored samples when a limit is set
   costs one query per request and nothing on the MeterValues hot path.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charging_api.domain.events import DomainEvent, TransactionStopped
-from charging_api.domain.models import Principal, StoredChargingProfile
+from charging_api.domain.models import MeterSample, Principal, StoredChargingProfile
 from charging_api.domain.ports import ChargerGateway, Clock, OpsStateStore, Store
 from charging_api.errors import (
     ChargePointRejected,
@@ -103,7 +104,7 @@ class ChargingProfiles:
         key = (charge_point_id, connector_id)
         if transaction_id is not None:
             for stored in reversed(await self._store.meter_samples_of(transaction_id)):
-                found = _electrical_from(stored.sample.phases, stored.sample.voltage)
+                found = _electrical_from(stored.sample)
                 if found is not None:
                     self._connectors[key] = found
                     return found, "meterValues"
@@ -261,11 +262,19 @@ class ChargingProfiles:
         return max([FIRST_SERVER_PROFILE_ID - 1, *used]) + 1
 
 
-def _electrical_from(
-    phases: dict[str, dict[str, float]], voltage: float | None
-) -> Electrical | None:
-    """Phases with current flowing and the mean voltage, from one sample; None if it does
-    not tell."""
+def _electrical_from(sample: MeterSample) -> Electrical | None:
+    """Phases and voltage from one sample; None if it does not tell. Per-phase readings:
+    the lines with current flowing, their mean voltage. Else the headline power, voltage and
+    current: ``phases = P / (V x I)`` rounded (1 to 3)."""
+    phases, voltage = sample.phases, sample.voltage
+    if not phases:
+        power, current = sample.power_kw, sample.current
+        if power is None or voltage is None or current is None or current < _LOADED_PHASE_A:
+            return None
+        if not 100.0 <= voltage <= 300.0:
+            return None
+        count = round(power * 1000.0 / (voltage * current))
+        return Electrical(min(max(count, 1), 3), round(voltage, 1)) if count >= 1 else None
     loaded = 0
     volts: list[float] = []
     for line in _LINES:
