@@ -15,6 +15,7 @@ from charging_api.domain.events import ReservationChanged, TransactionStopped
 from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import (
     ClosedBy,
+    ConfigurationEntry,
     IdTag,
     IdTagStatus,
     MeterSample,
@@ -402,3 +403,27 @@ async def test_admin_profiles_are_listed_and_forgotten_when_cleared() -> None:
     assert [p.profile_id for p in await world.profiles.profiles(ADMIN, "CP1")] == [1]
     with pytest.raises(Forbidden):
         await world.profiles.profiles(ALICE)
+
+
+async def test_power_limit_takes_phases_from_the_reported_phase_rotation() -> None:
+    """Without meter readings, ConnectorPhaseRotation NotApplicable (GetConfiguration) means
+    one phase: 2.3 kW is 10 A."""
+    world = World()
+    await world.online()
+    await world.store.put_reported_configuration(
+        "CP1",
+        [ConfigurationEntry("CP1", "ConnectorPhaseRotation", "0.RST,1.NotApplicable", True)],
+    )
+    tx_id = await world.start(ALICE, "TAG-A")
+    limit = await world.profiles.set_power_limit(ALICE, tx_id, 2.3, "kW")
+    await world.call("SetChargingProfile")
+    assert (limit.limit_a, limit.electrical.phases, limit.source) == (10.0, 1, "configuration")
+
+
+async def test_authorize_names_the_parent_id_tag() -> None:
+    """Authorize's IdTagInfo carries the tag's parentIdTag (what reservations and local
+    lists group by)."""
+    world = World()
+    await world.store.put_id_tag(IdTag("TAG-C", "carol", parent_id_tag="FLEET"))
+    verdict = await world.service.on_authorize("CP1", "tag-c")
+    assert (verdict.status, verdict.parent_id_tag) == (IdTagStatus.ACCEPTED, "FLEET")

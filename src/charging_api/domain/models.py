@@ -85,6 +85,7 @@ class IdTagVerdict:
 
     status: IdTagStatus
     expiry: datetime | None = None
+    parent_id_tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

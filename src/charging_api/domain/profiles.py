@@ -9,7 +9,8 @@
   session's own meter values (per-phase readings: the lines with current flowing and their
   mean voltage; else headline power, voltage and current: ``phases = P / (V x I)``), what was
   last learnt for that connector (from an earlier session, or :meth:`configure_connector`),
-  else the default of 3 x 230 V. Trade-off: reading the stored samples when a limit is set
+  the charge point's reported ``ConnectorPhaseRotation`` configuration (phases only), else the
+  default of 3 x 230 V. Trade-off: reading the stored samples when a limit is set
   costs one query per request and nothing on the MeterValues hot path.
 * Admins set any profile (ChargePointMaxProfile, TxDefaultProfile, TxProfile) and read
   GetCompositeSchedule through ``OperatorService`` (its hooks, ``operator_rules``, call
@@ -69,7 +70,7 @@ class PowerLimit:
     limit_a: float
     limit_kw: float
     electrical: Electrical
-    source: str  # "meterValues", "connector" or "default"
+    source: str  # "meterValues", "connector", "configuration" or "default"
 
 
 class ChargingProfiles:
@@ -111,7 +112,27 @@ class ChargingProfiles:
         known = self._connectors.get(key)
         if known is not None:
             return known, "connector"
+        configured = await self._configured_phases(charge_point_id, connector_id)
+        if configured is not None:
+            return Electrical(configured, self.default.voltage), "configuration"
         return self.default, "default"
+
+    async def _configured_phases(self, charge_point_id: str, connector_id: int) -> int | None:
+        """Phases from the charge point's reported ``ConnectorPhaseRotation`` (OCPP 1.6
+        9.1.9, e.g. ``0.RST,1.RST,2.NotApplicable``): a rotation (``RST`` ...) is three
+        phases, ``NotApplicable`` one (single phase or DC); ``Unknown`` tells nothing."""
+        for entry in await self._store.configuration(charge_point_id):
+            if entry.key != "ConnectorPhaseRotation" or not entry.value:
+                continue
+            rotations = dict(
+                part.strip().split(".", 1) for part in entry.value.split(",") if "." in part
+            )
+            value = rotations.get(str(connector_id), rotations.get("0"))
+            if value == "NotApplicable":
+                return 1
+            if value is not None and len(value) == 3 and set(value) == set("RST"):
+                return 3
+        return None
 
     async def set_power_limit(
         self, principal: Principal, transaction_id: int, limit: float, unit: str

@@ -23,6 +23,8 @@ def _id_tag_info(verdict: IdTagVerdict) -> Payload:
     info: Payload = {"status": verdict.status.value}
     if verdict.expiry is not None:
         info["expiryDate"] = format_utc(verdict.expiry)
+    if verdict.parent_id_tag is not None:
+        info["parentIdTag"] = verdict.parent_id_tag
     return info
 
 
