@@ -20,6 +20,7 @@ from charging_api.domain.models import (
     IdTagStatus,
     MeterSample,
     Principal,
+    Reservation,
     ReservationStatus,
     Role,
     StoredMeterSample,
@@ -427,3 +428,26 @@ async def test_authorize_names_the_parent_id_tag() -> None:
     await world.store.put_id_tag(IdTag("TAG-C", "carol", parent_id_tag="FLEET"))
     verdict = await world.service.on_authorize("CP1", "tag-c")
     assert (verdict.status, verdict.parent_id_tag) == (IdTagStatus.ACCEPTED, "FLEET")
+
+
+async def test_an_expiry_that_cannot_be_stored_is_retried_later() -> None:
+    """Storage down at the expiry: the reservation stays held and expires at the retry."""
+    world = World()
+    await world.online()
+    await world.book.reserve(ALICE, "CP1", 1, expiry_minutes=1)
+    await world.call("ReserveNow")
+    real_update = world.store.update_reservation
+
+    async def broken(reservation: Reservation) -> None:
+        raise OSError("database unavailable")
+
+    world.store.update_reservation = broken  # type: ignore[method-assign]
+    world.clock.advance(60)
+    await world.service.fire_due_timers()
+    assert world.book.on_connector("CP1", 1) is not None
+    next_deadline = world.book.next_deadline()
+    assert next_deadline is not None and next_deadline > world.clock.monotonic()
+    world.store.update_reservation = real_update  # type: ignore[method-assign]
+    world.clock.advance(5)
+    await world.service.fire_due_timers()
+    assert world.book.on_connector("CP1", 1) is None

@@ -61,6 +61,8 @@ from charging_api.errors import (
 log = logging.getLogger(__name__)
 
 ConnectorKey = tuple[str, int]
+#: After a failed expiry (storage down), try again this much later.
+RETRY_AFTER = 5.0
 
 
 class ReservationBook:
@@ -287,10 +289,17 @@ class ReservationBook:
         return min(self._deadlines.values(), default=None)
 
     async def fire_due(self, now: float) -> None:
+        """Expire what is due; one whose end cannot be stored (storage down) is tried again
+        :data:`RETRY_AFTER` seconds later, still held meanwhile."""
         for reservation_id, deadline in list(self._deadlines.items()):
             held = self._active.get(reservation_id)
-            if deadline <= now and held is not None:
+            if deadline > now or held is None:
+                continue
+            try:
                 await self._end(held, ReservationStatus.EXPIRED)
+            except Exception:
+                log.exception("expiring reservation %d failed; retrying", reservation_id)
+                self._deadlines[reservation_id] = now + RETRY_AFTER
 
     # ----------------------------------------------------------------- helpers
 
