@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 from websockets.typing import Subprotocol
 
-from charging_api.domain.models import IdTag, IdTagStatus
+from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role, ocpp_datetime
 from charging_api.simulator import SimulatedChargePoint, run_charge_point
 from tests.conftest import AppClient, RunningServer, app_client, make_settings, running_server
 from tests.peers.py_charge_point import LibraryChargePoint, now_text
@@ -288,3 +289,61 @@ async def test_a_reservation_survives_a_server_restart(tmp_path: Path) -> None:
             assert cancelled["data"]["success"] is True, cancelled
             assert cancelled["data"]["chargePointStatus"] == "Accepted"
             assert (await cp.next("CancelReservation")) == {"reservation_id": reservation_id}
+
+
+async def test_admin_operations_on_the_simulator_keep_the_books(tmp_path: Path) -> None:
+    """Through OperatorService against the simulator: a ChargePointMaxProfile is stored and
+    listed and shows in GetCompositeSchedule; an admin's ReserveNow holds the connector for
+    its tag (another user's app start is refused), and CancelReservation frees it."""
+    cp_id = "SIM-ADMIN"
+    admin = Principal("ops", Role.ADMIN)
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        simulated(server, cp_id),
+        app_client(server, server.token("bob", id_tag="TAG-B")) as bob,
+    ):
+        operator = server.app.operator
+        profile = {
+            "chargingProfileId": 9,
+            "stackLevel": 0,
+            "chargingProfilePurpose": "ChargePointMaxProfile",
+            "chargingProfileKind": "Absolute",
+            "chargingSchedule": {
+                "startSchedule": ocpp_datetime(datetime.now(UTC) - timedelta(minutes=1)),
+                "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 12.0}],
+            },
+        }
+        answer = await operator.execute(
+            admin, cp_id, "SetChargingProfile", {"connectorId": 0, "csChargingProfiles": profile}
+        )
+        assert answer == {"status": "Accepted"}
+        listed = await server.app.profiles.profiles(admin, cp_id)
+        assert [(p.profile_id, p.purpose) for p in listed] == [(9, "ChargePointMaxProfile")]
+        schedule = await operator.execute(
+            admin, cp_id, "GetCompositeSchedule", {"connectorId": 1, "duration": 600}
+        )
+        assert schedule["status"] == "Accepted", schedule
+        periods = schedule["chargingSchedule"]["chargingSchedulePeriod"]
+        assert periods[0]["limit"] <= 12.0
+
+        await server.app.store.put_id_tag(IdTag("TAG-A", "alice"))
+        expiry = ocpp_datetime(datetime.now(UTC) + timedelta(minutes=5))
+        reserve_now = {
+            "connectorId": 1,
+            "expiryDate": expiry,
+            "idTag": "TAG-A",
+            "reservationId": 41,
+        }
+        assert await operator.execute(admin, cp_id, "ReserveNow", reserve_now) == {
+            "status": "Accepted"
+        }
+        refused = await bob.request(
+            "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}
+        )
+        assert refused["error"]["code"] == "CONNECTOR_RESERVED", refused
+        await operator.execute(admin, cp_id, "CancelReservation", {"reservationId": 41})
+        started = await bob.request(
+            "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}
+        )
+        assert started["data"]["success"] is True, started
