@@ -25,7 +25,10 @@ from charging_api.domain.models import (
     DeviceStatus,
     IdTag,
     IdTagStatus,
+    LocalListState,
     OperationRecord,
+    Reservation,
+    StoredChargingProfile,
     StoredMeterSample,
     Transaction,
     id_tag_key,
@@ -64,6 +67,10 @@ class MemoryStore:
         self.transactions: dict[int, Transaction] = {}
         self.samples: list[StoredMeterSample] = []
         self._ids = itertools.count(1)
+        self.reservations: dict[int, Reservation] = {}
+        self._reservation_ids = itertools.count(1)
+        self.local_lists: dict[str, LocalListState] = {}
+        self.profiles: dict[tuple[str, int], StoredChargingProfile] = {}
         self.operations_log: list[OperationRecord] = []
         self.availability: dict[tuple[str, int], ConnectorAvailability] = {}
         self.config: dict[tuple[str, str], ConfigurationEntry] = {}
@@ -208,6 +215,58 @@ class MemoryStore:
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
         found = [s for s in self.samples if s.transaction_id == transaction_id]
         return sorted(found, key=_sample_time)  # stable: equal times stay in arrival order
+
+    # operator state (the OpsStateStore port)
+
+    async def add_reservation(self, reservation: Reservation) -> Reservation:
+        _utc(reservation.expiry)
+        stored = replace(reservation, id=next(self._reservation_ids))
+        self.reservations[stored.id] = stored
+        return stored
+
+    async def put_reservation(self, reservation: Reservation) -> None:
+        _utc(reservation.expiry)
+        self.reservations[reservation.id] = reservation
+        above = max(self.reservations) + 1
+        if next(self._reservation_ids) < above:
+            self._reservation_ids = itertools.count(above)
+
+    async def update_reservation(self, reservation: Reservation) -> None:
+        if reservation.id in self.reservations:
+            self.reservations[reservation.id] = reservation
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None:
+        return self.reservations.get(reservation_id)
+
+    async def active_reservations(self) -> list[Reservation]:
+        return [r for _, r in sorted(self.reservations.items()) if r.active]
+
+    async def all_id_tags(self) -> list[IdTag]:
+        return sorted(self.id_tags.values(), key=_tag)
+
+    async def charge_point_ids(self) -> list[str]:
+        return sorted(self.charge_points)
+
+    async def get_local_list(self, charge_point_id: str) -> LocalListState | None:
+        return self.local_lists.get(charge_point_id)
+
+    async def put_local_list(self, state: LocalListState) -> None:
+        self.local_lists[state.charge_point_id] = state
+
+    async def put_charging_profile(self, profile: StoredChargingProfile) -> None:
+        self.profiles[(profile.charge_point_id, profile.profile_id)] = profile
+
+    async def charging_profiles(
+        self, charge_point_id: str | None = None
+    ) -> list[StoredChargingProfile]:
+        return [
+            p
+            for _, p in sorted(self.profiles.items())
+            if charge_point_id in (None, p.charge_point_id)
+        ]
+
+    async def delete_charging_profile(self, charge_point_id: str, profile_id: int) -> None:
+        self.profiles.pop((charge_point_id, profile_id), None)
 
     async def add_operation(self, record: OperationRecord) -> OperationRecord:
         stored = replace(

@@ -25,15 +25,19 @@ import websockets
 
 from charging_api import __version__
 from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
+from charging_api.api.handlers import OperatorState
 from charging_api.api.hub import UpdateHub
 from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
 from charging_api.config import Settings
-from charging_api.domain import access
+from charging_api.domain import access, operator_rules
 from charging_api.domain.charging import ChargingPolicy, ChargingService
+from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
 from charging_api.domain.operations import OperatorService
+from charging_api.domain.profiles import ChargingProfiles
+from charging_api.domain.reservations import ReservationBook
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.ocpp.gateway import OcppGateway
@@ -103,7 +107,24 @@ class Application:
                 data_transfer_vendors=frozenset(settings.data_transfer_vendors),
             ),
         )
+        # Operator state: reservations (a start rule and a timer source of the core),
+        # charging profiles (cleared when their session ends: a bus subscriber), local lists.
+        clock = self.service.clock
+        self.reservations = ReservationBook(
+            self.store,
+            self.store,
+            self.gateway,
+            self.bus,
+            clock,
+            max_minutes=settings.max_reservation_minutes,
+        )
+        self.reservations.wake = self.service.wake_timers
+        self.service.add_start_rule(self.reservations)
+        self.service.add_timer_source(self.reservations)
+        self.profiles = ChargingProfiles(self.store, self.store, self.gateway, clock)
+        self.local_list = LocalListSync(self.store, self.gateway, clock)
         self.operator = OperatorService(self.store, self.gateway, self.service)
+        operator_rules.install(self.operator, self.reservations, self.profiles, self.local_list)
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -139,6 +160,7 @@ class Application:
             http_handler=None,
             debug=settings.debug_websocket,
             operator=self.operator,
+            ops=OperatorState(self.reservations, self.profiles, self.local_list),
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
@@ -157,6 +179,7 @@ class Application:
             open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe_profiles = self.bus.subscribe(self.profiles.on_event)
         self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
         self._serving = False
@@ -179,6 +202,7 @@ class Application:
         await self.store.start()
         await self.bus.start()
         await self.service.load()
+        await self.reservations.load()
         self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
         s = self.settings
         ocpp_port = await _listen(
@@ -215,6 +239,8 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timers
         self._unsubscribe()
+        self._unsubscribe_profiles()
+        await self.profiles.close()
         self._unsubscribe_operator()
         await self.operator.close()
         await self.bus.close()

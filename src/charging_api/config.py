@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     # An open transaction whose connector reports Available is closed when no StopTransaction
     # follows within this many seconds (the charge point forgot it: a reboot).
     stale_transaction_grace: float = Field(120.0, gt=0)
+    # The longest reservation (reserve_request, ReserveNow): longer requests are shortened.
+    max_reservation_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
     meter_live_window: float = Field(120.0, gt=0)
     # DataTransfer vendor ids (comma-separated) accepted from charge points and published to
     # admins; any other vendor id is answered UnknownVendorId.

@@ -23,6 +23,8 @@ Library exceptions are translated into these once, at the edge that imports the 
     ├── ChargePointNotFound          CHARGE_POINT_NOT_FOUND
     ├── ConnectorNotFound            CONNECTOR_NOT_FOUND
     ├── ConnectorBusy                CONNECTOR_BUSY: a start is already under way on that connector
+    ├── ConnectorReserved            CONNECTOR_RESERVED: reserved for another id tag (or taken)
+    ├── ReservationNotFound          RESERVATION_NOT_FOUND: unknown, ended, or not the asker's
     ├── TransactionNotFound          TRANSACTION_NOT_FOUND
     ├── TransactionNotActive         TRANSACTION_NOT_ACTIVE: already stopped
     ├── ChargePointOffline           CHARGE_POINT_OFFLINE
@@ -127,6 +129,14 @@ class ConnectorNotFound(ChargingApiError):
 
 class ConnectorBusy(ChargingApiError):
     code = "CONNECTOR_BUSY"
+
+
+class ConnectorReserved(ChargingApiError):
+    code = "CONNECTOR_RESERVED"
+
+
+class ReservationNotFound(ChargingApiError):
+    code = "RESERVATION_NOT_FOUND"
 
 
 class TransactionNotFound(ChargingApiError):

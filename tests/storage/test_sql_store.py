@@ -162,6 +162,7 @@ def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
         conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN tag_key")
         conn.exec_driver_sql("ALTER TABLE transactions DROP COLUMN closed_by")
         conn.exec_driver_sql("ALTER TABLE transactions DROP COLUMN app_stop_reason")
+        conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN parent_id_tag")
         for tag in tags:
             conn.execute(
                 text("INSERT INTO id_tags (tag, user_id, status) VALUES (:t, 'u1', 'Accepted')"),
@@ -182,6 +183,38 @@ async def test_a_v1_database_gets_case_insensitive_id_tags(open_sql_store: OpenS
     assert await store.get_id_tag("OTHER") == IdTag("other", "u1")
     await store.put_id_tag(IdTag("old-tag", "u2"))  # the same tag: updated, not a second row
     assert [t.tag for t in await store.id_tags_of("u2")] == ["Old-Tag"]
+    versions = await store._db.read(
+        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
+    )
+    assert versions == [SCHEMA_VERSION]
+
+
+async def test_a_v3_database_gets_parent_id_tags_and_operator_tables(
+    open_sql_store: OpenSqlStore,
+) -> None:
+    """Opening a v3 database adds parentIdTag to id tags and the operator-state tables."""
+    store = await open_sql_store()
+
+    def back_to_v3(conn: Connection) -> None:
+        conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN parent_id_tag")
+        for table in ("reservations", "local_lists", "charging_profiles"):
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+        conn.execute(
+            text(
+                "INSERT INTO id_tags (tag, user_id, status, tag_key) "
+                "VALUES ('Kept', 'u1', 'Accepted', 'kept')"
+            )
+        )
+        conn.execute(update(schema_version).values(version=3))
+
+    await store._db.write(back_to_v3)
+    await store.close()
+    store = await open_sql_store()
+    assert await store.get_id_tag("kept") == IdTag("Kept", "u1")
+    await store.put_id_tag(IdTag("Child", "u1", parent_id_tag="Kept"))
+    assert (await store.get_id_tag("child")) == IdTag("Child", "u1", parent_id_tag="Kept")
+    assert await store.active_reservations() == []
+    assert await store.charging_profiles() == []
     versions = await store._db.read(
         lambda c: c.execute(select(schema_version.c.version)).scalars().all()
     )

@@ -66,6 +66,30 @@ def fixed_time(raw: bytes) -> bytes:
         ("unsubscribe", {"chargePointIds": ["CP"]}, m.UnsubscribeRequest, "unsubscribe_response"),
         ("get_transactions", {"limit": 5}, m.GetTransactionsRequest, "transactions"),
         ("get_meter_values", {"transactionId": 3}, m.GetMeterValuesRequest, "meter_values"),
+        (
+            "reserve_request",
+            {"chargePointId": "CP", "connectorId": 1, "expiryMinutes": 15},
+            m.ReserveRequest,
+            "reserve_response",
+        ),
+        (
+            "cancel_reservation_request",
+            {"reservationId": 4},
+            m.CancelReservationRequest,
+            "cancel_reservation_response",
+        ),
+        (
+            "set_power_limit_request",
+            {"transactionId": 3, "limit": 7, "unit": "kW"},
+            m.SetPowerLimitRequest,
+            "set_power_limit_response",
+        ),
+        (
+            "sync_local_list_request",
+            {"chargePointId": "*"},
+            m.SyncLocalListRequest,
+            "sync_local_list_response",
+        ),
     ],
 )
 def test_every_request_type_decodes_to_its_model(
@@ -180,6 +204,17 @@ def test_an_unknown_type_is_echoed_at_most_64_characters() -> None:
         ("resume", {"lastSeq": -1}, "lastSeq"),
         ("subscribe", {"chargePointIds": "all"}, "chargePointIds"),
         ("get_transactions", {"limit": 501}, "limit"),
+        ("reserve_request", {"chargePointId": "CP", "connectorId": 0}, "connectorId"),
+        (
+            "reserve_request",
+            {"chargePointId": "CP", "connectorId": 1, "expiryMinutes": 0},
+            "expiryMinutes",
+        ),
+        ("cancel_reservation_request", {"reservationId": "4"}, "reservationId"),
+        ("set_power_limit_request", {"transactionId": 3, "limit": 7, "unit": "W"}, "unit"),
+        ("set_power_limit_request", {"transactionId": 3, "limit": 0, "unit": "A"}, "limit"),
+        ("set_power_limit_request", {"transactionId": 3, "limit": "7", "unit": "A"}, "limit"),
+        ("sync_local_list_request", {"chargePointId": "CP", "full": "yes"}, "full"),
     ],
 )
 def test_fields_are_validated_strictly(kind: str, data: dict[str, Any], field: str) -> None:

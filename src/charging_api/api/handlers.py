@@ -29,8 +29,11 @@ from charging_api.api.auth import TokenVerifier
 from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppSession
 from charging_api.domain.charging import ChargingService
+from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import DeviceJob, Principal
 from charging_api.domain.operations import OperatorService
+from charging_api.domain.profiles import ChargingProfiles
+from charging_api.domain.reservations import ReservationBook
 from charging_api.errors import Forbidden, InternalError, ResyncRequired
 
 Data = dict[str, Any]
@@ -58,6 +61,22 @@ class Door:
     epoch: str
     #: The operator side (``operation_request``); None where no charge point door runs.
     operator: OperatorService | None = None
+    #: Operator state (reservations, local lists, charging profiles); None in a door built
+    #: without it (its requests then answer INTERNAL_ERROR).
+    ops: OperatorState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorState:
+    reservations: ReservationBook
+    profiles: ChargingProfiles
+    local_list: LocalListSync
+
+
+def _ops(door: Door) -> OperatorState:
+    if door.ops is None:
+        raise InternalError("Operator state is not configured on this server")
+    return door.ops
 
 
 Handler = Callable[[Door, Connection, protocol.Request, float], Awaitable[Data | None]]
@@ -283,6 +302,79 @@ async def get_operations(
     return protocol.operations_reply(records)
 
 
+async def reserve(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Reserve a connector for one's own id tag (admins: any registered tag)."""
+    data = request.data
+    assert isinstance(data, m.ReserveRequest)
+    reservation = await _ops(door).reservations.reserve(
+        _principal(conn), data.chargePointId, data.connectorId, data.idTag, data.expiryMinutes
+    )
+    return {"success": True, "reservation": protocol.reservation_to_wire(reservation)}
+
+
+async def cancel_reservation(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    data = request.data
+    assert isinstance(data, m.CancelReservationRequest)
+    ended, cp_status = await _ops(door).reservations.cancel(_principal(conn), data.reservationId)
+    return {
+        "success": True,
+        "reservation": protocol.reservation_to_wire(ended),
+        "chargePointStatus": cp_status,
+    }
+
+
+async def set_power_limit(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    """The session's owner limits its power (a TxProfile on the charge point)."""
+    data = request.data
+    assert isinstance(data, m.SetPowerLimitRequest)
+    done = await _ops(door).profiles.set_power_limit(
+        _principal(conn), data.transactionId, data.limit, data.unit
+    )
+    return {
+        "success": True,
+        "transactionId": done.transaction_id,
+        "chargePointId": done.charge_point_id,
+        "connectorId": done.connector_id,
+        "chargingProfileId": done.profile_id,
+        "limitA": done.limit_a,
+        "limitKW": done.limit_kw,
+        "phases": done.electrical.phases,
+        "voltage": done.electrical.voltage,
+        "electricalSource": done.source,
+    }
+
+
+async def sync_local_list(
+    door: Door, conn: Connection, request: protocol.Request, now: float
+) -> Data:
+    """Admins: bring one charge point's local list (or every one's) up to date."""
+    data = request.data
+    assert isinstance(data, m.SyncLocalListRequest)
+    sync = _ops(door).local_list
+    principal = _principal(conn)
+    if data.chargePointId == "*":
+        results = await sync.sync_all(principal, data.full)
+    else:
+        results = [await sync.sync(principal, data.chargePointId, data.full)]
+    return {
+        "success": True,
+        "results": [
+            {
+                "chargePointId": r.charge_point_id,
+                "updateType": r.update_type,
+                "status": r.status,
+                "listVersion": r.version,
+                "entries": r.entries,
+            }
+            for r in results
+        ],
+    }
+
+
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).
 ROUTES: dict[str, Route] = {
     "auth_request": Route(auth),
@@ -303,6 +395,18 @@ ROUTES: dict[str, Route] = {
     ),
     "get_charge_point_details": Route(charge_point_details),
     "get_operations": Route(get_operations),
+    "reserve_request": Route(
+        reserve, concurrent=True, failure_fields=("chargePointId", "connectorId")
+    ),
+    "cancel_reservation_request": Route(
+        cancel_reservation, concurrent=True, failure_fields=("reservationId",)
+    ),
+    "set_power_limit_request": Route(
+        set_power_limit, concurrent=True, failure_fields=("transactionId",)
+    ),
+    "sync_local_list_request": Route(
+        sync_local_list, concurrent=True, failure_fields=("chargePointId",)
+    ),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

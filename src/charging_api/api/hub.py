@@ -36,6 +36,7 @@ from charging_api.domain.events import (
     DeviceStatusChanged,
     DomainEvent,
     MeterValuesReceived,
+    ReservationChanged,
     TransactionStarted,
     TransactionStopped,
 )
@@ -217,6 +218,8 @@ class UpdateHub:
                 protocol.device_status_push(event),
                 False,
             )
+        elif isinstance(event, ReservationChanged):
+            kind, data, droppable = "reservation_update", protocol.reservation_update(event), False
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())

@@ -110,6 +110,34 @@ class GetOperationsRequest(_Data):
     beforeId: Annotated[StrictInt, Field(ge=1)] | None = None
 
 
+class ReserveRequest(_Data):
+    """Reserve a connector for one's own id tag (admins: any registered tag)."""
+
+    chargePointId: Ident
+    connectorId: Annotated[StrictInt, Field(ge=1, le=255)]
+    idTag: IdTagText | None = None
+    expiryMinutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
+
+
+class CancelReservationRequest(_Data):
+    reservationId: TransactionId
+
+
+class SetPowerLimitRequest(_Data):
+    """Limit the power of one's own open session (a TxProfile)."""
+
+    transactionId: TransactionId
+    limit: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False, strict=True)]
+    unit: Literal["kW", "A"]
+
+
+class SyncLocalListRequest(_Data):
+    """Admins: send one charge point (or ``"*"``: every connected one) its local list."""
+
+    chargePointId: Ident
+    full: StrictBool = False
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -128,6 +156,10 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "want_configuration_request": (WantConfigurationRequest, "want_configuration_response"),
     "get_charge_point_details": (GetChargePointDetailsRequest, "charge_point_details"),
     "get_operations": (GetOperationsRequest, "operations"),
+    "reserve_request": (ReserveRequest, "reserve_response"),
+    "cancel_reservation_request": (CancelReservationRequest, "cancel_reservation_response"),
+    "set_power_limit_request": (SetPowerLimitRequest, "set_power_limit_response"),
+    "sync_local_list_request": (SyncLocalListRequest, "sync_local_list_response"),
 }
 
 #: Pushes the server sends on its own.
@@ -140,5 +172,6 @@ PUSH_TYPES = frozenset(
         "device_status_update",
         "session_expiring",
         "server_shutdown",
+        "reservation_update",
     }
 )

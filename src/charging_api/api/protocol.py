@@ -24,6 +24,7 @@ from charging_api.domain.events import (
     DataTransferReceived,
     DeviceStatusChanged,
     MeterValuesReceived,
+    ReservationChanged,
     TransactionStarted,
     TransactionStopped,
 )
@@ -35,6 +36,8 @@ from charging_api.domain.models import (
     MeterSample,
     OperationRecord,
     Principal,
+    Reservation,
+    StoredChargingProfile,
     Transaction,
 )
 from charging_api.errors import (
@@ -261,6 +264,50 @@ def transaction_update(event: TransactionStarted | TransactionStopped) -> dict[s
     return data
 
 
+def reservation_update(event: ReservationChanged) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "reservationId": event.reservation_id,
+        "chargePointId": event.charge_point_id,
+        "connectorId": event.connector_id,
+        "idTag": event.id_tag,
+        "status": event.status,
+        "expiryDate": format_utc(event.expiry),
+        "timestamp": format_utc(event.timestamp),
+    }
+    if event.transaction_id is not None:
+        data["transactionId"] = event.transaction_id
+    return data
+
+
+def reservation_to_wire(r: Reservation) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "reservationId": r.id,
+        "chargePointId": r.charge_point_id,
+        "connectorId": r.connector_id,
+        "idTag": r.id_tag,
+        "userId": r.user_id,
+        "status": r.status.value,
+        "expiryDate": format_utc(r.expiry),
+    }
+    if r.transaction_id is not None:
+        data["transactionId"] = r.transaction_id
+    return data
+
+
+def profile_to_wire(p: StoredChargingProfile) -> dict[str, Any]:
+    return {
+        "chargePointId": p.charge_point_id,
+        "connectorId": p.connector_id,
+        "chargingProfileId": p.profile_id,
+        "purpose": p.purpose,
+        "stackLevel": p.stack_level,
+        "transactionId": p.transaction_id,
+        "setBy": p.set_by,
+        "setAt": format_utc(p.set_at),
+        "csChargingProfiles": p.profile,
+    }
+
+
 def transaction_to_wire(tx: Transaction) -> dict[str, Any]:
     return {
         "transactionId": tx.id,
@@ -290,13 +337,16 @@ def connector_to_wire(connector: ConnectorState) -> dict[str, Any]:
 
 
 def start_reply(outcome: StartOutcome) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "success": True,
         "transactionId": outcome.transaction_id,
         "connectorId": outcome.connector_id,
         "status": outcome.status,
         "message": outcome.message,
     }
+    if outcome.reservation_id is not None:
+        data["reservationId"] = outcome.reservation_id
+    return data
 
 
 def stop_reply(outcome: StopOutcome) -> dict[str, Any]:

@@ -39,7 +39,14 @@ from websockets import (
 
 from charging_api.api import protocol
 from charging_api.api.auth import TokenVerifier
-from charging_api.api.handlers import CONCURRENT, ROUTES, Door, Route, failure_extra
+from charging_api.api.handlers import (
+    CONCURRENT,
+    ROUTES,
+    Door,
+    OperatorState,
+    Route,
+    failure_extra,
+)
 from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
@@ -173,6 +180,7 @@ class AppServer:
         http_handler: HttpHandler | None = None,
         debug: bool = False,
         operator: OperatorService | None = None,
+        ops: OperatorState | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -186,7 +194,7 @@ class AppServer:
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped_frames = 0
         self.epoch = secrets.token_hex(4)
-        self.door = Door(service, verifier, hub, self.epoch, operator)
+        self.door = Door(service, verifier, hub, self.epoch, operator, ops)
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler

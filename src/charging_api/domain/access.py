@@ -57,10 +57,10 @@ def verdict_for(record: IdTag | None, now: datetime) -> IdTagVerdict:
     if record is None:
         return IdTagVerdict(IdTagStatus.INVALID)
     if record.status is not IdTagStatus.ACCEPTED:
-        return IdTagVerdict(record.status, record.expiry)
+        return IdTagVerdict(record.status, record.expiry, record.parent_id_tag)
     if record.expiry is not None and record.expiry <= now:
-        return IdTagVerdict(IdTagStatus.EXPIRED, record.expiry)
-    return IdTagVerdict(IdTagStatus.ACCEPTED, record.expiry)
+        return IdTagVerdict(IdTagStatus.EXPIRED, record.expiry, record.parent_id_tag)
+    return IdTagVerdict(IdTagStatus.ACCEPTED, record.expiry, record.parent_id_tag)
 
 
 _PBKDF2_ROUNDS = 120_000

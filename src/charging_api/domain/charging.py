@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from charging_api.domain import access
 from charging_api.domain.events import (
@@ -110,6 +111,32 @@ class StartOutcome:
     connector_id: int
     status: str
     message: str
+    reservation_id: int | None = None  # the holder's reservation this start consumed
+
+
+class StartRule(Protocol):
+    """Operator state that has a say in starts (reservations): registered with
+    :meth:`ChargingService.add_start_rule`."""
+
+    async def check_start(
+        self, principal: Principal, charge_point_id: str, connector_id: int, record: IdTag
+    ) -> int | None:
+        """Before the RemoteStart: raise to refuse the app's start; return the id of the
+        reservation the start will use (or None)."""
+        ...
+
+    async def on_transaction_started(self, tx: Transaction, reservation_id: int | None) -> None:
+        """A new transaction was stored; ``reservation_id`` is the StartTransaction's (or the
+        one :meth:`check_start` returned for our remote start)."""
+        ...
+
+
+class TimerSource(Protocol):
+    """More deadlines on the core's clock, fired by :meth:`ChargingService.run_timers`."""
+
+    def next_deadline(self) -> float | None: ...
+
+    async def fire_due(self, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +181,7 @@ class _PendingStart:
     future: asyncio.Future[Transaction] = field(repr=False)
     timed_out: bool = False
     deadline: float | None = None  # set once the charge point accepted the RemoteStart
+    reservation_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +207,8 @@ class ChargingService:
         self._gateway = gateway
         self._bus = bus
         self._clock: Clock = clock or SystemClock()
+        #: The core's one clock, shared with the operator state's timers.
+        self.clock = self._clock
         self.policy = policy or ChargingPolicy()
         self._live: dict[int, _LiveTransaction] = {}
         self._live_on_connector: dict[ConnectorKey, int] = {}
@@ -201,6 +231,19 @@ class ChargingService:
         # once per charge point and kept current by record_availability.
         self._inoperative: dict[str, dict[int, bool]] = {}
         self._vendors = frozenset(v.casefold() for v in self.policy.data_transfer_vendors)
+        self._start_rules: list[StartRule] = []
+        self._timer_sources: list[TimerSource] = []
+
+    def add_start_rule(self, rule: StartRule) -> None:
+        self._start_rules.append(rule)
+
+    def add_timer_source(self, source: TimerSource) -> None:
+        self._timer_sources.append(source)
+        self._rearm.set()
+
+    def wake_timers(self) -> None:
+        """A timer source has a new deadline: :meth:`run_timers` recomputes its sleep."""
+        self._rearm.set()
 
     async def load(self) -> None:
         """Rebuild the live picture from storage (after a restart, a crash included).
@@ -271,12 +314,21 @@ class ChargingService:
             except Exception:
                 log.exception("closing stale transaction %d failed; retrying", tx_id)
                 self._stale.setdefault(tx_id, self._clock.monotonic() + _RETRY_CLOSE_AFTER)
+        for source in self._timer_sources:
+            try:
+                await source.fire_due(now)
+            except Exception:  # one source must never stop the others
+                log.exception("timer source %r failed", source)
 
     def _next_deadline(self) -> float | None:
         deadlines = [
             p.deadline for p in self._pending.values() if p.deadline is not None and not p.timed_out
         ]
         deadlines.extend(self._stale.values())
+        for source in self._timer_sources:
+            deadline = source.next_deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
         return min(deadlines, default=None)
 
     def _arm_stale(self, transaction_id: int) -> None:
@@ -400,9 +452,16 @@ class ChargingService:
                 f"Connector {connector_id} of {charge_point_id} already has a session",
                 {"chargePointId": charge_point_id, "connectorId": connector_id},
             )
+        reservation_id = None
+        for rule in self._start_rules:
+            reservation_id = (
+                await rule.check_start(principal, charge_point_id, connector_id, record)
+                or reservation_id
+            )
         pending = _PendingStart(
             owner, tag, record, self._clock.monotonic(), asyncio.get_running_loop().create_future()
         )
+        pending.reservation_id = reservation_id
         self._pending[key] = pending
         self._followers[key] = owner
         try:
@@ -421,7 +480,9 @@ class ChargingService:
             pending.deadline = self._clock.monotonic() + self.policy.start_transaction_timeout
             self._rearm.set()
         tx = await asyncio.shield(pending.future)
-        return StartOutcome(tx.id, connector_id, "Accepted", "Charging started successfully")
+        return StartOutcome(
+            tx.id, connector_id, "Accepted", "Charging started successfully", reservation_id
+        )
 
     def _forget_pending(self, key: ConnectorKey, pending: _PendingStart) -> None:
         if self._pending.get(key) is pending:
@@ -773,9 +834,11 @@ class ChargingService:
         id_tag: str,
         meter_start_wh: int,
         timestamp: datetime,
+        reservation_id: int | None = None,
     ) -> tuple[int, IdTagVerdict]:
         """Always returns a transactionId (even for an Invalid tag, as OCPP 1.6 requires);
-        a replay of a StartTransaction already stored gets the same id."""
+        a replay of a StartTransaction already stored gets the same id. ``reservation_id``
+        (the StartTransaction's) is consumed, as is the one our remote start was made for."""
         key = (charge_point_id, connector_id)
         pending = self._pending.get(key)
         record: IdTag | None
@@ -808,6 +871,13 @@ class ChargingService:
             self._remember_live(tx)
             if user is not None:
                 self._followers[key] = user
+        if reservation_id is None and pending is not None:
+            reservation_id = pending.reservation_id
+        for rule in self._start_rules:
+            try:
+                await rule.on_transaction_started(tx, reservation_id)
+            except Exception:  # the transaction is stored: answer it regardless
+                log.exception("start rule %r failed for transaction %d", rule, tx.id)
         if pending is not None:
             del self._pending[key]
             if not pending.future.done():

@@ -72,6 +72,22 @@ class TransactionStopped:
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationChanged:
+    """A reservation was made, used, cancelled or expired (``status``, see
+    :class:`~charging_api.domain.models.ReservationStatus`); ``user_id`` is its holder."""
+
+    charge_point_id: str
+    connector_id: int
+    reservation_id: int
+    user_id: str | None
+    id_tag: str
+    status: str
+    expiry: datetime
+    timestamp: datetime
+    transaction_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChargePointConnectionChanged:
     charge_point_id: str
     online: bool
@@ -116,6 +132,7 @@ DomainEvent = (
     | TransactionStarted
     | TransactionStopped
     | ChargePointConnectionChanged
+    | ReservationChanged
     | ChargePointBooted
     | DeviceStatusChanged
     | DataTransferReceived

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -51,6 +51,12 @@ def id_tag_key(tag: str) -> str:
     return tag.casefold()
 
 
+def ocpp_datetime(at: datetime) -> str:
+    """An aware datetime as OCPP's dateTime in payloads the core builds (UTC, ``Z``,
+    milliseconds), e.g. ReserveNow's ``expiryDate``."""
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def same_id_tag(a: str, b: str) -> bool:
     """Whether two id tags name the same card (see :func:`id_tag_key`)."""
     return a == b or id_tag_key(a) == id_tag_key(b)
@@ -61,12 +67,16 @@ class IdTag:
     """An RFID card or app token id, and the user it belongs to (if any).
 
     ``tag`` is spelled as registered; it is compared case-insensitively (:func:`id_tag_key`).
+    ``parent_id_tag`` is OCPP's ``parentIdTag`` (a group of cards): a reservation made for
+    the parent may be used by any of its children; it goes to charge points in Authorize's
+    and the local list's ``IdTagInfo``.
     """
 
     tag: str
     user_id: str | None
     status: IdTagStatus = IdTagStatus.ACCEPTED
     expiry: datetime | None = None
+    parent_id_tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,7 @@ class IdTagVerdict:
 
     status: IdTagStatus
     expiry: datetime | None = None
+    parent_id_tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,3 +277,67 @@ class DeviceStatus:
     job: DeviceJob
     status: str
     at: datetime
+
+
+class ReservationStatus(StrEnum):
+    """Where a reservation is in its life: only ``ACTIVE`` holds the connector."""
+
+    ACTIVE = "Active"
+    USED = "Used"  # a StartTransaction consumed it
+    EXPIRED = "Expired"
+    CANCELLED = "Cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A connector held for one id tag (or any child of its parent) until ``expiry``.
+
+    ``id`` is the OCPP ``reservationId`` (allocated by the store). ``user_id`` is the holder
+    who gets ``reservation_update`` pushes; ``made_by`` who asked (the holder or an admin).
+    """
+
+    id: int
+    charge_point_id: str
+    connector_id: int
+    id_tag: str
+    user_id: str | None
+    expiry: datetime
+    created_at: datetime
+    made_by: str
+    parent_id_tag: str | None = None
+    status: ReservationStatus = ReservationStatus.ACTIVE
+    transaction_id: int | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status is ReservationStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class LocalListState:
+    """What the server last installed in one charge point's local authorization list:
+    its version and the entries (id tag key -> the ``AuthorizationData`` sent)."""
+
+    charge_point_id: str
+    version: int
+    entries: dict[str, dict[str, object]]
+    synced_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChargingProfile:
+    """A charging profile the server set on a charge point (``csChargingProfiles`` as sent).
+
+    ``transaction_id`` is set for a TxProfile: it is cleared when that session ends.
+    """
+
+    charge_point_id: str
+    connector_id: int
+    profile_id: int
+    purpose: str
+    stack_level: int
+    profile: dict[str, object]
+    set_at: datetime
+    set_by: str
+    transaction_id: int | None = None

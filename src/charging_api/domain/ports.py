@@ -22,7 +22,10 @@ from charging_api.domain.models import (
     DeviceStatus,
     IdTag,
     IdTagStatus,
+    LocalListState,
     OperationRecord,
+    Reservation,
+    StoredChargingProfile,
     StoredMeterSample,
     Transaction,
 )
@@ -216,6 +219,50 @@ class Store(Protocol):
     ) -> list[DeviceStatus]:
         """Newest first."""
         ...
+
+
+class OpsStateStore(Protocol):
+    """Persistent operator state: reservations, local lists, charging profiles the server set.
+
+    Every write returns once committed."""
+
+    async def add_reservation(self, reservation: Reservation) -> Reservation:
+        """Store a new reservation; returns it with its allocated ``id`` (the OCPP
+        reservationId, never handed out twice)."""
+        ...
+
+    async def update_reservation(self, reservation: Reservation) -> None: ...
+
+    async def put_reservation(self, reservation: Reservation) -> None:
+        """Insert or replace the reservation with this ``id`` (one an operator numbered
+        himself, in ReserveNow); ids allocated later by :meth:`add_reservation` stay above it."""
+        ...
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None: ...
+
+    async def active_reservations(self) -> list[Reservation]:
+        """Reservations still holding a connector, oldest first."""
+        ...
+
+    async def all_id_tags(self) -> list[IdTag]:
+        """Every registered id tag, ordered by tag."""
+        ...
+
+    async def charge_point_ids(self) -> list[str]: ...
+
+    async def get_local_list(self, charge_point_id: str) -> LocalListState | None: ...
+
+    async def put_local_list(self, state: LocalListState) -> None: ...
+
+    async def put_charging_profile(self, profile: StoredChargingProfile) -> None:
+        """Insert or replace (same charge point and profile id)."""
+        ...
+
+    async def charging_profiles(
+        self, charge_point_id: str | None = None
+    ) -> list[StoredChargingProfile]: ...
+
+    async def delete_charging_profile(self, charge_point_id: str, profile_id: int) -> None: ...
 
 
 class Clock(Protocol):

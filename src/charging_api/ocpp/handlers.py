@@ -23,6 +23,8 @@ def _id_tag_info(verdict: IdTagVerdict) -> Payload:
     info: Payload = {"status": verdict.status.value}
     if verdict.expiry is not None:
         info["expiryDate"] = format_utc(verdict.expiry)
+    if verdict.parent_id_tag is not None:
+        info["parentIdTag"] = verdict.parent_id_tag
     return info
 
 
@@ -74,7 +76,12 @@ async def start_transaction(service: ChargingService, cp_id: str, p: Payload) ->
             "connector 0 is the charge point itself"
         )
     transaction_id, verdict = await service.on_start_transaction(
-        cp_id, p["connectorId"], p["idTag"], p["meterStart"], parse_ocpp_datetime(p["timestamp"])
+        cp_id,
+        p["connectorId"],
+        p["idTag"],
+        p["meterStart"],
+        parse_ocpp_datetime(p["timestamp"]),
+        reservation_id=p.get("reservationId"),
     )
     return {"transactionId": transaction_id, "idTagInfo": _id_tag_info(verdict)}
 

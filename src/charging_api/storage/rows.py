@@ -46,7 +46,9 @@ def transaction(values: Values) -> Transaction:
 def id_tag(values: Values) -> IdTag:
     """``tag_key`` (derived from ``tag``) is not part of the value."""
     status = IdTagStatus(values["status"])
-    return IdTag(values["tag"], values["user_id"], status, values["expiry"])
+    return IdTag(
+        values["tag"], values["user_id"], status, values["expiry"], values["parent_id_tag"]
+    )
 
 
 def connector_state(values: Values) -> ConnectorState:
@@ -99,7 +101,8 @@ def status_row(state: ConnectorState) -> dict[str, Any]:
 
 def id_tag_row(tag: IdTag) -> dict[str, Any]:
     return {"tag": tag.tag, "user_id": tag.user_id, "status": str(tag.status),
-            "expiry": tag.expiry, "tag_key": id_tag_key(tag.tag)}  # fmt: skip
+            "expiry": tag.expiry, "tag_key": id_tag_key(tag.tag),
+            "parent_id_tag": tag.parent_id_tag}  # fmt: skip
 
 
 def json_text(value: object) -> str:

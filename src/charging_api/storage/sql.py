@@ -38,10 +38,14 @@ from charging_api.domain.models import (
     DeviceStatus,
     IdTag,
     IdTagStatus,
+    LocalListState,
     OperationRecord,
+    Reservation,
+    StoredChargingProfile,
     StoredMeterSample,
     Transaction,
 )
+from charging_api.storage import opsstate
 from charging_api.storage.engines import Database, Work, failure_kind, open_database
 from charging_api.storage.postgresql import PostgresStatements
 from charging_api.storage.sqlite import SqliteStatements
@@ -302,6 +306,46 @@ class SqlStore:
         self._enqueue(samples)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
+
+    # operator state (the OpsStateStore port)
+
+    async def add_reservation(self, reservation: Reservation) -> Reservation:
+        return await self._db.write(opsstate.add_reservation(reservation))
+
+    async def put_reservation(self, reservation: Reservation) -> None:
+        await self._db.write(opsstate.put_reservation(reservation))
+
+    async def update_reservation(self, reservation: Reservation) -> None:
+        await self._db.write(opsstate.update_reservation(reservation))
+
+    async def get_reservation(self, reservation_id: int) -> Reservation | None:
+        return await self._db.lookup(opsstate.get_reservation(reservation_id))
+
+    async def active_reservations(self) -> list[Reservation]:
+        return await self._db.read(opsstate.active_reservations())
+
+    async def all_id_tags(self) -> list[IdTag]:
+        return await self._db.read(opsstate.all_id_tags())
+
+    async def charge_point_ids(self) -> list[str]:
+        return await self._db.read(opsstate.charge_point_ids())
+
+    async def get_local_list(self, charge_point_id: str) -> LocalListState | None:
+        return await self._db.lookup(opsstate.get_local_list(charge_point_id))
+
+    async def put_local_list(self, state: LocalListState) -> None:
+        await self._db.write(opsstate.put_local_list(state))
+
+    async def put_charging_profile(self, profile: StoredChargingProfile) -> None:
+        await self._db.write(opsstate.put_charging_profile(profile))
+
+    async def charging_profiles(
+        self, charge_point_id: str | None = None
+    ) -> list[StoredChargingProfile]:
+        return await self._db.read(opsstate.charging_profiles_of(charge_point_id))
+
+    async def delete_charging_profile(self, charge_point_id: str, profile_id: int) -> None:
+        await self._db.write(opsstate.delete_charging_profile(charge_point_id, profile_id))
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
         """The stored samples and those still waiting in the buffer, in timestamp order (a

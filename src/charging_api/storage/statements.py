@@ -147,7 +147,9 @@ class SqlStatements:
         )
         # Keyed by tag_key: another spelling of a registered tag updates that tag, which
         # keeps the spelling it was registered with.
-        self._upsert_id_tag = self._upsert(id_tags, ["tag_key"], ["user_id", "status", "expiry"])
+        self._upsert_id_tag = self._upsert(
+            id_tags, ["tag_key"], ["user_id", "status", "expiry", "parent_id_tag"]
+        )
         self._upsert_status = self._upsert(
             connectors, ["charge_point_id", "connector_id"], ["status", "error_code", "updated_at"]
         )
@@ -586,8 +588,21 @@ def _who_closed(conn: Connection) -> None:
     )
 
 
+def _parent_id_tags(conn: Connection) -> None:
+    """v4: ``id_tags.parent_id_tag`` (OCPP parentIdTag), empty for every tag registered before.
+    The operator-state tables (reservations, local lists, charging profiles) are new and are
+    created whole by ``create_all``."""
+    if not inspect(conn).has_table(id_tags.name):
+        return  # created whole by create_all
+    conn.exec_driver_sql("ALTER TABLE id_tags ADD COLUMN parent_id_tag VARCHAR")
+
+
 #: version -> the step that brings the schema from the version before to it.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _id_tag_keys, 3: _who_closed}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _id_tag_keys,
+    3: _who_closed,
+    4: _parent_id_tags,
+}
 
 
 def _execute(stmt: Any, params: Any) -> Work[None]:

@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 #: Bump together with a migration step (``statements.MIGRATIONS``) when the schema changes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: ``Column.info`` key of a column computed from others by the store: written with every row,
 #: never read back into a domain value (the domain type has no field of that name).
@@ -112,6 +112,7 @@ id_tags = Table(
     # SQLite folds only ASCII and PostgreSQL folds by the database's collation. Unique, so
     # two spellings of one tag cannot both be registered.
     Column("tag_key", String, nullable=False, info={DERIVED: True}),
+    Column("parent_id_tag", String),  # OCPP parentIdTag (v4)
     Index("ux_id_tags_tag_key", "tag_key", unique=True),
 )
 
@@ -155,6 +156,49 @@ meter_samples = Table(
     Column("state_of_charge", Double),
     Column("phases", Text, nullable=False, default="{}"),
     Index("ix_meter_samples_tx_time", "transaction_id", "timestamp"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    # The OCPP reservationId; AUTOINCREMENT on SQLite so an id is never handed out twice.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("charge_point_id", String, nullable=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("id_tag", String, nullable=False),
+    Column("user_id", String),
+    Column("expiry", UtcDateTime, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("made_by", String, nullable=False),
+    Column("parent_id_tag", String),
+    Column("status", String, nullable=False),
+    Column("transaction_id", Integer),
+    Column("ended_at", UtcDateTime),
+    Index("ix_reservations_status", "status"),
+    sqlite_autoincrement=True,
+)
+
+local_lists = Table(
+    "local_lists",
+    metadata,
+    Column("charge_point_id", String, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("entries", Text, nullable=False, default="{}"),  # JSON: tag key -> AuthorizationData
+    Column("synced_at", UtcDateTime),
+)
+
+charging_profiles = Table(
+    "charging_profiles",
+    metadata,
+    Column("charge_point_id", String, primary_key=True),
+    Column("profile_id", Integer, primary_key=True, autoincrement=False),
+    Column("connector_id", Integer, nullable=False),
+    Column("purpose", String, nullable=False),
+    Column("stack_level", Integer, nullable=False),
+    Column("profile", Text, nullable=False),  # JSON: csChargingProfiles as sent
+    Column("set_at", UtcDateTime, nullable=False),
+    Column("set_by", String, nullable=False),
+    Column("transaction_id", Integer),
 )
 
 # The operator side (new tables: created on existing databases by ``ensure_schema``).
