@@ -44,7 +44,7 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.errors import ChargingApiError, InternalError
-from charging_api.transport import forget_handshake, send_text_nowait
+from charging_api.transport import forget_handshake, send_text_nowait, split_connections
 
 __all__ = ["AppConnection", "AppLimits", "AppServer", "HttpHandler"]
 
@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 #: (status, headers, body) for a plain HTTP route; None means "not mine".
 HttpReply = tuple[int, list[tuple[str, str]], bytes]
 HttpHandler = Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]]
+
+#: GETs of these paths are served by ``websockets`` (``/ws`` and the routes of
+#: :mod:`charging_api.http.routes` through ``process_request``); other requests go to the HTTP
+#: protocol when one is set.
+WEBSOCKET_PATHS = ("/ws", "/health", "/api/stats")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -171,6 +176,7 @@ class AppServer:
         limits: AppLimits,
         http_handler: HttpHandler | None = None,
         debug: bool = False,
+        http_protocol: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -178,6 +184,7 @@ class AppServer:
         self.limits = limits
         self._http = http_handler
         self._debug = debug
+        self._http_protocol = http_protocol
         self.sessions: set[AppConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
@@ -188,6 +195,11 @@ class AppServer:
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler
+
+    def set_http_protocol(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Requests other than GETs of :data:`WEBSOCKET_PATHS` go to a protocol from
+        ``factory`` (the REST API's HTTP server) instead of answering 404."""
+        self._http_protocol = factory
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Every background task is kept until it ends; its failure is logged, not lost."""
@@ -206,6 +218,11 @@ class AppServer:
     # ------------------------------------------------------------- lifecycle
 
     async def start(self, host: str, port: int, ssl: Any = None) -> int:
+        split: dict[str, Any] = {}
+        if self._http_protocol is not None:
+            split["create_connection"] = split_connections(
+                WEBSOCKET_PATHS, self._http_protocol, self.limits.open_timeout
+            )
         self._server = await serve(
             self._handle,
             host,
@@ -221,6 +238,7 @@ class AppServer:
             ssl=ssl,
             server_header=None,
             backlog=4096,  # reconnect storms: the default 100 overflows the listen queue
+            **split,
         )
         self._sweeper = asyncio.create_task(self._sweep())
         return int(next(iter(self._server.sockets)).getsockname()[1])

@@ -1,0 +1,179 @@
+"""The operator REST API over real HTTP against the real server (same port as /ws)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RunningServer, app_client, make_settings, running_server
+from tests.peers.py_charge_point import connected_charge_point
+
+KEY = "stats-key-0123456789abcdef"
+
+
+@pytest.fixture
+async def rest(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, httpx.AsyncClient]]:
+    async with (
+        running_server(make_settings(tmp_path, stats_api_key=KEY)) as server,
+        httpx.AsyncClient(
+            base_url=server.http_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        ) as client,
+    ):
+        yield server, client
+
+
+async def test_rest_needs_an_admin(rest: tuple[RunningServer, httpx.AsyncClient]) -> None:
+    """401 without or with a bad credential, 403 for a user token, 200 for admin JWT or key."""
+    server, client = rest
+    url = "/api/charge-points"
+    assert (await client.get(url, headers={"Authorization": ""})).status_code == 401
+    bad = await client.get(url, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401
+    assert bad.json()["error"]["code"] == "AUTHENTICATION_FAILED"
+    user = {"Authorization": f"Bearer {server.token('u1')}"}
+    assert (await client.get(url, headers=user)).status_code == 403
+    admin = {"Authorization": f"Bearer {server.token('boss', role='admin')}"}
+    assert (await client.get(url, headers=admin)).status_code == 200
+    assert (await client.get(url)).status_code == 200
+
+
+async def test_post_goes_to_rest_and_ws_still_works(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A POST with a body reaches the REST API on the app port, and /ws and /health still work."""
+    server, client = rest
+    created = await client.post("/api/charge-points", json={"chargePointId": "CP-REST"})
+    assert created.status_code == 201, created.text
+    assert (await client.get("/health")).json()["status"] == "healthy"
+    async with app_client(server, server.token("u1")) as app:
+        reply = await app.request("heartbeat", {})
+        assert reply["type"] == "heartbeat"
+
+
+async def test_charge_points_register_list_delete(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A registered charge point is listed with its connectors and online flag, then deleted."""
+    server, client = rest
+    body = {"chargePointId": "CP-KEYED", "password": "correct-horse-1"}
+    keyed = await client.post("/api/charge-points", json=body)
+    assert keyed.status_code == 201
+    assert keyed.json()["hasPassword"] is True
+    assert (
+        await client.post("/api/charge-points", json={"chargePointId": "CP-R1"})
+    ).status_code == 201
+    async with connected_charge_point(server.ocpp_url, "CP-R1") as cp:
+        await cp.status(1, "Available")
+        listed = (await client.get("/api/charge-points")).json()
+        [one] = [c for c in listed if c["chargePointId"] == "CP-R1"]
+        assert one["online"] is True
+        assert one["hasPassword"] is False
+        assert one["vendor"]
+        assert [c["status"] for c in one["connectors"]] == ["Available"]
+        assert one["lastSeen"] is not None
+    assert (await client.delete("/api/charge-points/CP-R1")).status_code == 204
+    assert (await client.get("/api/charge-points/CP-R1")).status_code == 404
+    assert (await client.delete("/api/charge-points/CP-R1")).status_code == 404
+
+
+async def test_id_tags_are_case_insensitive(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """Id tags: create, 409 for another case, change status/expiry/owner, delete in any case."""
+    _, client = rest
+    made = await client.post("/api/id-tags", json={"idTag": "TAG-A", "userId": "u1"})
+    assert made.status_code == 201
+    again = await client.post("/api/id-tags", json={"idTag": "tag-a"})
+    assert again.status_code == 409
+    changed = await client.patch(
+        "/api/id-tags/tag-a",
+        json={"status": "Blocked", "expiry": "2030-01-01T00:00:00Z", "userId": "u2"},
+    )
+    assert changed.status_code == 200
+    assert changed.json() == {
+        "idTag": "TAG-A",
+        "userId": "u2",
+        "status": "Blocked",
+        "expiry": "2030-01-01T00:00:00.000Z",
+    }
+    assert [t["idTag"] for t in (await client.get("/api/id-tags")).json()] == ["TAG-A"]
+    assert (await client.delete("/api/id-tags/Tag-A")).status_code == 204
+    assert (await client.get("/api/id-tags/TAG-A")).status_code == 404
+    invalid = await client.post("/api/id-tags", json={"idTag": "x" * 21})
+    assert invalid.status_code == 422
+    assert invalid.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_transactions_filter_page_detail_and_close(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """Transactions are filtered by status and charge point, paged, shown with samples, closed."""
+    server, client = rest
+    await client.post("/api/id-tags", json={"idTag": "TAG-T", "userId": "u1"})
+    async with connected_charge_point(server.ocpp_url, "CP-T") as cp:
+        first = (await cp.start_tx(1, "TAG-T", 1000)).transaction_id
+        await cp.meter(1, first, [{"value": "1500", "measurand": "Energy.Active.Import.Register"}])
+        await cp.stop_tx(first, 2000)
+        second = (await cp.start_tx(1, "TAG-T", 2000)).transaction_id
+    await server.app.store.flush()
+    page = (await client.get("/api/transactions", params={"chargePointId": "CP-T"})).json()
+    assert [t["transactionId"] for t in page["items"]] == [second, first]
+    active = await client.get("/api/transactions", params={"status": "Active", "userId": "u1"})
+    assert [t["transactionId"] for t in active.json()["items"]] == [second]
+    paged = await client.get("/api/transactions", params={"limit": 1, "offset": 1})
+    assert [t["transactionId"] for t in paged.json()["items"]] == [first]
+    future = await client.get("/api/transactions", params={"from": "2999-01-01T00:00:00Z"})
+    assert future.json()["items"] == []
+    detail = (await client.get(f"/api/transactions/{first}")).json()
+    assert [s["energyImportKWh"] for s in detail["meterSamples"]] == [1.5]
+    closed = await client.post(f"/api/transactions/{second}/close", json={"meterStopWh": 2500})
+    assert closed.status_code == 200, closed.text
+    assert closed.json()["status"] == "Stopped"
+    assert (await client.post(f"/api/transactions/{second}/close", json={})).status_code == 409
+    assert (await client.get("/api/transactions/999999")).status_code == 404
+
+
+async def test_openapi_and_asyncapi_are_served(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """/api/openapi.json (3.1, every route), its docs page, and /api/asyncapi.json are served."""
+    _, client = rest
+    openapi = (await client.get("/api/openapi.json")).json()
+    assert openapi["openapi"].startswith("3.1")
+    assert {"/api/charge-points", "/api/id-tags", "/api/transactions"} <= set(openapi["paths"])
+    docs = await client.get("/api/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    asyncapi = (await client.get("/api/asyncapi.json")).json()
+    assert asyncapi["asyncapi"] == "3.0.0"
+    assert "start_charging_request" in asyncapi["components"]["messages"]
+
+
+async def test_cors_preflight_for_allowed_origin_only(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A preflight from the configured origin is allowed (Authorization); another gets no CORS."""
+    _, client = rest
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    ok = await client.options("/api/id-tags", headers={"Origin": "http://localhost:3000", **ask})
+    assert ok.headers.get("access-control-allow-origin") == "http://localhost:3000"
+    other = await client.options("/api/id-tags", headers={"Origin": "http://evil.example", **ask})
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_keep_alive_connections_close_on_shutdown(tmp_path: Path) -> None:
+    """A keep-alive REST connection does not hold up the server's shutdown."""
+    async with running_server(make_settings(tmp_path, stats_api_key=KEY)) as server:
+        client = httpx.AsyncClient(base_url=server.http_url, timeout=10)
+        response = await client.get("/api/openapi.json")
+        assert response.status_code == 200
+        assert server.app.http_server.connections == 1
+    async with asyncio.timeout(5):
+        await client.aclose()
