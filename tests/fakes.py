@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
     ClosedBy,
+    ConfigurationEntry,
+    ConnectorAvailability,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
+    OperationRecord,
     StoredMeterSample,
     Transaction,
     TransactionQuery,
@@ -59,6 +65,10 @@ class MemoryStore:
         self.transactions: dict[int, Transaction] = {}
         self.samples: list[StoredMeterSample] = []
         self._ids = itertools.count(1)
+        self.operations_log: list[OperationRecord] = []
+        self.availability: dict[tuple[str, int], ConnectorAvailability] = {}
+        self.config: dict[tuple[str, str], ConfigurationEntry] = {}
+        self.device_log: list[DeviceStatus] = []
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -226,6 +236,75 @@ class MemoryStore:
         found = [s for s in self.samples if s.transaction_id == transaction_id]
         return sorted(found, key=_sample_time)  # stable: equal times stay in arrival order
 
+    async def add_operation(self, record: OperationRecord) -> OperationRecord:
+        stored = replace(
+            record, id=len(self.operations_log) + 1, requested_at=_utc(record.requested_at)
+        )
+        self.operations_log.append(stored)
+        return stored
+
+    async def operations(
+        self, charge_point_id: str | None, limit: int, before_id: int | None
+    ) -> list[OperationRecord]:
+        found = [
+            r
+            for r in reversed(self.operations_log)
+            if (charge_point_id is None or r.charge_point_id == charge_point_id)
+            and (before_id is None or r.id < before_id)
+        ]
+        return found[:limit]
+
+    async def put_availability(self, availability: ConnectorAvailability) -> None:
+        availability = replace(availability, updated_at=_utc(availability.updated_at))
+        self.availability[(availability.charge_point_id, availability.connector_id)] = availability
+
+    async def availabilities(self, charge_point_id: str) -> list[ConnectorAvailability]:
+        return [a for (cp, _), a in sorted(self.availability.items()) if cp == charge_point_id]
+
+    def _entry(self, charge_point_id: str, key: str) -> ConfigurationEntry:
+        return self.config.get((charge_point_id, key)) or ConfigurationEntry(charge_point_id, key)
+
+    async def put_reported_configuration(
+        self, charge_point_id: str, entries: Sequence[ConfigurationEntry]
+    ) -> None:
+        for e in entries:
+            at = None if e.reported_at is None else _utc(e.reported_at)
+            self.config[(charge_point_id, e.key)] = replace(
+                self._entry(charge_point_id, e.key), value=e.value, readonly=e.readonly,
+                reported_at=at,
+            )  # fmt: skip
+
+    async def put_wanted_configuration(
+        self, charge_point_id: str, key: str, wanted: str | None
+    ) -> None:
+        self.config[(charge_point_id, key)] = replace(
+            self._entry(charge_point_id, key), wanted=wanted
+        )
+
+    async def put_configuration_result(
+        self, charge_point_id: str, key: str, status: str, at: datetime
+    ) -> None:
+        self.config[(charge_point_id, key)] = replace(
+            self._entry(charge_point_id, key), applied_status=status, applied_at=_utc(at)
+        )
+
+    async def configuration(self, charge_point_id: str) -> list[ConfigurationEntry]:
+        return [e for (cp, _), e in sorted(self.config.items()) if cp == charge_point_id]
+
+    async def add_device_status(self, status: DeviceStatus) -> DeviceStatus:
+        stored = replace(status, id=len(self.device_log) + 1, at=_utc(status.at))
+        self.device_log.append(stored)
+        return stored
+
+    async def device_statuses(
+        self, charge_point_id: str, job: DeviceJob, limit: int
+    ) -> list[DeviceStatus]:
+        found = [
+            s for s in reversed(self.device_log) if s.charge_point_id == charge_point_id
+            and s.job is job
+        ]  # fmt: skip
+        return found[:limit]
+
 
 def _utc(at: datetime) -> datetime:
     """As the SQL store takes datetimes: aware only (naive is refused), kept in UTC."""
@@ -260,6 +339,7 @@ class FakeGateway:
             "RemoteStartTransaction": "Accepted",
             "RemoteStopTransaction": "Accepted",
         }
+        self.replies: dict[str, dict[str, Any] | Exception] = {}
 
     def is_online(self, charge_point_id: str) -> bool:
         return charge_point_id in self.online
@@ -272,6 +352,19 @@ class FakeGateway:
             raise ChargePointOffline(f"{cp} offline")
         self.calls.put_nowait((cp, action, payload))
         return self.answers[action]
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Any operation: answered from ``replies`` (a payload, or an error to raise);
+        ``{"status": "Accepted"}`` when the test set nothing."""
+        if charge_point_id not in self.online:
+            raise ChargePointOffline(f"{charge_point_id} offline")
+        self.calls.put_nowait((charge_point_id, action, payload))
+        reply = self.replies.get(action, {"status": "Accepted"})
+        if isinstance(reply, Exception):
+            raise reply
+        return dict(reply)
 
     async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
         return await self._call(
@@ -296,5 +389,5 @@ class RecordingBus:
     async def publish(self, event: DomainEvent) -> None:
         self.events.append(event)
 
-    def subscribe(self, handler: EventHandler) -> object:
+    def subscribe(self, handler: EventHandler) -> Callable[[], None]:
         raise NotImplementedError

@@ -34,6 +34,7 @@ from charging_api.config import Settings
 from charging_api.domain import access
 from charging_api.domain.charging import ChargingPolicy, ChargingService
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
+from charging_api.domain.operations import OperatorService
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.rest import RestConfig, RestDependencies, build_rest_app
 from charging_api.http.routes import HttpConfig, HttpRoutes
@@ -101,8 +102,10 @@ class Application:
                 meter_live_window=settings.meter_live_window,
                 heartbeat_interval_s=settings.ocpp_heartbeat_interval,
                 accept_unknown_charge_points=not settings.production,
+                data_transfer_vendors=frozenset(settings.data_transfer_vendors),
             ),
         )
+        self.operator = OperatorService(self.store, self.gateway, self.service)
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -154,6 +157,7 @@ class Application:
                 verify_bearer=self.verifier.verify,
                 asyncapi=asyncapi_document(__version__),
                 plain_routes=self.routes,
+                operator=self.operator,
             ),
         )
         self.http_server = HttpServer(self.rest)
@@ -167,6 +171,7 @@ class Application:
             open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
 
     def _websocket_stats(self) -> dict[str, int]:
@@ -223,6 +228,8 @@ class Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timers
         self._unsubscribe()
+        self._unsubscribe_operator()
+        await self.operator.close()
         await self.bus.close()
         await self.store.close()
         log.info("stopped")
@@ -323,6 +330,11 @@ class _NoChargePoints:
         return 0
 
     async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
+        raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         raise ChargePointOffline(f"Charge point {charge_point_id} is not connected")
 
     async def remote_stop(self, charge_point_id: str, transaction_id: int) -> str:

@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     # follows within this many seconds (the charge point forgot it: a reboot).
     stale_transaction_grace: float = Field(120.0, gt=0)
     meter_live_window: float = Field(120.0, gt=0)
+    # DataTransfer vendor ids (comma-separated) accepted from charge points and published to
+    # admins; any other vendor id is answered UnknownVendorId.
+    data_transfer_vendors: Annotated[list[str], NoDecode] = []
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
     ocpp_rate_limit: float = Field(0.0, ge=0)  # messages/s per charge point; 0 = off
@@ -204,6 +207,16 @@ class Settings(BaseSettings):
     def _origins(cls, value: Any) -> list[str]:
         items = value.split(",") if isinstance(value, str) else list(value)
         return [str(item).strip().rstrip("/") for item in items if str(item).strip()]
+
+    @field_validator("data_transfer_vendors", mode="before")
+    @classmethod
+    def _vendors(cls, value: Any) -> list[str]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        vendors = [str(item).strip() for item in items if str(item).strip()]
+        for vendor in vendors:
+            if len(vendor) > 255:
+                raise ValueError(f"vendor id {vendor[:20]}... is longer than OCPP's 255 characters")
+        return vendors
 
     @field_validator("database_url")
     @classmethod

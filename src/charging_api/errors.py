@@ -30,6 +30,10 @@ Library exceptions are translated into these once, at the edge that imports the 
     ├── ChargePointRejected          CHARGE_POINT_REJECTED: the charge point answered Rejected
     ├── ChargePointError             CHARGE_POINT_ERROR: the charge point answered a CALLERROR
     ├── ChargePointBusy              CHARGE_POINT_BUSY: too many commands queued for one charge point
+    ├── InvalidPayload               INVALID_PAYLOAD: an operation's OCPP payload breaks its schema
+    ├── UnknownOperation             UNKNOWN_OPERATION: not one of OCPP 1.6's central-system operations
+    ├── TransactionRunning           TRANSACTION_RUNNING: refused while a transaction runs (force)
+    ├── ConnectorUnavailable         CONNECTOR_UNAVAILABLE: an operator took the connector out of service
     ├── MethodNotAllowed             METHOD_NOT_ALLOWED: an HTTP route asked with a method it lacks
     └── InternalError                INTERNAL_ERROR: a bug; logged with a trace, never leaked
 
@@ -151,6 +155,32 @@ class ChargePointError(ChargingApiError):
 
 class ChargePointBusy(ChargingApiError):
     code = "CHARGE_POINT_BUSY"
+
+
+class InvalidPayload(ChargingApiError):
+    """An operation's request payload breaks its OCPP 1.6 schema; nothing was sent.
+    ``details.schemaError`` names the rule, ``details.ocppErrorCode`` the OCPP-J error name."""
+
+    code = "INVALID_PAYLOAD"
+
+
+class UnknownOperation(ChargingApiError):
+    """Not one of the 19 operations a central system sends in OCPP 1.6."""
+
+    code = "UNKNOWN_OPERATION"
+
+
+class TransactionRunning(ChargingApiError):
+    """An operation that would cut a running transaction short (a Reset), asked without
+    ``force``."""
+
+    code = "TRANSACTION_RUNNING"
+
+
+class ConnectorUnavailable(ChargingApiError):
+    """The connector was made Inoperative by an operator (ChangeAvailability): no app start."""
+
+    code = "CONNECTOR_UNAVAILABLE"
 
 
 class MethodNotAllowed(ChargingApiError):

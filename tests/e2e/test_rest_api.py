@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, get_args
 
 import httpx
 import pytest
+import websockets
+from ocpp.routing import on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
+from websockets.typing import Subprotocol
 
+from charging_api.http.rest import ACTIONS, ActionName
 from tests.conftest import RunningServer, app_client, make_settings, running_server
-from tests.peers.py_charge_point import connected_charge_point
+from tests.peers.py_charge_point import LibraryChargePoint, connected_charge_point
 
 KEY = "stats-key-0123456789abcdef"
 
@@ -177,3 +185,82 @@ async def test_keep_alive_connections_close_on_shutdown(tmp_path: Path) -> None:
         assert server.app.http_server.connections == 1
     async with asyncio.timeout(5):
         await client.aclose()
+
+
+class OperatedChargePoint(LibraryChargePoint):
+    """Answers Reset, hangs on GetConfiguration until released, and leaves UnlockConnector
+    unimplemented (the library answers a NotImplemented CALLERROR)."""
+
+    def __init__(self, cp_id: str, ws: Any) -> None:
+        super().__init__(cp_id, ws)
+        self.release = asyncio.Event()
+
+    @on(Action.reset)  # type: ignore[untyped-decorator]
+    async def on_reset(self, type: str, **_: Any) -> Any:
+        return call_result.Reset(status="Accepted")
+
+    @on(Action.get_configuration)  # type: ignore[untyped-decorator]
+    async def on_get_configuration(self, **_: Any) -> Any:
+        await self.release.wait()
+        return call_result.GetConfiguration(configuration_key=[])
+
+
+@contextlib.asynccontextmanager
+async def operated(ocpp_url: str, cp_id: str) -> AsyncIterator[OperatedChargePoint]:
+    async with websockets.connect(
+        f"{ocpp_url}/{cp_id}", subprotocols=[Subprotocol("ocpp1.6")]
+    ) as ws:
+        cp = OperatedChargePoint(cp_id, ws)
+        reader = asyncio.create_task(cp.start())
+        try:
+            await cp.boot()
+            yield cp
+        finally:
+            cp.release.set()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await reader
+
+
+async def test_action_route_status_codes(tmp_path: Path) -> None:
+    """POST /api/charge-points/{id}/{action}: 200 answer, 404, 409, 422, 502, 504, and the log."""
+    settings = make_settings(tmp_path, stats_api_key=KEY, ocpp_call_timeout=1)
+    async with (
+        running_server(settings) as server,
+        httpx.AsyncClient(
+            base_url=server.http_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=10
+        ) as client,
+    ):
+        missing = await client.post("/api/charge-points/NOPE/reset", json={"type": "Soft"})
+        assert missing.status_code == 404
+        await client.post("/api/charge-points", json={"chargePointId": "CP-OFF"})
+        offline = await client.post("/api/charge-points/CP-OFF/reset", json={"type": "Soft"})
+        assert offline.status_code == 409
+        assert offline.json()["error"]["code"] == "CHARGE_POINT_OFFLINE"
+        async with operated(server.ocpp_url, "CP-OPS"):
+            base = "/api/charge-points/CP-OPS"
+            done = await client.post(f"{base}/reset", json={"type": "Soft"})
+            assert (done.status_code, done.json()) == (200, {"status": "Accepted"})
+            bad = await client.post(f"{base}/reset", json={"type": "Medium"})
+            assert bad.status_code == 422
+            assert bad.json()["error"]["code"] == "INVALID_PAYLOAD"
+            assert bad.json()["error"]["details"]["schemaError"]
+            refused = await client.post(f"{base}/unlock-connector", json={"connectorId": 1})
+            assert refused.status_code == 502
+            assert refused.json()["error"]["details"]["ocppErrorCode"] == "NotImplemented"
+            slow = await client.post(f"{base}/get-configuration", json={})
+            assert slow.status_code == 504
+            unknown = await client.post(f"{base}/explode", json={})
+            assert unknown.status_code == 422
+            assert unknown.json()["error"]["code"] == "VALIDATION_ERROR"
+        log = (await client.get("/api/operations", params={"chargePointId": "CP-OPS"})).json()
+        reset = [r for r in log if r["action"] == "Reset" and r["errorCode"] is None]
+        assert [r["response"] for r in reset] == [{"status": "Accepted"}]
+        assert reset[0]["requestedBy"] == "api-key"
+
+
+def test_action_names_match_the_operations() -> None:
+    """The route's action type lists exactly the kebab-case names of the 19 operations."""
+    assert set(get_args(ActionName)) == set(ACTIONS)
+    assert len(ACTIONS) == 19
+    assert ACTIONS["unlock-connector"] == "UnlockConnector"

@@ -19,17 +19,24 @@ from datetime import UTC, datetime, timedelta
 
 from charging_api.domain import access
 from charging_api.domain.events import (
+    ChargePointBooted,
     ChargePointConnectionChanged,
     ConnectorStatusChanged,
+    DataTransferReceived,
+    DeviceStatusChanged,
     MeterValuesReceived,
     TransactionStarted,
     TransactionStopped,
 )
 from charging_api.domain.models import (
     OFFLINE,
+    Availability,
     ChargePointInfo,
     ClosedBy,
+    ConnectorAvailability,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
     IdTagVerdict,
@@ -48,6 +55,7 @@ from charging_api.errors import (
     ChargingApiError,
     ConnectorBusy,
     ConnectorNotFound,
+    ConnectorUnavailable,
     Forbidden,
     NoIdTag,
     TransactionNotActive,
@@ -91,6 +99,9 @@ class ChargingPolicy:
     idempotency_window: float = 120.0
     history_limit: int = 50
     stale_transaction_grace: float = 120.0
+    #: DataTransfer vendor ids (compared case-insensitively) answered Accepted and published
+    #: to admins; every other vendor gets UnknownVendorId.
+    data_transfer_vendors: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,10 @@ class ChargingService:
         # monotonic time at which they are closed unless a StopTransaction comes first.
         self._stale: dict[int, float] = {}
         self._rearm = asyncio.Event()  # a new deadline: run_timers recomputes its sleep
+        # Wanted availability per charge point (connector -> Inoperative?), read from storage
+        # once per charge point and kept current by record_availability.
+        self._inoperative: dict[str, dict[int, bool]] = {}
+        self._vendors = frozenset(v.casefold() for v in self.policy.data_transfer_vendors)
 
     async def load(self) -> None:
         """Rebuild the live picture from storage (after a restart, a crash included).
@@ -352,6 +367,12 @@ class ChargingService:
                 {"chargePointId": charge_point_id},
             )
         await self._check_connector(charge_point_id, connector_id)
+        if await self.is_unavailable(charge_point_id, connector_id):
+            raise ConnectorUnavailable(
+                f"Connector {connector_id} of {charge_point_id} is out of service "
+                "(an operator made it Inoperative)",
+                {"chargePointId": charge_point_id, "connectorId": connector_id},
+            )
         key = (charge_point_id, connector_id)
         self._drop_stale_pending()
         stale = self._pending.get(key)
@@ -641,6 +662,37 @@ class ChargingService:
     def live_transaction_count(self) -> int:
         return len(self._live)
 
+    def live_transactions_on(self, charge_point_id: str) -> dict[int, int]:
+        """Connector id -> id of the transaction open on it, for one charge point."""
+        return {
+            live.connector_id: tx_id
+            for tx_id, live in self._live.items()
+            if live.charge_point_id == charge_point_id
+        }
+
+    # ---------------------------------------------------------- availability
+
+    async def is_unavailable(self, charge_point_id: str, connector_id: int) -> bool:
+        """Whether an operator made this connector (or the whole charge point, connector 0)
+        Inoperative: app starts there are refused with CONNECTOR_UNAVAILABLE."""
+        wanted = self._inoperative.get(charge_point_id)
+        if wanted is None:
+            wanted = {
+                av.connector_id: av.wanted is Availability.INOPERATIVE
+                for av in await self._store.availabilities(charge_point_id)
+            }
+            self._inoperative[charge_point_id] = wanted
+        return wanted.get(0, False) or wanted.get(connector_id, False)
+
+    async def record_availability(self, availability: ConnectorAvailability) -> None:
+        """Store the availability an operator asked for (and the charge point accepted or
+        scheduled); the next app start on that connector follows it."""
+        await self._store.put_availability(availability)
+        wanted = self._inoperative.get(availability.charge_point_id)
+        if wanted is not None:
+            inoperative = availability.wanted is Availability.INOPERATIVE
+            wanted[availability.connector_id] = inoperative
+
     # ---------------------------------------------------------- charge point side
 
     async def admit(self, charge_point_id: str, password: str | None) -> bool:
@@ -687,7 +739,27 @@ class ChargingService:
     async def on_boot(self, charge_point_id: str, info: ChargePointInfo) -> BootVerdict:
         now = self._clock.now()
         await self._store.record_boot(charge_point_id, info, now)
+        await self._bus.publish(ChargePointBooted(charge_point_id, now))
         return BootVerdict("Accepted", self.policy.heartbeat_interval_s, now)
+
+    async def on_device_status(self, charge_point_id: str, job: DeviceJob, status: str) -> None:
+        """A FirmwareStatusNotification / DiagnosticsStatusNotification: stored (the history
+        of the job), then published to admins."""
+        now = self._clock.now()
+        await self._store.add_device_status(DeviceStatus(0, charge_point_id, job, status, now))
+        await self._bus.publish(DeviceStatusChanged(charge_point_id, job, status, now))
+
+    async def on_data_transfer(
+        self, charge_point_id: str, vendor_id: str, message_id: str | None, data: object
+    ) -> str:
+        """A charge point's DataTransfer: ``Accepted`` and published to admins for a vendor id
+        on the allowlist, else ``UnknownVendorId`` (nothing published)."""
+        if vendor_id.casefold() not in self._vendors:
+            return "UnknownVendorId"
+        await self._bus.publish(
+            DataTransferReceived(charge_point_id, vendor_id, message_id, data, self._clock.now())
+        )
+        return "Accepted"
 
     def on_heartbeat(self, charge_point_id: str) -> datetime:
         return self._clock.now()

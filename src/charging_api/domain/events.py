@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from charging_api.domain.models import ClosedBy, MeterSample
+from charging_api.domain.models import ClosedBy, DeviceJob, MeterSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +78,45 @@ class ChargePointConnectionChanged:
     timestamp: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class ChargePointBooted:
+    """A BootNotification was accepted (the operator's wanted configuration follows)."""
+
+    charge_point_id: str
+    timestamp: datetime
+    user_id: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusChanged:
+    """A FirmwareStatusNotification or DiagnosticsStatusNotification."""
+
+    charge_point_id: str
+    job: DeviceJob
+    status: str
+    timestamp: datetime
+    user_id: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DataTransferReceived:
+    """A DataTransfer from a charge point whose vendor id is on the allowlist (for admins)."""
+
+    charge_point_id: str
+    vendor_id: str
+    message_id: str | None
+    data: Any
+    timestamp: datetime
+    user_id: None = None
+
+
 DomainEvent = (
     ConnectorStatusChanged
     | MeterValuesReceived
     | TransactionStarted
     | TransactionStopped
     | ChargePointConnectionChanged
+    | ChargePointBooted
+    | DeviceStatusChanged
+    | DataTransferReceived
 )

@@ -203,3 +203,83 @@ class TransactionQuery:
     active: bool | None = None
     limit: int = 50
     offset: int = 0
+
+
+# ---------------------------------------------------------------------- operator side
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRecord:
+    """One CSMS -> charge point operation, as the operations log keeps it.
+
+    ``response`` is the charge point's answer (None when it failed); ``error_code`` is the
+    wire code of the failure (``CHARGE_POINT_TIMEOUT``, ``TRANSACTION_RUNNING`` ...), None on
+    success. ``id`` is 0 until stored.
+    """
+
+    id: int
+    charge_point_id: str
+    action: str
+    requested_by: str
+    requested_at: datetime
+    duration_ms: int
+    request: dict[str, object]
+    response: dict[str, object] | None = None
+    error_code: str | None = None
+
+
+class Availability(StrEnum):
+    """OCPP 1.6 AvailabilityType: what an operator wants a connector to be."""
+
+    OPERATIVE = "Operative"
+    INOPERATIVE = "Inoperative"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorAvailability:
+    """The availability an operator asked for on one connector (0: the whole charge point).
+
+    ``scheduled`` is True while the charge point answered ``Scheduled``: the change waits
+    for the running transaction to end, and the server sends it again then.
+    """
+
+    charge_point_id: str
+    connector_id: int
+    wanted: Availability
+    scheduled: bool
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationEntry:
+    """One configuration key of a charge point: as reported by its last GetConfiguration
+    (``value``, ``readonly``, ``reported_at``) and as an operator wants it (``wanted``, applied
+    after every BootNotification; ``applied_status`` is the last ChangeConfiguration answer)."""
+
+    charge_point_id: str
+    key: str
+    value: str | None = None
+    readonly: bool = False
+    reported_at: datetime | None = None
+    wanted: str | None = None
+    applied_status: str | None = None
+    applied_at: datetime | None = None
+
+
+class DeviceJob(StrEnum):
+    """The two long-running jobs of a charge point whose progress it reports."""
+
+    FIRMWARE = "firmware"
+    DIAGNOSTICS = "diagnostics"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """One FirmwareStatusNotification / DiagnosticsStatusNotification (``status`` as sent);
+    ``id`` is 0 until stored."""
+
+    id: int
+    charge_point_id: str
+    job: DeviceJob
+    status: str
+    at: datetime

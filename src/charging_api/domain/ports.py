@@ -8,16 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from charging_api.domain.events import DomainEvent
 from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
     ClosedBy,
+    ConfigurationEntry,
+    ConnectorAvailability,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
+    OperationRecord,
     StoredMeterSample,
     Transaction,
     TransactionQuery,
@@ -28,10 +33,20 @@ class ChargerGateway(Protocol):
     """Sends CALLs to connected charge points.
 
     Errors: ``ChargePointOffline`` (no session), ``ChargePointTimeout`` (no CALLRESULT in time),
-    ``ChargePointError`` (a CALLERROR came back).
+    ``ChargePointError`` (a CALLERROR came back, or an answer that breaks its schema),
+    ``ChargePointBusy`` (too many CALLs queued), ``InvalidPayload`` (the request breaks its
+    schema: nothing was sent).
     """
 
     def is_online(self, charge_point_id: str) -> bool: ...
+
+    async def call(
+        self, charge_point_id: str, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Any OCPP 1.6 CALL (``action`` as the spec names it, e.g. ``"Reset"``), validated
+        both ways against the spec's schemas, through the charge point's one-CALL queue with
+        the call time-out; returns the CALLRESULT payload."""
+        ...
 
     def online_count(self) -> int: ...
 
@@ -171,6 +186,58 @@ class Store(Protocol):
         ...
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]: ...
+
+    # operator side (each write commits)
+    async def add_operation(self, record: OperationRecord) -> OperationRecord:
+        """Append to the operations log; returns the record with its id (increasing)."""
+        ...
+
+    async def operations(
+        self, charge_point_id: str | None, limit: int, before_id: int | None
+    ) -> list[OperationRecord]:
+        """Newest first; ``before_id`` pages back (records with a smaller id only)."""
+        ...
+
+    async def put_availability(self, availability: ConnectorAvailability) -> None:
+        """Replace the wanted availability of that connector."""
+        ...
+
+    async def availabilities(self, charge_point_id: str) -> list[ConnectorAvailability]:
+        """By connector id."""
+        ...
+
+    async def put_reported_configuration(
+        self, charge_point_id: str, entries: Sequence[ConfigurationEntry]
+    ) -> None:
+        """Record what GetConfiguration reported (value, readonly, reported_at) for these
+        keys; wanted values and results of the keys stay."""
+        ...
+
+    async def put_wanted_configuration(
+        self, charge_point_id: str, key: str, wanted: str | None
+    ) -> None:
+        """Declare (or, with None, drop) the value an operator wants for ``key``."""
+        ...
+
+    async def put_configuration_result(
+        self, charge_point_id: str, key: str, status: str, at: datetime
+    ) -> None:
+        """The charge point's answer to the last ChangeConfiguration of ``key``."""
+        ...
+
+    async def configuration(self, charge_point_id: str) -> list[ConfigurationEntry]:
+        """Every known key of the charge point, by key."""
+        ...
+
+    async def add_device_status(self, status: DeviceStatus) -> DeviceStatus:
+        """Append a firmware/diagnostics status; returns it with its id."""
+        ...
+
+    async def device_statuses(
+        self, charge_point_id: str, job: DeviceJob, limit: int
+    ) -> list[DeviceStatus]:
+        """Newest first."""
+        ...
 
 
 class Clock(Protocol):

@@ -13,6 +13,7 @@ the status codes of docs/operators.md ("REST API").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -22,7 +23,7 @@ from litestar import Litestar, Request, Response, delete, get, patch, post, rout
 from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -34,11 +35,13 @@ from charging_api.domain.models import (
     ConnectorState,
     IdTag,
     IdTagStatus,
+    OperationRecord,
     Principal,
     Role,
     Transaction,
     TransactionQuery,
 )
+from charging_api.domain.operations import OPERATIONS
 from charging_api.domain.ports import Store
 from charging_api.errors import (
     AuthenticationFailed,
@@ -51,10 +54,14 @@ from charging_api.errors import (
     ChargingApiError,
     ConnectorBusy,
     ConnectorNotFound,
+    ConnectorUnavailable,
     Forbidden,
+    InvalidPayload,
     NotAuthenticated,
     TransactionNotActive,
     TransactionNotFound,
+    TransactionRunning,
+    UnknownOperation,
     ValidationFailed,
 )
 from charging_api.http.routes import HttpReply, check_admin
@@ -78,7 +85,41 @@ STATUS: dict[type[ChargingApiError], int] = {
     ChargePointRejected: 409,
     ChargePointError: 502,
     ChargePointTimeout: 504,
+    InvalidPayload: 422,
+    UnknownOperation: 404,
+    TransactionRunning: 409,
+    ConnectorUnavailable: 409,
 }
+
+#: The action route's names: kebab-case of the OCPP 1.6 operation names (``reset``,
+#: ``unlock-connector``, ...) -> the PascalCase name ``OperatorService.execute`` takes.
+ACTIONS: dict[str, str] = {
+    re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower(): name for name in OPERATIONS
+}
+
+#: The same names as a type, for the route's validation and its OpenAPI enum (a test holds
+#: it equal to :data:`ACTIONS`).
+ActionName = Literal[
+    "cancel-reservation",
+    "change-availability",
+    "change-configuration",
+    "clear-cache",
+    "clear-charging-profile",
+    "data-transfer",
+    "get-composite-schedule",
+    "get-configuration",
+    "get-diagnostics",
+    "get-local-list-version",
+    "remote-start-transaction",
+    "remote-stop-transaction",
+    "reserve-now",
+    "reset",
+    "send-local-list",
+    "set-charging-profile",
+    "trigger-message",
+    "unlock-connector",
+    "update-firmware",
+]
 
 
 def status_of(error: ChargingApiError) -> int:
@@ -205,6 +246,19 @@ class CloseIn(_Model):
 class ErrorBody(_Model):
     code: str
     message: str
+    details: dict[str, Any] | None = None
+
+
+class OperationOut(_Model):
+    id: int
+    chargePointId: str
+    action: str
+    requestedBy: str
+    requestedAt: str
+    durationMs: int
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    errorCode: str | None
 
 
 class Failure(_Model):
@@ -213,6 +267,29 @@ class Failure(_Model):
 
 
 # ------------------------------------------------------------------------------ wiring
+
+
+class RunsOperations(Protocol):
+    """What the routes need of :class:`~charging_api.domain.operations.OperatorService`."""
+
+    async def execute(
+        self,
+        principal: Principal,
+        charge_point_id: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        force: bool = False,
+    ) -> dict[str, Any]: ...
+
+    async def operations_log(
+        self,
+        principal: Principal,
+        *,
+        charge_point_id: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[OperationRecord]: ...
 
 
 class ClosesTransactions(Protocol):
@@ -240,6 +317,7 @@ class RestDependencies:
     asyncapi: Mapping[str, Any]
     #: ``/health`` and ``/api/stats`` (:class:`~charging_api.http.routes.HttpRoutes`): also
     #: served here, for the later requests of a keep-alive connection the REST API owns.
+    operator: RunsOperations | None = None
     plain_routes: Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]] | None = None
 
 
@@ -282,13 +360,18 @@ def _transaction_fields(tx: Transaction) -> dict[str, Any]:
     }
 
 
-def _failure(status: int, code: str, message: str) -> Response[dict[str, Any]]:
-    body = {"success": False, "error": {"code": code, "message": message}}
+def _failure(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response[dict[str, Any]]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    body = {"success": False, "error": error}
     return Response(body, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def _core_error(_: Request[Any, Any, Any], exc: ChargingApiError) -> Response[dict[str, Any]]:
-    return _failure(status_of(exc), exc.code, exc.message)
+    return _failure(status_of(exc), exc.code, exc.message, exc.details)
 
 
 def _invalid(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
@@ -470,6 +553,70 @@ def build_rest_app(
         tx = await deps.service.close_transaction(principal, transaction_id, data.meterStopWh)
         return TransactionOut(**_transaction_fields(tx))
 
+    operator = deps.operator
+
+    @post(
+        "/api/charge-points/{charge_point_id:str}/{action:str}",
+        status_code=200,
+        summary="Send an OCPP 1.6 operation; the body is its request payload as the spec names it",
+        description=(
+            "200 with the charge point's response payload; 404 unknown charge point, 409 offline "
+            "or refused by a rule (TRANSACTION_RUNNING: add ?force=true), 422 invalid payload "
+            "(details.schemaError), 502 CALLERROR (details.ocppErrorCode), 504 timeout."
+        ),
+        responses={
+            status: ResponseSpec(Failure, description=text)
+            for status, text in (
+                (404, "Unknown charge point"),
+                (409, "Offline, or refused by a rule"),
+                (422, "Invalid payload"),
+                (502, "CALLERROR from the charge point"),
+                (504, "No answer in time"),
+            )
+        },
+    )
+    async def run_action(
+        principal: Admin,
+        charge_point_id: FromPath[str],
+        action: FromPath[ActionName],
+        data: JSONBody[dict[str, Any]],
+        force: Annotated[bool, QueryParameter(name="force")] = False,
+    ) -> dict[str, Any]:
+        if operator is None:
+            raise UnknownOperation("Operations are not available on this server")
+        if await store.get_charge_point(charge_point_id) is None:
+            raise ChargePointNotFound(f"Charge point {charge_point_id} not found")
+        return await operator.execute(
+            principal, charge_point_id, ACTIONS[action], data, force=force
+        )
+
+    @get("/api/operations", summary="The operations log, newest first")
+    async def operations_log(
+        principal: Admin,
+        charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=1000)] = 100,
+        before_id: Annotated[int | None, QueryParameter(name="beforeId", ge=1)] = None,
+    ) -> list[OperationOut]:
+        if operator is None:
+            return []
+        records = await operator.operations_log(
+            principal, charge_point_id=charge_point_id, limit=limit, before_id=before_id
+        )
+        return [
+            OperationOut(
+                id=r.id,
+                chargePointId=r.charge_point_id,
+                action=r.action,
+                requestedBy=r.requested_by,
+                requestedAt=format_utc(r.requested_at),
+                durationMs=r.duration_ms,
+                request=dict(r.request),
+                response=dict(r.response) if r.response is not None else None,
+                errorCode=r.error_code,
+            )
+            for r in records
+        ]
+
     @get("/api/asyncapi.json", summary="AsyncAPI 3 document of the app WebSocket (/ws)")
     async def asyncapi() -> dict[str, Any]:
         return dict(deps.asyncapi)
@@ -501,6 +648,8 @@ def build_rest_app(
         get_transaction,
         close_transaction,
         asyncapi,
+        run_action,
+        operations_log,
         *(extra_handlers or []),
     ]
     cors = (

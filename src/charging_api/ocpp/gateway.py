@@ -7,7 +7,9 @@ the CALL outstanding); the server creates one per connection and registers it.
 
 OCPP-J allows one outstanding CALL per direction: commands for one charge point wait their turn
 behind a lock, at most ``max_queued`` of them, and the whole wait (queue + answer) is bounded by
-``call_timeout``. When a session ends or is replaced, every CALL waiting on it fails at once with
+``call_timeout``. Every CALL is checked against the OCA schema of its request before it is
+queued (a bad payload is ``InvalidPayload`` and nothing is sent) and its answer against the
+schema of its response (a bad answer is ``ChargePointError``). When a session ends or is replaced, every CALL waiting on it fails at once with
 CHARGE_POINT_OFFLINE, so the app that asked still gets a response.
 """
 
@@ -24,6 +26,7 @@ from charging_api.errors import (
     ChargePointError,
     ChargePointOffline,
     ChargePointTimeout,
+    InvalidPayload,
 )
 from charging_api.ocpp import framing, schemas
 
@@ -69,7 +72,11 @@ class OcppSession:
         self.closed = False
 
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send one CALL and return its CALLRESULT payload (caller bounds the time)."""
+        """Send one CALL and return its CALLRESULT payload (caller bounds the time).
+
+        The payload is validated first: ``InvalidPayload`` (with ``details.schemaError``)
+        before anything is sent or queued."""
+        check_request(action, payload)
         async with self._lock:
             if self.closed:
                 raise ChargePointOffline(
@@ -120,6 +127,17 @@ class OcppSession:
             )
 
 
+def check_request(action: str, payload: dict[str, Any]) -> None:
+    """Raise ``InvalidPayload`` when ``payload`` breaks the OCPP 1.6 schema of ``action``."""
+    try:
+        schemas.validate(action, payload, framing.UNKNOWN_ID)
+    except framing.FrameError as exc:
+        raise InvalidPayload(
+            f"{action} payload is invalid: {exc.description}"[:300],
+            {"schemaError": exc.description, "ocppErrorCode": exc.code, "action": action},
+        ) from None
+
+
 class OcppGateway:
     """``ChargerGateway`` over the live sessions of this process."""
 
@@ -157,6 +175,7 @@ class OcppGateway:
     async def call(
         self, charge_point_id: str, action: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
+        check_request(action, payload)
         session = self._sessions.get(charge_point_id)
         if session is None:
             raise ChargePointOffline(

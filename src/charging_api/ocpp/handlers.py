@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from charging_api.domain.charging import ChargingService
-from charging_api.domain.models import ChargePointInfo, IdTagVerdict, MeterSample
+from charging_api.domain.models import ChargePointInfo, DeviceJob, IdTagVerdict, MeterSample
 from charging_api.ocpp.meter import meter_value_to_sample, parse_ocpp_datetime
 from charging_api.timefmt import format_utc
 
@@ -108,12 +108,19 @@ async def meter_values(service: ChargingService, cp_id: str, p: Payload) -> Payl
 
 
 async def data_transfer(service: ChargingService, cp_id: str, p: Payload) -> Payload:
-    """We know no vendor extensions: UnknownVendorId, as OCTT TC_064 expects."""
-    return {"status": "UnknownVendorId"}
+    """Vendors on ``DATA_TRANSFER_VENDORS``: Accepted (and published to admins); any other
+    vendor: UnknownVendorId, as OCTT TC_064 expects."""
+    status = await service.on_data_transfer(cp_id, p["vendorId"], p.get("messageId"), p.get("data"))
+    return {"status": status}
 
 
-async def acknowledge(service: ChargingService, cp_id: str, p: Payload) -> Payload:
-    """Firmware/diagnostics status notifications: nothing to decide, an empty confirmation."""
+async def firmware_status(service: ChargingService, cp_id: str, p: Payload) -> Payload:
+    await service.on_device_status(cp_id, DeviceJob.FIRMWARE, p["status"])
+    return {}
+
+
+async def diagnostics_status(service: ChargingService, cp_id: str, p: Payload) -> Payload:
+    await service.on_device_status(cp_id, DeviceJob.DIAGNOSTICS, p["status"])
     return {}
 
 
@@ -126,6 +133,6 @@ HANDLERS: dict[str, Handler] = {
     "StopTransaction": stop_transaction,
     "MeterValues": meter_values,
     "DataTransfer": data_transfer,
-    "DiagnosticsStatusNotification": acknowledge,
-    "FirmwareStatusNotification": acknowledge,
+    "DiagnosticsStatusNotification": diagnostics_status,
+    "FirmwareStatusNotification": firmware_status,
 }

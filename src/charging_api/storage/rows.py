@@ -20,6 +20,7 @@ from charging_api.domain.models import (
     IdTag,
     IdTagStatus,
     MeterSample,
+    OperationRecord,
     StoredMeterSample,
     Transaction,
     id_tag_key,
@@ -99,3 +100,18 @@ def status_row(state: ConnectorState) -> dict[str, Any]:
 def id_tag_row(tag: IdTag) -> dict[str, Any]:
     return {"tag": tag.tag, "user_id": tag.user_id, "status": str(tag.status),
             "expiry": tag.expiry, "tag_key": id_tag_key(tag.tag)}  # fmt: skip
+
+
+def json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def operation(values: Values) -> OperationRecord:
+    response = values["response"]
+    return OperationRecord(
+        **{
+            **values,
+            "request": orjson.loads(values["request"]),
+            "response": None if response is None else orjson.loads(response),
+        }
+    )

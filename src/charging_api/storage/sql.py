@@ -30,9 +30,14 @@ from charging_api.domain.models import (
     ChargePoint,
     ChargePointInfo,
     ClosedBy,
+    ConfigurationEntry,
+    ConnectorAvailability,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
+    OperationRecord,
     StoredMeterSample,
     Transaction,
     TransactionQuery,
@@ -273,6 +278,48 @@ class SqlStore:
 
     async def meter_samples_of(self, transaction_id: int) -> list[StoredMeterSample]:
         return await self._db.read(self._sql.meter_samples_of(transaction_id))
+
+    # operator side
+
+    async def add_operation(self, record: OperationRecord) -> OperationRecord:
+        return await self._db.write(self._sql.add_operation(record))
+
+    async def operations(
+        self, charge_point_id: str | None, limit: int, before_id: int | None
+    ) -> list[OperationRecord]:
+        return await self._db.read(self._sql.operations(charge_point_id, limit, before_id))
+
+    async def put_availability(self, availability: ConnectorAvailability) -> None:
+        await self._db.write(self._sql.put_availability(availability))
+
+    async def availabilities(self, charge_point_id: str) -> list[ConnectorAvailability]:
+        return await self._db.read(self._sql.availabilities(charge_point_id))
+
+    async def put_reported_configuration(
+        self, charge_point_id: str, entries: Sequence[ConfigurationEntry]
+    ) -> None:
+        await self._db.write(self._sql.put_reported_configuration(charge_point_id, entries))
+
+    async def put_wanted_configuration(
+        self, charge_point_id: str, key: str, wanted: str | None
+    ) -> None:
+        await self._db.write(self._sql.put_wanted_configuration(charge_point_id, key, wanted))
+
+    async def put_configuration_result(
+        self, charge_point_id: str, key: str, status: str, at: datetime
+    ) -> None:
+        await self._db.write(self._sql.put_configuration_result(charge_point_id, key, status, at))
+
+    async def configuration(self, charge_point_id: str) -> list[ConfigurationEntry]:
+        return await self._db.read(self._sql.configuration(charge_point_id))
+
+    async def add_device_status(self, status: DeviceStatus) -> DeviceStatus:
+        return await self._db.write(self._sql.add_device_status(status))
+
+    async def device_statuses(
+        self, charge_point_id: str, job: DeviceJob, limit: int
+    ) -> list[DeviceStatus]:
+        return await self._db.read(self._sql.device_statuses(charge_point_id, job, limit))
 
     # internals
 

@@ -35,12 +35,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from charging_api.domain.models import (
+    Availability,
     ChargePoint,
     ChargePointInfo,
     ClosedBy,
+    ConfigurationEntry,
+    ConnectorAvailability,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
+    OperationRecord,
     StoredMeterSample,
     Transaction,
     TransactionQuery,
@@ -51,10 +57,14 @@ from charging_api.storage.engines import Work
 from charging_api.storage.tables import (
     SCHEMA_VERSION,
     charge_points,
+    configuration_keys,
+    connector_availability,
     connectors,
+    device_statuses,
     id_tags,
     metadata,
     meter_samples,
+    operations,
     schema_version,
     transactions,
 )
@@ -147,6 +157,19 @@ class SqlStatements:
         self._upsert_id_tag = self._upsert(id_tags, ["tag_key"], ["user_id", "status", "expiry"])
         self._upsert_status = self._upsert(
             connectors, ["charge_point_id", "connector_id"], ["status", "error_code", "updated_at"]
+        )
+        self._upsert_availability = self._upsert(
+            connector_availability,
+            ["charge_point_id", "connector_id"],
+            ["wanted", "scheduled", "updated_at"],
+        )
+        config_keys = ["charge_point_id", "key"]
+        self._upsert_reported = self._upsert(
+            configuration_keys, config_keys, ["value", "readonly", "reported_at"]
+        )
+        self._upsert_wanted = self._upsert(configuration_keys, config_keys, ["wanted"])
+        self._upsert_applied = self._upsert(
+            configuration_keys, config_keys, ["applied_status", "applied_at"]
         )
         register = self._insert(charge_points)
         self._register_charge_point = register.on_conflict_do_update(
@@ -384,6 +407,151 @@ class SqlStatements:
             return [rows.stored_meter_sample(r._mapping) for r in found]
 
         return run
+
+    # operator side
+
+    def add_operation(self, record: OperationRecord) -> Work[OperationRecord]:
+        values = {
+            "charge_point_id": record.charge_point_id,
+            "action": record.action,
+            "requested_by": record.requested_by,
+            "requested_at": record.requested_at,
+            "duration_ms": record.duration_ms,
+            "request": rows.json_text(record.request),
+            "response": None if record.response is None else rows.json_text(record.response),
+            "error_code": record.error_code,
+        }
+
+        def run(conn: Connection) -> OperationRecord:
+            return rows.operation(conn.execute(_ADD_OPERATION, values).one()._mapping)
+
+        return run
+
+    def operations(
+        self, charge_point_id: str | None, limit: int, before_id: int | None
+    ) -> Work[list[OperationRecord]]:
+        stmt = select(operations).order_by(operations.c.id.desc()).limit(limit)
+        if charge_point_id is not None:
+            stmt = stmt.where(operations.c.charge_point_id == charge_point_id)
+        if before_id is not None:
+            stmt = stmt.where(operations.c.id < before_id)
+
+        def run(conn: Connection) -> list[OperationRecord]:
+            return [rows.operation(r._mapping) for r in conn.execute(stmt)]
+
+        return run
+
+    def put_availability(self, av: ConnectorAvailability) -> Work[None]:
+        row = {
+            "charge_point_id": av.charge_point_id,
+            "connector_id": av.connector_id,
+            "wanted": av.wanted.value,
+            "scheduled": av.scheduled,
+            "updated_at": av.updated_at,
+        }
+        return _execute(self._upsert_availability, row)
+
+    def availabilities(self, charge_point_id: str) -> Work[list[ConnectorAvailability]]:
+        stmt = (
+            select(connector_availability)
+            .where(connector_availability.c.charge_point_id == charge_point_id)
+            .order_by(connector_availability.c.connector_id)
+        )
+
+        def run(conn: Connection) -> list[ConnectorAvailability]:
+            return [
+                ConnectorAvailability(
+                    **{
+                        **r._mapping,
+                        "wanted": Availability(r.wanted),
+                        "scheduled": bool(r.scheduled),
+                    }
+                )
+                for r in conn.execute(stmt)
+            ]
+
+        return run
+
+    def put_reported_configuration(
+        self, charge_point_id: str, entries: Sequence[ConfigurationEntry]
+    ) -> Work[None]:
+        params = [
+            {
+                "charge_point_id": charge_point_id,
+                "key": e.key,
+                "value": e.value,
+                "readonly": e.readonly,
+                "reported_at": e.reported_at,
+            }
+            for e in entries
+        ]
+        return _execute(self._upsert_reported, params)
+
+    def put_wanted_configuration(
+        self, charge_point_id: str, key: str, wanted: str | None
+    ) -> Work[None]:
+        row = {"charge_point_id": charge_point_id, "key": key, "wanted": wanted}
+        return _execute(self._upsert_wanted, row)
+
+    def put_configuration_result(
+        self, charge_point_id: str, key: str, status: str, at: datetime
+    ) -> Work[None]:
+        row = {"charge_point_id": charge_point_id, "key": key, "applied_status": status,
+               "applied_at": at}  # fmt: skip
+        return _execute(self._upsert_applied, row)
+
+    def configuration(self, charge_point_id: str) -> Work[list[ConfigurationEntry]]:
+        stmt = (
+            select(configuration_keys)
+            .where(configuration_keys.c.charge_point_id == charge_point_id)
+            .order_by(configuration_keys.c.key)
+        )
+
+        def run(conn: Connection) -> list[ConfigurationEntry]:
+            return [
+                ConfigurationEntry(**{**r._mapping, "readonly": bool(r.readonly)})
+                for r in conn.execute(stmt)
+            ]
+
+        return run
+
+    def add_device_status(self, status: DeviceStatus) -> Work[DeviceStatus]:
+        values = {
+            "charge_point_id": status.charge_point_id,
+            "job": status.job.value,
+            "status": status.status,
+            "at": status.at,
+        }
+
+        def run(conn: Connection) -> DeviceStatus:
+            row = conn.execute(_ADD_DEVICE_STATUS, values).one()._mapping
+            return DeviceStatus(**{**row, "job": DeviceJob(row["job"])})
+
+        return run
+
+    def device_statuses(
+        self, charge_point_id: str, job: DeviceJob, limit: int
+    ) -> Work[list[DeviceStatus]]:
+        stmt = (
+            select(device_statuses)
+            .where(
+                device_statuses.c.charge_point_id == charge_point_id,
+                device_statuses.c.job == job.value,
+            )
+            .order_by(device_statuses.c.id.desc())
+            .limit(limit)
+        )
+
+        def run(conn: Connection) -> list[DeviceStatus]:
+            return [
+                DeviceStatus(**{**r._mapping, "job": DeviceJob(r.job)}) for r in conn.execute(stmt)
+            ]
+
+        return run
+
+
+_ADD_OPERATION = insert(operations).returning(*operations.c)
+_ADD_DEVICE_STATUS = insert(device_statuses).returning(*device_statuses.c)
 
 
 def ensure_schema(conn: Connection) -> None:

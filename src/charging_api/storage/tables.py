@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -154,4 +155,57 @@ meter_samples = Table(
     Column("state_of_charge", Double),
     Column("phases", Text, nullable=False, default="{}"),
     Index("ix_meter_samples_tx_time", "transaction_id", "timestamp"),
+)
+
+# The operator side (new tables: created on existing databases by ``ensure_schema``).
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("charge_point_id", String, nullable=False),
+    Column("action", String, nullable=False),
+    Column("requested_by", String, nullable=False),
+    Column("requested_at", UtcDateTime, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("request", Text, nullable=False),  # JSON
+    Column("response", Text),  # JSON; NULL when the operation failed
+    Column("error_code", String),
+    Index("ix_operations_cp", "charge_point_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+connector_availability = Table(
+    "connector_availability",
+    metadata,
+    Column("charge_point_id", String, primary_key=True),
+    Column("connector_id", Integer, primary_key=True, autoincrement=False),
+    Column("wanted", String, nullable=False),
+    Column("scheduled", Boolean, nullable=False, default=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+configuration_keys = Table(
+    "configuration_keys",
+    metadata,
+    Column("charge_point_id", String, primary_key=True),
+    Column("key", String, primary_key=True),
+    Column("value", Text),
+    Column("readonly", Boolean, nullable=False, default=False),
+    Column("reported_at", UtcDateTime),
+    Column("wanted", Text),
+    Column("applied_status", String),
+    Column("applied_at", UtcDateTime),
+)
+
+device_statuses = Table(
+    "device_statuses",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("charge_point_id", String, nullable=False),
+    Column("job", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_device_statuses_cp_job", "charge_point_id", "job", "id"),
+    sqlite_autoincrement=True,
 )
