@@ -151,7 +151,7 @@ _Tag = Annotated[StrictStr, Field(min_length=1, max_length=20)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)  # unknown fields: ignored, as on /ws
 
 
 class ConnectorOut(_Model):
@@ -176,8 +176,13 @@ class ChargePointOut(_Model):
 
 class ChargePointIn(_Model):
     chargePointId: _Id
-    password: Annotated[StrictStr, Field(min_length=8, max_length=40)] | None = Field(
-        default=None, description="The Basic-auth password the charge point will send"
+    # Constraints on the field, not inside ``Annotated[...] | None``: Litestar's schema keeps
+    # them only there (tests/e2e/test_rest_openapi.py found the difference).
+    password: StrictStr | None = Field(
+        default=None,
+        min_length=8,
+        max_length=40,
+        description="The Basic-auth password the charge point will send",
     )
 
 
@@ -190,7 +195,7 @@ class IdTagOut(_Model):
 
 class IdTagIn(_Model):
     idTag: _Tag
-    userId: _Id | None = None
+    userId: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     status: IdTagStatus = IdTagStatus.ACCEPTED
     expiry: datetime | None = None
 
@@ -198,7 +203,7 @@ class IdTagIn(_Model):
 class IdTagChange(_Model):
     """Only the fields given change; ``userId``/``expiry`` of ``null`` clear them."""
 
-    userId: _Id | None = None
+    userId: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     status: IdTagStatus | None = None
     expiry: datetime | None = None
 
@@ -240,7 +245,8 @@ class TransactionDetail(TransactionOut):
 
 
 class CloseIn(_Model):
-    meterStopWh: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
+    # gt=-1 rather than ge=0: Litestar's schema drops a minimum of 0 on a nullable field.
+    meterStopWh: StrictInt | None = Field(default=None, gt=-1, le=2**63 - 1)
 
 
 class ErrorBody(_Model):
@@ -375,12 +381,32 @@ def _core_error(_: Request[Any, Any, Any], exc: ChargingApiError) -> Response[di
 
 
 def _invalid(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
-    return _failure(422, "VALIDATION_ERROR", str(exc.detail))
+    fields = exc.extra if isinstance(exc.extra, list) else []
+    return _failure(
+        422, "VALIDATION_ERROR", str(exc.detail), {"fields": fields} if fields else None
+    )
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
     return _failure(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """The failure responses a route documents (each with the :class:`Failure` body)."""
+    texts = {
+        401: "No or a bad credential",
+        403: "Not an admin",
+        404: "Not found",
+        409: "Conflict with the current state",
+        422: "Invalid input",
+        502: "CALLERROR from the charge point",
+        504: "No answer in time",
+    }
+    return {
+        status: ResponseSpec(Failure, description=texts[status])
+        for status in (401, 403, 422, *statuses)
+    }
 
 
 def build_rest_app(
@@ -416,18 +442,28 @@ def build_rest_app(
             connectors=[_connector(s) for s in states],
         )
 
-    @get("/api/charge-points", summary="Every charge point, with its connectors")
+    @get(
+        "/api/charge-points", summary="Every charge point, with its connectors", responses=_errors()
+    )
     async def list_charge_points(principal: Admin) -> list[ChargePointOut]:
         return [await charge_point_out(cp) for cp in await store.list_charge_points()]
 
-    @get("/api/charge-points/{charge_point_id:str}", summary="One charge point")
+    @get(
+        "/api/charge-points/{charge_point_id:str}",
+        summary="One charge point",
+        responses=_errors(404),
+    )
     async def get_charge_point(principal: Admin, charge_point_id: FromPath[str]) -> ChargePointOut:
         cp = await store.get_charge_point(charge_point_id)
         if cp is None:
             raise ChargePointNotFound(f"Charge point {charge_point_id} not found")
         return await charge_point_out(cp)
 
-    @post("/api/charge-points", summary="Register a charge point (or set its password)")
+    @post(
+        "/api/charge-points",
+        summary="Register a charge point (or set its password)",
+        responses=_errors(),
+    )
     async def register_charge_point(
         principal: Admin, data: JSONBody[ChargePointIn]
     ) -> ChargePointOut:
@@ -440,19 +476,24 @@ def build_rest_app(
     @delete(
         "/api/charge-points/{charge_point_id:str}",
         summary="Forget a charge point (its transactions stay)",
+        responses=_errors(404),
     )
     async def delete_charge_point(principal: Admin, charge_point_id: FromPath[str]) -> None:
         if not await store.delete_charge_point(charge_point_id):
             raise ChargePointNotFound(f"Charge point {charge_point_id} not found")
 
-    @get("/api/id-tags", summary="Every id tag")
+    @get("/api/id-tags", summary="Every id tag", responses=_errors())
     async def list_id_tags(
         principal: Admin, user_id: Annotated[str | None, QueryParameter(name="userId")] = None
     ) -> list[IdTagOut]:
         tags = await (store.id_tags_of(user_id) if user_id else store.all_id_tags())
         return [_tag(t) for t in tags]
 
-    @post("/api/id-tags", summary="Register an id tag (409 if it exists in any case)")
+    @post(
+        "/api/id-tags",
+        summary="Register an id tag (409 if it exists in any case)",
+        responses=_errors(409),
+    )
     async def create_id_tag(principal: Admin, data: JSONBody[IdTagIn]) -> IdTagOut:
         known = await store.get_id_tag(data.idTag)
         if known is not None:
@@ -470,11 +511,15 @@ def build_rest_app(
             raise IdTagNotFound(f"Id tag {id_tag} not found")
         return tag
 
-    @get("/api/id-tags/{id_tag:str}", summary="One id tag (any case)")
+    @get("/api/id-tags/{id_tag:str}", summary="One id tag (any case)", responses=_errors(404))
     async def get_id_tag(principal: Admin, id_tag: FromPath[str]) -> IdTagOut:
         return _tag(await known_tag(id_tag))
 
-    @patch("/api/id-tags/{id_tag:str}", summary="Change status, expiry or owner")
+    @patch(
+        "/api/id-tags/{id_tag:str}",
+        summary="Change status, expiry or owner",
+        responses=_errors(404),
+    )
     async def change_id_tag(
         principal: Admin, id_tag: FromPath[str], data: JSONBody[IdTagChange]
     ) -> IdTagOut:
@@ -489,12 +534,18 @@ def build_rest_app(
         await store.put_id_tag(tag)
         return _tag(tag)
 
-    @delete("/api/id-tags/{id_tag:str}", summary="Forget an id tag (any case)")
+    @delete(
+        "/api/id-tags/{id_tag:str}", summary="Forget an id tag (any case)", responses=_errors(404)
+    )
     async def delete_id_tag(principal: Admin, id_tag: FromPath[str]) -> None:
         if not await store.delete_id_tag(id_tag):
             raise IdTagNotFound(f"Id tag {id_tag} not found")
 
-    @get("/api/transactions", summary="Transactions, newest first, filtered and paged")
+    @get(
+        "/api/transactions",
+        summary="Transactions, newest first, filtered and paged",
+        responses=_errors(),
+    )
     async def list_transactions(
         principal: Admin,
         user_id: Annotated[str | None, QueryParameter(name="userId")] = None,
@@ -523,7 +574,11 @@ def build_rest_app(
         items = [TransactionOut(**_transaction_fields(tx)) for tx in found]
         return TransactionPage(items=items, limit=limit, offset=offset)
 
-    @get("/api/transactions/{transaction_id:int}", summary="One transaction with its samples")
+    @get(
+        "/api/transactions/{transaction_id:int}",
+        summary="One transaction with its samples",
+        responses=_errors(404),
+    )
     async def get_transaction(principal: Admin, transaction_id: FromPath[int]) -> TransactionDetail:
         tx = await store.get_transaction(transaction_id)
         if tx is None:
@@ -546,6 +601,7 @@ def build_rest_app(
         "/api/transactions/{transaction_id:int}/close",
         status_code=200,
         summary="Close an open transaction by hand (the charge point is not asked)",
+        responses=_errors(404, 409),
     )
     async def close_transaction(
         principal: Admin, transaction_id: FromPath[int], data: JSONBody[CloseIn]
@@ -564,16 +620,7 @@ def build_rest_app(
             "or refused by a rule (TRANSACTION_RUNNING: add ?force=true), 422 invalid payload "
             "(details.schemaError), 502 CALLERROR (details.ocppErrorCode), 504 timeout."
         ),
-        responses={
-            status: ResponseSpec(Failure, description=text)
-            for status, text in (
-                (404, "Unknown charge point"),
-                (409, "Offline, or refused by a rule"),
-                (422, "Invalid payload"),
-                (502, "CALLERROR from the charge point"),
-                (504, "No answer in time"),
-            )
-        },
+        responses=_errors(404, 409, 502, 504),
     )
     async def run_action(
         principal: Admin,
@@ -590,7 +637,7 @@ def build_rest_app(
             principal, charge_point_id, ACTIONS[action], data, force=force
         )
 
-    @get("/api/operations", summary="The operations log, newest first")
+    @get("/api/operations", summary="The operations log, newest first", responses=_errors())
     async def operations_log(
         principal: Admin,
         charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
@@ -617,7 +664,11 @@ def build_rest_app(
             for r in records
         ]
 
-    @get("/api/asyncapi.json", summary="AsyncAPI 3 document of the app WebSocket (/ws)")
+    @get(
+        "/api/asyncapi.json",
+        summary="AsyncAPI 3 document of the app WebSocket (/ws); public, like this document",
+        include_in_schema=False,  # a document about the API, like /api/openapi.json itself
+    )
     async def asyncapi() -> dict[str, Any]:
         return dict(deps.asyncapi)
 
