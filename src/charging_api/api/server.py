@@ -271,7 +271,7 @@ class AppServer:
         path = request.path.split("?", 1)[0]
         if path == "/ws" and request.method == "GET":
             origin = request.headers.get("Origin")
-            if origin is not None and origin.rstrip("/") not in self.limits.allowed_origins:
+            if origin is not None and not self._origin_allowed(origin, request.headers):
                 log.warning("refused /ws upgrade from origin %s", origin[:100])
                 return _plain(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
             if len(self.sessions) >= self.limits.max_connections:
@@ -286,6 +286,14 @@ class AppServer:
             return _plain(http.HTTPStatus.NOT_FOUND, "Not found\n")
         status, headers, body = reply
         return Response(status, http.HTTPStatus(status).phrase, Headers(headers), body)
+
+    def _origin_allowed(self, origin: str, headers: Headers) -> bool:
+        """A ``FRONTEND_URL`` origin, or this server's own (the console it serves at ``/``)."""
+        origin = origin.rstrip("/")
+        host = headers.get("Host") or ""
+        return origin in self.limits.allowed_origins or (
+            bool(host) and origin in (f"http://{host}", f"https://{host}")
+        )
 
     # -------------------------------------------------------------- messages
 

@@ -17,9 +17,10 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from importlib.resources import files
 from typing import Annotated, Any, Literal, Protocol
 
-from litestar import Litestar, Request, Response, delete, get, patch, post, route
+from litestar import Litestar, MediaType, Request, Response, delete, get, patch, post, route
 from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
@@ -326,6 +327,9 @@ class RestDependencies:
     operator: RunsOperations | None = None
     plain_routes: Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]] | None = None
 
+
+#: The console page served at ``/``.
+CONSOLE = files("charging_api.http").joinpath("console.html").read_bytes()
 
 #: The ``principal`` dependency of every route: the admin making the request.
 Admin = NamedDependency[Principal]
@@ -664,6 +668,11 @@ def build_rest_app(
             for r in records
         ]
 
+    @get("/", include_in_schema=False, media_type=MediaType.HTML)
+    async def console() -> Response[bytes]:
+        """The operator console (docs/operators.md, "Console"): one file, no build step."""
+        return Response(CONSOLE, media_type=MediaType.HTML, headers={"Cache-Control": "no-cache"})
+
     @get(
         "/api/asyncapi.json",
         summary="AsyncAPI 3 document of the app WebSocket (/ws); public, like this document",
@@ -686,6 +695,7 @@ def build_rest_app(
 
     handlers: list[Any] = [
         plain,
+        console,
         list_charge_points,
         get_charge_point,
         register_charge_point,
