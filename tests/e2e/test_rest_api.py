@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 from ocpp.routing import on
-from ocpp.v16 import call_result
+from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 from websockets.typing import Subprotocol
 
@@ -264,3 +264,24 @@ def test_action_names_match_the_operations() -> None:
     assert set(get_args(ActionName)) == set(ACTIONS)
     assert len(ACTIONS) == 19
     assert ACTIONS["unlock-connector"] == "UnlockConnector"
+
+
+async def test_configuration_and_status_history(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A wanted configuration value is stored and listed; GetConfiguration answers show up;
+    firmware status history is listed; unknown charge points are 404."""
+    server, client = rest
+    async with connected_charge_point(server.ocpp_url, "CP-CFG") as cp:
+        base = "/api/charge-points/CP-CFG"
+        wanted = await client.put(
+            f"{base}/configuration/MeterValueSampleInterval", json={"value": "30"}
+        )
+        assert wanted.status_code == 204, wanted.text
+        listed = (await client.get(f"{base}/configuration")).json()
+        assert [(e["key"], e["wanted"]) for e in listed] == [("MeterValueSampleInterval", "30")]
+        await cp.call(call.FirmwareStatusNotification(status="Downloading"), suppress=False)
+        history = (await client.get(f"{base}/status-history/firmware")).json()
+        assert [h["status"] for h in history] == ["Downloading"]
+    assert (await client.get("/api/charge-points/NOPE/configuration")).status_code == 404
+    assert (await client.get(f"{base}/status-history/bogus")).status_code == 422

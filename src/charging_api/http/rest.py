@@ -20,20 +20,23 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Annotated, Any, Literal, Protocol
 
-from litestar import Litestar, MediaType, Request, Response, delete, get, patch, post, route
+from litestar import Litestar, MediaType, Request, Response, delete, get, patch, post, put, route
 from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from charging_api.domain import access
 from charging_api.domain.models import (
     ChargePoint,
+    ConfigurationEntry,
     ConnectorState,
+    DeviceJob,
+    DeviceStatus,
     IdTag,
     IdTagStatus,
     OperationRecord,
@@ -256,6 +259,28 @@ class ErrorBody(_Model):
     details: dict[str, Any] | None = None
 
 
+class ConfigurationOut(_Model):
+    key: str
+    value: str | None = Field(description="As the last GetConfiguration reported it")
+    readonly: bool
+    reportedAt: str | None
+    wanted: str | None = Field(description="Applied after every BootNotification")
+    appliedStatus: str | None = Field(description="The last ChangeConfiguration answer for it")
+    appliedAt: str | None
+
+
+class WantedValue(_Model):
+    """``null``: the key is no longer wanted."""
+
+    value: StrictStr | None = Field(max_length=500)
+
+
+class DeviceStatusOut(_Model):
+    job: DeviceJob
+    status: str
+    at: str
+
+
 class OperationOut(_Model):
     id: int
     chargePointId: str
@@ -298,6 +323,18 @@ class RunsOperations(Protocol):
         before_id: int | None = None,
     ) -> list[OperationRecord]: ...
 
+    async def configuration_of(
+        self, principal: Principal, charge_point_id: str
+    ) -> list[ConfigurationEntry]: ...
+
+    async def want_configuration(
+        self, principal: Principal, charge_point_id: str, key: str, value: str | None
+    ) -> None: ...
+
+    async def device_statuses_of(
+        self, principal: Principal, charge_point_id: str, job: DeviceJob, limit: int = 50
+    ) -> list[DeviceStatus]: ...
+
 
 class ClosesTransactions(Protocol):
     """What the routes need of :class:`~charging_api.domain.charging.ChargingService`."""
@@ -327,6 +364,10 @@ class RestDependencies:
     operator: RunsOperations | None = None
     plain_routes: Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]] | None = None
 
+
+#: OCPP transaction ids are 32-bit JSON integers (as on /ws): anything else is a 422, never a
+#: database overflow (the schemathesis run found a 500 for a huge id).
+TransactionIdPath = Annotated[int, PathParameter(ge=-(2**31), le=2**31 - 1)]
 
 #: The console page served at ``/``.
 CONSOLE = files("charging_api.http").joinpath("console.html").read_bytes()
@@ -583,7 +624,9 @@ def build_rest_app(
         summary="One transaction with its samples",
         responses=_errors(404),
     )
-    async def get_transaction(principal: Admin, transaction_id: FromPath[int]) -> TransactionDetail:
+    async def get_transaction(
+        principal: Admin, transaction_id: TransactionIdPath
+    ) -> TransactionDetail:
         tx = await store.get_transaction(transaction_id)
         if tx is None:
             raise TransactionNotFound(f"Transaction {transaction_id} not found")
@@ -608,7 +651,7 @@ def build_rest_app(
         responses=_errors(404, 409),
     )
     async def close_transaction(
-        principal: Admin, transaction_id: FromPath[int], data: JSONBody[CloseIn]
+        principal: Admin, transaction_id: TransactionIdPath, data: JSONBody[CloseIn]
     ) -> TransactionOut:
         tx = await deps.service.close_transaction(principal, transaction_id, data.meterStopWh)
         return TransactionOut(**_transaction_fields(tx))
@@ -641,12 +684,80 @@ def build_rest_app(
             principal, charge_point_id, ACTIONS[action], data, force=force
         )
 
+    def need_operator() -> RunsOperations:
+        if operator is None:
+            raise UnknownOperation("Operations are not available on this server")
+        return operator
+
+    async def known_charge_point(charge_point_id: str) -> None:
+        if await store.get_charge_point(charge_point_id) is None:
+            raise ChargePointNotFound(f"Charge point {charge_point_id} not found")
+
+    @get(
+        "/api/charge-points/{charge_point_id:str}/configuration",
+        summary="Configuration: reported values (GetConfiguration) and wanted values",
+        responses=_errors(404),
+    )
+    async def get_configuration(
+        principal: Admin, charge_point_id: FromPath[str]
+    ) -> list[ConfigurationOut]:
+        await known_charge_point(charge_point_id)
+        entries = await need_operator().configuration_of(principal, charge_point_id)
+
+        def at(value: datetime | None) -> str | None:
+            return format_utc(value) if value else None
+
+        return [
+            ConfigurationOut(
+                key=e.key,
+                value=e.value,
+                readonly=e.readonly,
+                reportedAt=at(e.reported_at),
+                wanted=e.wanted,
+                appliedStatus=e.applied_status,
+                appliedAt=at(e.applied_at),
+            )
+            for e in entries
+        ]
+
+    @put(
+        "/api/charge-points/{charge_point_id:str}/configuration/{key:str}",
+        status_code=204,
+        summary="Declare the value a key should have (sent after every BootNotification)",
+        responses=_errors(404),
+    )
+    async def want_configuration(
+        principal: Admin,
+        charge_point_id: FromPath[str],
+        key: FromPath[str],
+        data: JSONBody[WantedValue],
+    ) -> None:
+        await known_charge_point(charge_point_id)
+        if not 1 <= len(key) <= 50:
+            raise ValidationFailed("a configuration key has 1 to 50 characters")
+        await need_operator().want_configuration(principal, charge_point_id, key, data.value)
+
+    @get(
+        "/api/charge-points/{charge_point_id:str}/status-history/{job:str}",
+        summary="Firmware or diagnostics status history, newest first (the first is current)",
+        responses=_errors(404),
+    )
+    async def device_statuses(
+        principal: Admin,
+        charge_point_id: FromPath[str],
+        job: FromPath[DeviceJob],
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=1000)] = 50,
+    ) -> list[DeviceStatusOut]:
+        await known_charge_point(charge_point_id)
+        found = await need_operator().device_statuses_of(principal, charge_point_id, job, limit)
+        return [DeviceStatusOut(job=d.job, status=d.status, at=format_utc(d.at)) for d in found]
+
     @get("/api/operations", summary="The operations log, newest first", responses=_errors())
     async def operations_log(
         principal: Admin,
         charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
         limit: Annotated[int, QueryParameter(name="limit", ge=1, le=1000)] = 100,
-        before_id: Annotated[int | None, QueryParameter(name="beforeId", ge=1)] = None,
+        before_id: Annotated[int | None, QueryParameter(name="beforeId", ge=1, le=2**62)] = None,
     ) -> list[OperationOut]:
         if operator is None:
             return []
@@ -711,6 +822,9 @@ def build_rest_app(
         asyncapi,
         run_action,
         operations_log,
+        get_configuration,
+        want_configuration,
+        device_statuses,
         *(extra_handlers or []),
     ]
     cors = (
