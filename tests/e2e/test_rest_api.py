@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 from charging_api.http.rest import ACTIONS, ActionName
 from tests.conftest import RunningServer, app_client, make_settings, running_server
 from tests.peers.py_charge_point import LibraryChargePoint, connected_charge_point
+from tests.security.certs import make_self_signed
 
 KEY = "stats-key-0123456789abcdef"
 
@@ -285,3 +286,26 @@ async def test_configuration_and_status_history(
         assert [h["status"] for h in history] == ["Downloading"]
     assert (await client.get("/api/charge-points/NOPE/configuration")).status_code == 404
     assert (await client.get(f"{base}/status-history/bogus")).status_code == 422
+
+
+async def test_rest_and_wss_share_the_tls_port(tmp_path: Path) -> None:
+    """With TLS on the app port, REST over https and /ws over wss both work on it."""
+    certs = make_self_signed(tmp_path / "tls")
+    settings = make_settings(
+        tmp_path, stats_api_key=KEY, ws_api_tls_cert=certs.cert, ws_api_tls_key=certs.key
+    )
+    async with running_server(settings) as server:
+        base = server.http_url.replace("http://", "https://")
+        async with httpx.AsyncClient(
+            base_url=base, verify=certs.client_context(), timeout=10
+        ) as client:
+            made = await client.post(
+                "/api/id-tags",
+                json={"idTag": "TLS-TAG"},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            assert made.status_code == 201, made.text
+        url = server.app_url.replace("ws://", "wss://")
+        async with websockets.connect(url, ssl=certs.client_context()) as ws:
+            await ws.send('{"id": 1, "type": "heartbeat"}')
+            assert '"heartbeat"' in await asyncio.wait_for(ws.recv(), 5)
