@@ -31,6 +31,7 @@ from charging_api.domain.models import (
     StoredChargingProfile,
     StoredMeterSample,
     Transaction,
+    TransactionQuery,
     id_tag_key,
 )
 from charging_api.domain.ports import EventHandler
@@ -105,6 +106,14 @@ class MemoryStore:
     async def count_charge_points(self) -> int:
         return len(self.charge_points)
 
+    async def list_charge_points(self) -> list[ChargePoint]:
+        return [self.charge_points[k] for k in sorted(self.charge_points)]
+
+    async def delete_charge_point(self, charge_point_id: str) -> bool:
+        for key in [k for k in self.connectors if k[0] == charge_point_id]:
+            del self.connectors[key]
+        return self.charge_points.pop(charge_point_id, None) is not None
+
     async def set_connector_status(self, state: ConnectorState) -> None:
         if state.updated_at is not None:
             state = replace(state, updated_at=_utc(state.updated_at))
@@ -127,6 +136,24 @@ class MemoryStore:
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return sorted((t for t in self.id_tags.values() if t.user_id == user_id), key=_tag)
+
+    async def all_id_tags(self) -> list[IdTag]:
+        return sorted(self.id_tags.values(), key=_tag)
+
+    async def delete_id_tag(self, tag: str) -> bool:
+        return self.id_tags.pop(id_tag_key(tag), None) is not None
+
+    async def find_transactions(self, query: TransactionQuery) -> list[Transaction]:
+        found = [
+            tx
+            for tx in self.transactions.values()
+            if (query.user_id is None or tx.user_id == query.user_id)
+            and (query.charge_point_id is None or tx.charge_point_id == query.charge_point_id)
+            and (query.started_from is None or tx.started_at >= query.started_from)
+            and (query.started_before is None or tx.started_at < query.started_before)
+            and (query.active is None or tx.active == query.active)
+        ]
+        return sorted(found, key=_newest_first)[query.offset : query.offset + query.limit]
 
     async def start_transaction(
         self,
@@ -240,9 +267,6 @@ class MemoryStore:
 
     async def active_reservations(self) -> list[Reservation]:
         return [r for _, r in sorted(self.reservations.items()) if r.active]
-
-    async def all_id_tags(self) -> list[IdTag]:
-        return sorted(self.id_tags.values(), key=_tag)
 
     async def charge_point_ids(self) -> list[str]:
         return sorted(self.charge_points)

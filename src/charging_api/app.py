@@ -24,6 +24,7 @@ import orjson
 import websockets
 
 from charging_api import __version__
+from charging_api.api.asyncapi import asyncapi_document
 from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
 from charging_api.api.handlers import OperatorState
 from charging_api.api.hub import UpdateHub
@@ -39,7 +40,9 @@ from charging_api.domain.operations import OperatorService
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
 from charging_api.errors import ChargePointOffline, ChargingApiError
+from charging_api.http.rest import RestConfig, RestDependencies, build_rest_app
 from charging_api.http.routes import HttpConfig, HttpRoutes
+from charging_api.http.serving import HttpServer
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
 from charging_api.storage.sql import SqlStore
@@ -170,6 +173,20 @@ class Application:
             self.store.failure,
         )
         self.app_server.set_http_handler(self.routes)
+        self.rest = build_rest_app(
+            RestConfig(__version__, origins, settings.stats_api_key),
+            RestDependencies(
+                store=self.store,
+                service=self.service,
+                is_online=self.gateway.is_online,
+                verify_bearer=self.verifier.verify,
+                asyncapi=asyncapi_document(__version__),
+                plain_routes=self.routes,
+                operator=self.operator,
+            ),
+        )
+        self.http_server = HttpServer(self.rest)
+        self.app_server.set_http_protocol(self.http_server.protocol)
         self.ocpp_server = OcppServer(
             self.service,
             self.gateway,
@@ -222,7 +239,7 @@ class Application:
             ),
         )
         log.info(
-            "serving app API on %s:%d (/ws, /health, /api/stats) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
+            "serving app API on %s:%d (/ws, /health, /api/stats, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
             s.ws_api_host,
             app_port,
             s.ocpp_host,
@@ -233,6 +250,7 @@ class Application:
 
     async def stop(self) -> None:
         await self.app_server.shutdown()
+        await self.http_server.shutdown()
         await self.ocpp_server.shutdown()
         if self._timers is not None:
             self._timers.cancel()

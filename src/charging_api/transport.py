@@ -30,6 +30,17 @@ not run against (:data:`TESTED_WEBSOCKETS`):
     response, and the server's subprotocol selector (a closure over the connection that keeps
     every closed connection in a reference cycle until a full collection).
 
+:func:`split_connections`
+    One listening port for WebSockets and plain HTTP. ``websockets``' HTTP parser takes GET
+    requests only (no bodies), so the operator REST API cannot be served through
+    ``process_request``. The ``create_connection`` hook of ``serve()`` (public) returns a small
+    asyncio protocol that reads the request line only, then hands the transport and the bytes
+    read to ``websockets``' own connection (GETs of the paths the WebSocket server owns) or to
+    an HTTP protocol (everything else: the ASGI app). After the hand-over the front is out of the
+    way: the connection's frames never pass through it. The touch on ``websockets``: its
+    connection object is given ``connection_made`` and ``data_received`` by us instead of by the
+    event loop, exactly as the loop would (the same transport, the same bytes, in order).
+
 :data:`TESTED_WEBSOCKETS`
     The ``websockets`` releases whose internals the tests above have checked.
 """
@@ -38,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Collection
+from typing import Any, cast
 
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
@@ -51,6 +64,7 @@ __all__ = [
     "check_websockets_version",
     "forget_handshake",
     "send_text_nowait",
+    "split_connections",
     "text_frame",
 ]
 
@@ -186,3 +200,85 @@ def forget_handshake(ws: ServerConnection) -> None:
         ws.request.headers = _NO_HEADERS
     ws.response = None
     vars(ws.protocol).pop("select_subprotocol", None)
+
+
+# ------------------------------------------------------------------------ one port, two servers
+
+#: The longest request line the front waits for before it gives up on the connection.
+MAX_REQUEST_LINE = 8192
+
+
+class _Front(asyncio.Protocol):
+    """A new connection until its request line is in: then it belongs to someone else."""
+
+    __slots__ = ("_buffer", "_connection", "_http", "_owned", "_timeout", "_timer", "_transport")
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        owned: Collection[bytes],
+        http: Callable[[], asyncio.Protocol],
+        timeout: float,
+    ) -> None:
+        self._connection = connection
+        self._owned = owned
+        self._http = http
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timeout = timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        # A peer that never sends its request line holds no more than a socket for this long.
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_REQUEST_LINE and self._transport is not None:
+                self._transport.abort()
+            return
+        method, _, rest = self._buffer[:end].partition(b" ")
+        target = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+        websocket = method == b"GET" and target in self._owned
+        self._hand_over(self._connection if websocket else self._http())
+
+    def _hand_over(self, owner: asyncio.Protocol) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        buffered, self._buffer = self._buffer, b""
+        transport.set_protocol(owner)
+        owner.connection_made(transport)
+        owner.data_received(buffered)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Gone before its request line: nothing was handed over, nothing else to tell.
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+
+def split_connections(
+    owned_paths: Collection[str],
+    http: Callable[[], asyncio.Protocol],
+    timeout: float,
+) -> Any:
+    """A ``create_connection`` for ``websockets.asyncio.server.serve``.
+
+    GET requests for ``owned_paths`` go to the WebSocket server as if it were alone on the
+    port (its ``process_request``, handshake and handler as before); any other request goes to
+    a new protocol from ``http`` (e.g. an ASGI server's HTTP protocol), which then owns the
+    connection, keep-alive included. ``timeout`` bounds the wait for the request line.
+    """
+    owned = frozenset(path.encode() for path in owned_paths)
+
+    def create(*args: Any, **kwargs: Any) -> asyncio.Protocol:
+        return _Front(ServerConnection(*args, **kwargs), owned, http, timeout)
+
+    return create

@@ -21,6 +21,7 @@ from charging_api.domain.models import (
     IdTagStatus,
     MeterSample,
     StoredMeterSample,
+    TransactionQuery,
 )
 from charging_api.domain.ports import Store
 
@@ -366,3 +367,47 @@ async def test_record_boot_does_not_clobber_registration(open_store: OpenStore) 
     )
     assert await store.count_charge_points() == 2
     assert await store.get_charge_point("nope") is None
+
+
+async def test_find_transactions_filters_and_pages(open_store: OpenStore) -> None:
+    """Operator search: user, charge point, start range (from inclusive, to exclusive),
+    open/closed, newest first, limit and offset — the same on every store."""
+    store = await open_store()
+    a = await start_tx(store, at=T0, cp="CP1", user="u1")
+    b = await start_tx(store, at=T0 + timedelta(hours=1), cp="CP2", user="u2", connector=1)
+    c = await start_tx(store, at=T0 + timedelta(hours=2), cp="CP1", user="u1", connector=2)
+    await store.stop_transaction(a.id, 2000, T0 + timedelta(minutes=30), "Local")
+
+    async def ids(**query: Any) -> list[int]:
+        return [tx.id for tx in await store.find_transactions(TransactionQuery(**query))]
+
+    assert await ids() == [c.id, b.id, a.id]
+    assert await ids(user_id="u1") == [c.id, a.id]
+    assert await ids(charge_point_id="CP2") == [b.id]
+    assert await ids(active=True) == [c.id, b.id]
+    assert await ids(active=False) == [a.id]
+    hour = T0 + timedelta(hours=1)
+    assert await ids(started_from=hour) == [c.id, b.id]
+    assert await ids(started_before=hour) == [a.id]
+    assert await ids(limit=1, offset=1) == [b.id]
+    assert await ids(offset=3) == []
+
+
+async def test_operator_deletes_and_lists(open_store: OpenStore) -> None:
+    """Charge points and id tags are listed in order and deleted (tags in any case); deleting
+    a charge point takes its connectors, and an unknown one answers False."""
+    store = await open_store()
+    await store.add_charge_point("CP-B", None)
+    await store.add_charge_point("CP-A", "hash")
+    await store.set_connector_status(ConnectorState("CP-A", 1, "Available", updated_at=T0))
+    assert [cp.id for cp in await store.list_charge_points()] == ["CP-A", "CP-B"]
+    assert await store.delete_charge_point("CP-A") is True
+    assert await store.delete_charge_point("CP-A") is False
+    assert await store.connector_states("CP-A") == []
+    assert [cp.id for cp in await store.list_charge_points()] == ["CP-B"]
+    await store.put_id_tag(IdTag("TAG-B", "u1"))
+    await store.put_id_tag(IdTag("TAG-A", None))
+    assert [t.tag for t in await store.all_id_tags()] == ["TAG-A", "TAG-B"]
+    assert await store.delete_id_tag("tag-b") is True
+    assert await store.delete_id_tag("TAG-B") is False
+    assert [t.tag for t in await store.all_id_tags()] == ["TAG-A"]

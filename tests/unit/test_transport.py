@@ -206,3 +206,72 @@ def test_only_transport_touches_websockets_internals() -> None:
         if ".response = None" in text:
             offenders.append(f"{path.relative_to(src)}: .response = None")
     assert offenders == []
+
+
+# ------------------------------------------------------------------------ split_connections
+
+
+class _Teapot(asyncio.Protocol):
+    """An HTTP protocol that keeps what it received and answers 418 once a head is in."""
+
+    received: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            _Teapot.received.append(self.buffer)
+            assert isinstance(self.transport, asyncio.Transport)
+            self.transport.write(b"HTTP/1.1 418 Teapot\r\nContent-Length: 0\r\n\r\n")
+            self.transport.close()
+
+
+async def _raw(port: int, chunks: Sequence[bytes]) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:  # dropped with a reset: nothing was answered
+        answer = b""
+    writer.close()
+    return answer
+
+
+async def test_split_connections_hands_requests_to_their_owner() -> None:
+    """GET /ws reaches websockets (handshake, frames); a POST and other paths reach the HTTP
+    protocol with every byte, even when the request line arrives in pieces."""
+    _Teapot.received.clear()
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    split = transport.split_connections(["/ws"], _Teapot, timeout=5)
+    async with websockets.serve(echo, "127.0.0.1", 0, create_connection=split) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?x=1") as ws:
+            await ws.send("ping")
+            assert await asyncio.wait_for(ws.recv(), 5) == "ping"
+        post = b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        assert (await _raw(port, [post])).startswith(b"HTTP/1.1 418")
+        pieces = [b"GE", b"T /api/thing HT", b"TP/1.1\r\nHost: x\r\n\r\n"]
+        assert (await _raw(port, pieces)).startswith(b"HTTP/1.1 418")
+    assert _Teapot.received == [post, b"".join(pieces)]
+
+
+async def test_split_connections_drops_a_silent_or_endless_request_line() -> None:
+    """A peer that never finishes its request line is dropped (timeout or size), not kept."""
+
+    async def never(ws: ServerConnection) -> None:
+        raise AssertionError("no connection may reach the handler")
+
+    split = transport.split_connections(["/ws"], _Teapot, timeout=0.2)
+    async with websockets.serve(never, "127.0.0.1", 0, create_connection=split) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        assert await _raw(port, [b"GET /w"]) == b""
+        assert await _raw(port, [b"G" * (transport.MAX_REQUEST_LINE + 10)]) == b""

@@ -52,7 +52,7 @@ from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.operations import OperatorService
 from charging_api.errors import ChargingApiError, InternalError
-from charging_api.transport import forget_handshake, send_text_nowait
+from charging_api.transport import forget_handshake, send_text_nowait, split_connections
 
 __all__ = ["AppConnection", "AppLimits", "AppServer", "HttpHandler"]
 
@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 #: (status, headers, body) for a plain HTTP route; None means "not mine".
 HttpReply = tuple[int, list[tuple[str, str]], bytes]
 HttpHandler = Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]]
+
+#: GETs of these paths are served by ``websockets`` (``/ws`` and the routes of
+#: :mod:`charging_api.http.routes` through ``process_request``); other requests go to the HTTP
+#: protocol when one is set.
+WEBSOCKET_PATHS = ("/ws", "/health", "/api/stats")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -181,6 +186,7 @@ class AppServer:
         debug: bool = False,
         operator: OperatorService | None = None,
         ops: OperatorState | None = None,
+        http_protocol: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -188,6 +194,7 @@ class AppServer:
         self.limits = limits
         self._http = http_handler
         self._debug = debug
+        self._http_protocol = http_protocol
         self.sessions: set[AppConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
@@ -198,6 +205,11 @@ class AppServer:
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler
+
+    def set_http_protocol(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Requests other than GETs of :data:`WEBSOCKET_PATHS` go to a protocol from
+        ``factory`` (the REST API's HTTP server) instead of answering 404."""
+        self._http_protocol = factory
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Every background task is kept until it ends; its failure is logged, not lost."""
@@ -216,6 +228,11 @@ class AppServer:
     # ------------------------------------------------------------- lifecycle
 
     async def start(self, host: str, port: int, ssl: Any = None) -> int:
+        split: dict[str, Any] = {}
+        if self._http_protocol is not None:
+            split["create_connection"] = split_connections(
+                WEBSOCKET_PATHS, self._http_protocol, self.limits.open_timeout
+            )
         self._server = await serve(
             self._handle,
             host,
@@ -231,6 +248,7 @@ class AppServer:
             ssl=ssl,
             server_header=None,
             backlog=4096,  # reconnect storms: the default 100 overflows the listen queue
+            **split,
         )
         self._sweeper = asyncio.create_task(self._sweep())
         return int(next(iter(self._server.sockets)).getsockname()[1])
@@ -263,7 +281,7 @@ class AppServer:
         path = request.path.split("?", 1)[0]
         if path == "/ws" and request.method == "GET":
             origin = request.headers.get("Origin")
-            if origin is not None and origin.rstrip("/") not in self.limits.allowed_origins:
+            if origin is not None and not self._origin_allowed(origin, request.headers):
                 log.warning("refused /ws upgrade from origin %s", origin[:100])
                 return _plain(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
             if len(self.sessions) >= self.limits.max_connections:
@@ -278,6 +296,14 @@ class AppServer:
             return _plain(http.HTTPStatus.NOT_FOUND, "Not found\n")
         status, headers, body = reply
         return Response(status, http.HTTPStatus(status).phrase, Headers(headers), body)
+
+    def _origin_allowed(self, origin: str, headers: Headers) -> bool:
+        """A ``FRONTEND_URL`` origin, or this server's own (the console it serves at ``/``)."""
+        origin = origin.rstrip("/")
+        host = headers.get("Host") or ""
+        return origin in self.limits.allowed_origins or (
+            bool(host) and origin in (f"http://{host}", f"https://{host}")
+        )
 
     # -------------------------------------------------------------- messages
 

@@ -199,6 +199,23 @@ class StoredMeterSample:
     sample: MeterSample
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionQuery:
+    """A page of the transaction history, newest first (operators' search).
+
+    Every filter is optional; ``started_from`` is inclusive and ``started_before`` exclusive
+    (aware datetimes); ``active`` True means open transactions only, False closed ones only.
+    """
+
+    user_id: str | None = None
+    charge_point_id: str | None = None
+    started_from: datetime | None = None
+    started_before: datetime | None = None
+    active: bool | None = None
+    limit: int = 50
+    offset: int = 0
+
+
 # ---------------------------------------------------------------------- operator side
 
 

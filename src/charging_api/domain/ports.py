@@ -28,6 +28,7 @@ from charging_api.domain.models import (
     StoredChargingProfile,
     StoredMeterSample,
     Transaction,
+    TransactionQuery,
 )
 
 
@@ -101,6 +102,15 @@ class Store(Protocol):
 
     async def count_charge_points(self) -> int: ...
 
+    async def list_charge_points(self) -> list[ChargePoint]:
+        """Every registered or booted charge point, by id."""
+        ...
+
+    async def delete_charge_point(self, charge_point_id: str) -> bool:
+        """Forget a charge point and its connectors (its transactions stay, as history);
+        False if it was unknown."""
+        ...
+
     # connectors
     async def set_connector_status(self, state: ConnectorState) -> None: ...
 
@@ -112,6 +122,14 @@ class Store(Protocol):
     async def put_id_tag(self, tag: IdTag) -> None: ...
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]: ...
+
+    async def all_id_tags(self) -> list[IdTag]:
+        """Every registered id tag, by tag."""
+        ...
+
+    async def delete_id_tag(self, tag: str) -> bool:
+        """Forget the tag (in any case); False if it was unknown."""
+        ...
 
     # transactions
     async def start_transaction(
@@ -159,6 +177,10 @@ class Store(Protocol):
 
     async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
         """Newest first; ``None`` means everyone's (admin)."""
+        ...
+
+    async def find_transactions(self, query: TransactionQuery) -> list[Transaction]:
+        """One page of :class:`TransactionQuery`, newest first (then by id, descending)."""
         ...
 
     # meter samples
@@ -242,10 +264,6 @@ class OpsStateStore(Protocol):
 
     async def active_reservations(self) -> list[Reservation]:
         """Reservations still holding a connector, oldest first."""
-        ...
-
-    async def all_id_tags(self) -> list[IdTag]:
-        """Every registered id tag, ordered by tag."""
         ...
 
     async def charge_point_ids(self) -> list[str]: ...

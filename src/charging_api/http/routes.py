@@ -99,19 +99,11 @@ class HttpRoutes:
         return None
 
     def _require_admin(self, headers: Mapping[str, str]) -> tuple[int, ChargingApiError] | None:
-        value = headers.get("Authorization") or ""
-        if not value.lower().startswith("bearer "):
-            return 401, NotAuthenticated("Bearer token required")
-        credential = value[7:].strip()
-        key = self._config.stats_key
-        if key and hmac.compare_digest(credential.encode(), key.encode()):
-            return None
-        try:
-            principal = self._verify(credential)
-        except Exception:
-            return 401, AuthenticationFailed("Invalid token")
-        if not principal.is_admin:
-            return 403, Forbidden("Admin role required")
+        outcome = check_admin(
+            headers.get("Authorization") or "", self._config.stats_key, self._verify
+        )
+        if isinstance(outcome, ChargingApiError):
+            return (403 if isinstance(outcome, Forbidden) else 401), outcome
         return None
 
     def _cors(self, headers: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -123,6 +115,29 @@ class HttpRoutes:
                 ("Access-Control-Allow-Headers", "Authorization"),
             ]
         return []
+
+
+def check_admin(
+    authorization: str, stats_key: str | None, verify: Callable[[str], Principal]
+) -> Principal | ChargingApiError | None:
+    """The admin rule of ``/api/stats`` and the REST API, from the ``Authorization`` header.
+
+    An admin's :class:`Principal`; None for the stats API key (no user behind it); otherwise
+    the error to answer: :class:`NotAuthenticated` / :class:`AuthenticationFailed` (401) or
+    :class:`Forbidden` (403, a valid token without the admin role).
+    """
+    if not authorization.lower().startswith("bearer "):
+        return NotAuthenticated("Bearer token required")
+    credential = authorization[7:].strip()
+    if stats_key and hmac.compare_digest(credential.encode(), stats_key.encode()):
+        return None
+    try:
+        principal = verify(credential)
+    except Exception:
+        return AuthenticationFailed("Invalid token")
+    if not principal.is_admin:
+        return Forbidden("Admin role required")
+    return principal
 
 
 def _failure(status: int, error: ChargingApiError, extra: list[tuple[str, str]]) -> HttpReply:

@@ -14,13 +14,11 @@ import orjson
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from charging_api.domain.models import (
-    IdTag,
     LocalListState,
     Reservation,
     ReservationStatus,
     StoredChargingProfile,
 )
-from charging_api.storage import rows
 from charging_api.storage.engines import Work
 from charging_api.storage.tables import (
     charge_points,
@@ -105,13 +103,6 @@ def get_reservation(reservation_id: int) -> Work[Reservation | None]:
 def active_reservations() -> Work[list[Reservation]]:
     def run(conn: Connection) -> list[Reservation]:
         return [_reservation(r._mapping) for r in conn.execute(_ACTIVE_RESERVATIONS)]
-
-    return run
-
-
-def all_id_tags() -> Work[list[IdTag]]:
-    def run(conn: Connection) -> list[IdTag]:
-        return [rows.id_tag(r._mapping) for r in conn.execute(_ALL_ID_TAGS)]
 
     return run
 

@@ -44,6 +44,7 @@ from charging_api.domain.models import (
     StoredChargingProfile,
     StoredMeterSample,
     Transaction,
+    TransactionQuery,
 )
 from charging_api.storage import opsstate
 from charging_api.storage.engines import Database, Work, failure_kind, open_database
@@ -191,6 +192,16 @@ class SqlStore:
     async def count_charge_points(self) -> int:
         return await self._db.read(self._sql.count_charge_points())
 
+    async def list_charge_points(self) -> list[ChargePoint]:
+        return await self._db.read(self._sql.list_charge_points())
+
+    async def delete_charge_point(self, charge_point_id: str) -> bool:
+        """Buffered statuses of the charge point are dropped first (they would bring its
+        connectors back with the next batch)."""
+        for key in [k for k in self._statuses if k[0] == charge_point_id]:
+            del self._statuses[key]
+        return await self._db.write(self._sql.delete_charge_point(charge_point_id))
+
     # connectors
 
     async def set_connector_status(self, state: ConnectorState) -> None:
@@ -232,6 +243,12 @@ class SqlStore:
 
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return await self._db.read(self._sql.id_tags_of(user_id))
+
+    async def all_id_tags(self) -> list[IdTag]:
+        return await self._db.read(self._sql.all_id_tags())
+
+    async def delete_id_tag(self, tag: str) -> bool:
+        return await self._db.write(self._sql.delete_id_tag(tag))
 
     # transactions
 
@@ -292,6 +309,9 @@ class SqlStore:
     async def transactions_of(self, user_id: str | None, limit: int) -> list[Transaction]:
         return await self._db.read(self._sql.transactions_of(user_id, limit))
 
+    async def find_transactions(self, query: TransactionQuery) -> list[Transaction]:
+        return await self._db.read(self._sql.find_transactions(query))
+
     # meter samples
 
     def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
@@ -323,9 +343,6 @@ class SqlStore:
 
     async def active_reservations(self) -> list[Reservation]:
         return await self._db.read(opsstate.active_reservations())
-
-    async def all_id_tags(self) -> list[IdTag]:
-        return await self._db.read(opsstate.all_id_tags())
 
     async def charge_point_ids(self) -> list[str]:
         return await self._db.read(opsstate.charge_point_ids())

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Insert,
     Table,
     bindparam,
+    delete,
     func,
     insert,
     inspect,
@@ -48,6 +49,7 @@ from charging_api.domain.models import (
     OperationRecord,
     StoredMeterSample,
     Transaction,
+    TransactionQuery,
     id_tag_key,
 )
 from charging_api.storage import rows
@@ -70,6 +72,11 @@ from charging_api.storage.tables import (
 _tx = transactions.c
 _GET_CHARGE_POINT = select(charge_points).where(charge_points.c.id == bindparam("b_id"))
 _COUNT_CHARGE_POINTS = select(func.count()).select_from(charge_points)
+_CHARGE_POINTS = select(charge_points).order_by(charge_points.c.id)
+_DELETE_CONNECTORS = delete(connectors).where(connectors.c.charge_point_id == bindparam("b_id"))
+_DELETE_CHARGE_POINT = delete(charge_points).where(charge_points.c.id == bindparam("b_id"))
+_ALL_ID_TAGS = select(id_tags).order_by(id_tags.c.tag)
+_DELETE_ID_TAG = delete(id_tags).where(id_tags.c.tag_key == bindparam("b_key"))
 _CONNECTOR_STATES = (
     select(connectors)
     .where(connectors.c.charge_point_id == bindparam("b_cp"))
@@ -231,6 +238,20 @@ class SqlStatements:
 
         return run
 
+    def list_charge_points(self) -> Work[list[ChargePoint]]:
+        def run(conn: Connection) -> list[ChargePoint]:
+            return [rows.charge_point(r._mapping) for r in conn.execute(_CHARGE_POINTS)]
+
+        return run
+
+    def delete_charge_point(self, charge_point_id: str) -> Work[bool]:
+        def run(conn: Connection) -> bool:
+            conn.execute(_DELETE_CONNECTORS, {"b_id": charge_point_id})
+            deleted = conn.execute(_DELETE_CHARGE_POINT, {"b_id": charge_point_id})
+            return bool(deleted.rowcount)
+
+        return run
+
     # connectors
 
     def put_connector_states(self, states: Sequence[ConnectorState]) -> Work[None]:
@@ -259,6 +280,18 @@ class SqlStatements:
         def run(conn: Connection) -> list[IdTag]:
             found = conn.execute(_ID_TAGS_OF, {"b_user": user_id})
             return [rows.id_tag(r._mapping) for r in found]
+
+        return run
+
+    def all_id_tags(self) -> Work[list[IdTag]]:
+        def run(conn: Connection) -> list[IdTag]:
+            return [rows.id_tag(r._mapping) for r in conn.execute(_ALL_ID_TAGS)]
+
+        return run
+
+    def delete_id_tag(self, tag: str) -> Work[bool]:
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(_DELETE_ID_TAG, {"b_key": id_tag_key(tag)}).rowcount)
 
         return run
 
@@ -348,6 +381,22 @@ class SqlStatements:
         if user_id is not None:
             stmt = stmt.where(_tx.user_id == user_id)
         return _transactions(stmt)
+
+    def find_transactions(self, query: TransactionQuery) -> Work[list[Transaction]]:
+        stmt = _TRANSACTIONS
+        if query.user_id is not None:
+            stmt = stmt.where(_tx.user_id == query.user_id)
+        if query.charge_point_id is not None:
+            stmt = stmt.where(_tx.charge_point_id == query.charge_point_id)
+        if query.started_from is not None:
+            stmt = stmt.where(_tx.started_at >= query.started_from)
+        if query.started_before is not None:
+            stmt = stmt.where(_tx.started_at < query.started_before)
+        if query.active is not None:
+            stmt = stmt.where(
+                _tx.stopped_at.is_(None) if query.active else _tx.stopped_at.isnot(None)
+            )
+        return _transactions(stmt.limit(query.limit).offset(query.offset))
 
     # meter samples
 
