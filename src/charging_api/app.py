@@ -31,8 +31,9 @@ from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
 from charging_api.config import Settings
 from charging_api.domain import access
-from charging_api.domain.charging import ChargingPolicy, ChargingService
+from charging_api.domain.charging import ChargingPolicy, ChargingService, SystemClock
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
+from charging_api.domain.sessions import SessionPolicy, SessionService
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.ocpp.gateway import OcppGateway
@@ -100,6 +101,17 @@ class Application:
                 accept_unknown_charge_points=not settings.production,
             ),
         )
+        self.sessions = SessionService(
+            self.store,
+            self.gateway,
+            self.bus,
+            SystemClock(),
+            SessionPolicy(
+                update_interval=settings.session_update_interval,
+                preparing_threshold=settings.preparing_threshold,
+            ),
+        )
+        self.service.sessions = self.sessions
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -134,6 +146,7 @@ class Application:
             ),
             http_handler=None,
             debug=settings.debug_websocket,
+            sessions=self.sessions,
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
@@ -151,7 +164,9 @@ class Application:
             open_timeout=settings.ocpp_open_timeout,
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe_sessions = self.bus.subscribe(self.sessions.on_event)
         self._timers: asyncio.Task[None] | None = None
+        self._session_ticks: asyncio.Task[None] | None = None
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
@@ -171,7 +186,9 @@ class Application:
         await self.store.start()
         await self.bus.start()
         await self.service.load()
+        await self.sessions.load()
         self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
+        self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
         s = self.settings
         ocpp_port = await _listen(
             "OCPP_HOST",
@@ -201,11 +218,13 @@ class Application:
     async def stop(self) -> None:
         await self.app_server.shutdown()
         await self.ocpp_server.shutdown()
-        if self._timers is not None:
-            self._timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timers
+        for task in (self._timers, self._session_ticks):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._unsubscribe()
+        self._unsubscribe_sessions()
         await self.bus.close()
         await self.store.close()
         log.info("stopped")

@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     # follows within this many seconds (the charge point forgot it: a reboot).
     stale_transaction_grace: float = Field(120.0, gt=0)
     meter_live_window: float = Field(120.0, gt=0)
+    session_update_interval: float = Field(5.0, gt=0)
+    preparing_threshold: float = Field(120.0, gt=0)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
     ocpp_rate_limit: float = Field(0.0, ge=0)  # messages/s per charge point; 0 = off

@@ -33,6 +33,8 @@ from charging_api.domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
     MeterValuesReceived,
+    SessionNotice,
+    SessionUpdated,
     TransactionStarted,
     TransactionStopped,
 )
@@ -202,6 +204,10 @@ class UpdateHub:
             kind, data, droppable = "charging_status_update", protocol.status_update(event), False
         elif isinstance(event, TransactionStarted | TransactionStopped):
             kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
+        elif isinstance(event, SessionNotice):
+            kind, data, droppable = "session_event", protocol.session_event(event), False
+        elif isinstance(event, SessionUpdated):
+            kind, data, droppable = "session_update", protocol.session_update(event), True
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())

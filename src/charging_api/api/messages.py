@@ -6,9 +6,17 @@ unknown fields are ignored so that clients written for the seed keep working.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
@@ -26,11 +34,53 @@ class AuthRequest(_Data):
     userId: Ident | None = None
 
 
+Positive = Annotated[StrictFloat | StrictInt, Field(gt=0)]
+
+
+class LimitsData(_Data):
+    """A session's limits: the first one reached stops the charge (docs/sessions.md)."""
+
+    energyKWh: Annotated[Positive, Field(le=10_000)] | None = None
+    soc: Annotated[Positive, Field(le=100)] | None = None
+    cost: Annotated[Positive, Field(le=1_000_000)] | None = None
+    durationMinutes: Annotated[Positive, Field(le=10_080)] | None = None
+
+
 class StartChargingRequest(_Data):
     chargePointId: Ident
     connectorId: Annotated[StrictInt, Field(ge=1, le=255)]
     idTag: IdTagText | None = None
     userId: Ident | None = None
+    limits: LimitsData | None = None
+
+
+class SetLimitsRequest(_Data):
+    transactionId: TransactionId
+    limits: LimitsData
+
+
+class GetReceiptRequest(_Data):
+    transactionId: TransactionId
+
+
+class GetHistoryRequest(_Data):
+    userId: Ident | None = None  # admins: someone else's (absent: everyone's)
+    chargePointId: Ident | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    offset: Annotated[StrictInt, Field(ge=0)] = 0
+    limit: Annotated[StrictInt, Field(ge=1, le=500)] = 50
+    format: Literal["json", "csv"] = "json"
+
+
+class TariffsRequest(_Data):
+    """Admins: ``list``, ``put`` (``tariff``), ``delete`` (``tariffId``), ``assign``
+    (``scope`` default | chargePoint:<id> | user:<id>, ``tariffId``; absent: unassign)."""
+
+    action: Literal["list", "put", "delete", "assign"] = "list"
+    tariff: dict[str, Any] | None = None
+    tariffId: Ident | None = None
+    scope: Ident | None = None
 
 
 class StopChargingRequest(_Data):
@@ -90,6 +140,10 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_transactions": (GetTransactionsRequest, "transactions"),
     "get_meter_values": (GetMeterValuesRequest, "meter_values"),
     "close_transaction_request": (CloseTransactionRequest, "close_transaction_response"),
+    "set_limits_request": (SetLimitsRequest, "set_limits_response"),
+    "get_receipt": (GetReceiptRequest, "receipt"),
+    "get_history": (GetHistoryRequest, "history"),
+    "tariffs_request": (TariffsRequest, "tariffs_response"),
 }
 
 #: Pushes the server sends on its own.
@@ -100,5 +154,7 @@ PUSH_TYPES = frozenset(
         "transaction_update",
         "session_expiring",
         "server_shutdown",
+        "session_event",
+        "session_update",
     }
 )

@@ -43,6 +43,7 @@ from charging_api.api.handlers import CONCURRENT, ROUTES, Door, Route, failure_e
 from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
+from charging_api.domain.sessions import SessionService
 from charging_api.errors import ChargingApiError, InternalError
 from charging_api.transport import forget_handshake, send_text_nowait
 
@@ -171,6 +172,7 @@ class AppServer:
         limits: AppLimits,
         http_handler: HttpHandler | None = None,
         debug: bool = False,
+        sessions: SessionService | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -184,7 +186,7 @@ class AppServer:
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped_frames = 0
         self.epoch = secrets.token_hex(4)
-        self.door = Door(service, verifier, hub, self.epoch)
+        self.door = Door(service, verifier, hub, self.epoch, sessions)
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler

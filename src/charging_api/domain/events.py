@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from charging_api.domain.models import ClosedBy, MeterSample
 
@@ -43,6 +44,8 @@ class MeterValuesReceived:
     transaction_id: int | None
     user_id: str | None
     sample: MeterSample
+    #: The session's live figures after this sample (``SessionService``), when it has one.
+    session: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +80,38 @@ class ChargePointConnectionChanged:
     timestamp: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class SessionNotice:
+    """Something the owner of a session should hear about (``session_event`` push):
+    ``kind`` is started, suspended_ev, suspended_evse, resumed, fault, offline, online,
+    not_started, limit_reached or ended (``data.receipt``)."""
+
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int | None
+    user_id: str | None
+    kind: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """A session's live figures (``session_update`` push, at most every few seconds)."""
+
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int
+    user_id: str | None
+    session: dict[str, Any]
+
+
 DomainEvent = (
     ConnectorStatusChanged
     | MeterValuesReceived
     | TransactionStarted
     | TransactionStopped
     | ChargePointConnectionChanged
+    | SessionNotice
+    | SessionUpdated
 )

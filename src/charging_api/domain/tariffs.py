@@ -169,46 +169,61 @@ class Cost:
         }
 
 
-def price_session(tariff: Tariff, started_at: datetime, periods: Sequence[Period]) -> Cost:
-    """The cost of a session made of ``periods`` (see the module docstring for the rules)."""
-    sums: dict[tuple[int, Component], tuple[Decimal, Decimal]] = {}
+class CostMeter:
+    """The running cost of one session: periods are added as they come (O(1) each), the
+    total is read at any time. :func:`price_session` is the same thing in one call."""
 
-    def add(hit: tuple[int, Decimal] | None, component: Component, quantity: Decimal) -> None:
-        if hit is None or quantity == 0:
+    __slots__ = ("_sums", "tariff")
+
+    def __init__(self, tariff: Tariff, started_at: datetime) -> None:
+        self.tariff = tariff
+        self._sums: dict[tuple[int, Component], tuple[Decimal, Decimal]] = {}
+        self._add(tariff.element_for(Component.FLAT, started_at), Component.FLAT, Decimal(1))
+
+    def _add(self, hit: tuple[int, Decimal] | None, component: Component, qty: Decimal) -> None:
+        if hit is None or qty == 0:
             return
         key = (hit[0], component)
-        old = sums.get(key, (Decimal(0), hit[1]))[0]
-        sums[key] = (old + quantity, hit[1])
+        old = self._sums.get(key, (Decimal(0), hit[1]))[0]
+        self._sums[key] = (old + qty, hit[1])
 
-    add(tariff.element_for(Component.FLAT, started_at), Component.FLAT, Decimal(1))
-    for period in periods:
+    def add(self, period: Period) -> None:
+        tariff = self.tariff
+        energy = Decimal(repr(max(period.energy_kwh, 0.0)))
+        self._add(tariff.element_for(Component.ENERGY, period.start), Component.ENERGY, energy)
+        kind = Component.TIME if period.charging else Component.PARKING_TIME
         hours = Decimal(repr(period.seconds)) / _HOUR
-        add(
-            tariff.element_for(Component.ENERGY, period.start),
-            Component.ENERGY,
-            Decimal(repr(max(period.energy_kwh, 0.0))),
+        self._add(tariff.element_for(kind, period.start), kind, hours)
+
+    def cost(self) -> Cost:
+        tariff = self.tariff
+        lines = tuple(
+            CostLine(
+                index,
+                component,
+                quantity.quantize(_LINE, ROUND_HALF_UP),
+                price,
+                (quantity * price).quantize(_LINE, ROUND_HALF_UP),
+            )
+            for (index, component), (quantity, price) in sorted(self._sums.items())
         )
-        time_kind = Component.TIME if period.charging else Component.PARKING_TIME
-        add(tariff.element_for(time_kind, period.start), time_kind, hours)
-    lines = tuple(
-        CostLine(
-            index,
-            component,
-            quantity.quantize(_LINE, ROUND_HALF_UP),
-            price,
-            (quantity * price).quantize(_LINE, ROUND_HALF_UP),
-        )
-        for (index, component), (quantity, price) in sorted(sums.items())
-    )
-    subtotal = sum((line.amount for line in lines), Decimal(0))
-    bounded = subtotal
-    if tariff.min_price is not None and bounded < tariff.min_price:
-        bounded = tariff.min_price
-    if tariff.max_price is not None and bounded > tariff.max_price:
-        bounded = tariff.max_price
-    excl = bounded.quantize(_CENT, ROUND_HALF_UP)
-    vat = (excl * tariff.vat_percent / 100).quantize(_CENT, ROUND_HALF_UP)
-    return Cost(tariff.currency, lines, subtotal, bounded - subtotal, excl, vat, excl + vat)
+        subtotal = sum((line.amount for line in lines), Decimal(0))
+        bounded = subtotal
+        if tariff.min_price is not None and bounded < tariff.min_price:
+            bounded = tariff.min_price
+        if tariff.max_price is not None and bounded > tariff.max_price:
+            bounded = tariff.max_price
+        excl = bounded.quantize(_CENT, ROUND_HALF_UP)
+        vat = (excl * tariff.vat_percent / 100).quantize(_CENT, ROUND_HALF_UP)
+        return Cost(tariff.currency, lines, subtotal, bounded - subtotal, excl, vat, excl + vat)
+
+
+def price_session(tariff: Tariff, started_at: datetime, periods: Sequence[Period]) -> Cost:
+    """The cost of a session made of ``periods`` (see the module docstring for the rules)."""
+    meter = CostMeter(tariff, started_at)
+    for period in periods:
+        meter.add(period)
+    return meter.cost()
 
 
 def periods_of(

@@ -177,6 +177,20 @@ class SqlStore:
     async def id_tags_of(self, user_id: str) -> list[IdTag]:
         return await self._db.read(self._sql.id_tags_of(user_id))
 
+    # documents (session features)
+
+    async def put_document(self, kind: str, key: str, body: dict[str, Any] | None) -> None:
+        text = None if body is None else orjson.dumps(body).decode()
+        await self._db.write(self._sql.put_document(kind, key, text, datetime.now(UTC)))
+
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        text = await self._db.read(self._sql.get_document(kind, key))
+        return None if text is None else _object(orjson.loads(text))
+
+    async def documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        found = await self._db.read(self._sql.documents(kind))
+        return {key: _object(orjson.loads(text)) for key, text in found}
+
     # transactions
 
     async def start_transaction(
@@ -295,3 +309,9 @@ class SqlStore:
                 log.exception("writing %d meter samples failed", len(self._buffer))
                 # Don't spin against a dead database.
                 await asyncio.sleep(self._flush_interval)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("a stored document is not a JSON object")
+    return value

@@ -155,3 +155,17 @@ meter_samples = Table(
     Column("phases", Text, nullable=False, default="{}"),
     Index("ix_meter_samples_tx_time", "transaction_id", "timestamp"),
 )
+
+#: Small JSON documents of the session features (issue 13), by kind and key: tariffs
+#: (``tariff``/id), tariff assignments (``tariff_assignment``/``chargePoint:ID``,
+#: ``user:ID``, ``group:ID``) and session records (``session``/transaction id: limits, the
+#: tariff snapshot frozen at the start, the receipt). A new table: ``create_all`` adds it to
+#: existing databases, no migration step.
+documents = Table(
+    "documents",
+    metadata,
+    Column("kind", String, primary_key=True),
+    Column("key", String, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
