@@ -7,6 +7,7 @@ so they reconnect (to another node if there is one), flush storage, return.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -274,6 +275,36 @@ async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
         yield store
     finally:
         await store.close()
+
+
+class TariffCommandFailed(ValueError):
+    """``charging-api tariffs``: the tariff or the scope was refused (the message says why)."""
+
+
+async def manage_tariffs(
+    settings: Settings, action: str, args: argparse.Namespace, text: str | None
+) -> str:
+    """``charging-api tariffs list|put|delete|assign``, straight on the database (tariffs
+    are read when each transaction starts, so a running server uses them from its next
+    session); prints the tariffs and assignments afterwards as JSON."""
+    admin = Principal(f"cli:{getpass.getuser()}", Role.ADMIN)
+    async with _opened_store(settings) as store:
+        sessions = SessionService(store, _NoChargePoints(), MemoryBus(), SystemClock())
+        try:
+            if action == "put":
+                try:
+                    body = orjson.loads(text or "")
+                except orjson.JSONDecodeError as exc:
+                    raise TariffCommandFailed(f"not JSON: {exc}") from None
+                await sessions.put_tariff(admin, body)
+            elif action == "delete":
+                await sessions.delete_tariff(admin, args.id)
+            elif action == "assign":
+                await sessions.assign_tariff(admin, args.scope, args.id)
+        except ChargingApiError as exc:
+            raise TariffCommandFailed(exc.message) from None
+        listed = await sessions.tariffs(admin)
+    return orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode()
 
 
 class IdTagSpellingConflict(ValueError):
