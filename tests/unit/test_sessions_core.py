@@ -97,7 +97,8 @@ class World:
     def notices(self, kind: str | None = None) -> list[SessionNotice]:
         return [e for e in self.events if isinstance(e, SessionNotice) and kind in (None, e.kind)]
 
-    def stops(self) -> list[dict[str, object]]:
+    async def stops(self) -> list[dict[str, object]]:
+        await self.sessions.drain()
         out = []
         while not self.gateway.calls.empty():
             _, action, payload = self.gateway.calls.get_nowait()
@@ -129,11 +130,11 @@ async def test_energy_limit_sends_one_remote_stop_and_names_it_in_the_receipt() 
     world = World()
     tx = await world.started(Limits(energy_kwh=1.5, duration_minutes=600))
     await world.meter(tx, 11.0)
-    assert world.stops() == []
+    assert await world.stops() == []
     await world.meter(tx, 11.6)
-    assert world.stops() == [{"transactionId": tx}]
+    assert await world.stops() == [{"transactionId": tx}]
     await world.meter(tx, 11.7)
-    assert world.stops() == []  # once
+    assert await world.stops() == []  # once
     assert [n.data for n in world.notices("limit_reached")] == [{"limit": "energyKWh"}]
     await world.service.on_stop_transaction("CP1", tx, 11_700, world.clock.now(), "Remote", None)
     ended = world.notices("ended")[-1].data["receipt"]
@@ -151,10 +152,10 @@ async def test_duration_limit_fires_on_the_tick_without_samples() -> None:
     tx = await world.started(Limits(duration_minutes=30))
     world.clock.advance(29 * 60)
     await world.sessions.tick()
-    assert world.stops() == []
+    assert await world.stops() == []
     world.clock.advance(60)
     await world.sessions.tick()
-    assert world.stops() == [{"transactionId": tx}]
+    assert await world.stops() == [{"transactionId": tx}]
 
 
 async def test_soc_limit_before_any_soc_is_accepted_but_not_enforced_yet() -> None:
@@ -164,11 +165,11 @@ async def test_soc_limit_before_any_soc_is_accepted_but_not_enforced_yet() -> No
     applied = await world.sessions.set_limits(ALICE, tx, Limits(soc=80))
     assert applied["socEnforced"] is False
     await world.meter(tx, 11.0)
-    assert world.stops() == []
+    assert await world.stops() == []
     await world.meter(tx, 12.0, state_of_charge=79)
-    assert world.stops() == []
+    assert await world.stops() == []
     await world.meter(tx, 13.0, state_of_charge=80)
-    assert world.stops() == [{"transactionId": tx}]
+    assert await world.stops() == [{"transactionId": tx}]
 
 
 async def test_cost_limit_uses_the_frozen_tariff() -> None:
@@ -180,9 +181,9 @@ async def test_cost_limit_uses_the_frozen_tariff() -> None:
     expensive = {**TARIFF, "elements": [{"priceComponents": [{"type": "ENERGY", "price": "9"}]}]}
     await world.sessions.put_tariff(ADMIN, expensive)
     await world.meter(tx, 15.0)  # 5 kWh: (0.5 + 2.0) * 1.2 = 3.00
-    assert world.stops() == []
+    assert await world.stops() == []
     await world.meter(tx, 20.0)  # 10 kWh: (0.5 + 4.0) * 1.2 = 5.40
-    assert world.stops() == [{"transactionId": tx}]
+    assert await world.stops() == [{"transactionId": tx}]
 
 
 async def test_limits_survive_a_restart() -> None:
@@ -196,7 +197,7 @@ async def test_limits_survive_a_restart() -> None:
     again.gateway.online.add("CP1")
     await again.load()
     await again.meter(tx, 12.1)
-    assert again.stops() == [{"transactionId": tx}]
+    assert await again.stops() == [{"transactionId": tx}]
 
 
 async def test_session_update_is_throttled() -> None:

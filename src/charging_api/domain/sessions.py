@@ -310,8 +310,6 @@ class SessionService:
 
     async def _on_started(self, event: TransactionStarted) -> None:
         self._preparing.pop((event.charge_point_id, event.connector_id), None)
-        if event.transaction_id in self._tracked:
-            return
         tx = await self._store.get_transaction(event.transaction_id)
         if tx is None:
             return
@@ -319,15 +317,20 @@ class SessionService:
         if "tariff" not in record:
             tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
             record["tariff"] = None if tariff is None else tariff.to_json()
-        tracked = self._track(tx, record)
-        await self._save(tracked)
+        tracked = self._tracked.get(tx.id)  # set_limits may have got there first
+        if tracked is None:
+            tracked = self._track(tx, record)
+            await self._save(tracked)
         await self._notice(
             tx.charge_point_id,
             tx.connector_id,
             tx.id,
             tx.user_id,
             "started",
-            {"tariff": record["tariff"], "limits": tracked.limits.to_json()},
+            {
+                "tariff": None if tracked.tariff is None else tracked.tariff.to_json(),
+                "limits": tracked.limits.to_json(),
+            },
         )
 
     async def _on_stopped(self, event: TransactionStopped) -> None:
@@ -426,13 +429,26 @@ class SessionService:
         tracked.limit_reached = reached
         await self._save(tracked)
         await self._notice_tracked(tracked, "limit_reached", {"limit": reached})
+        # Not awaited here: this runs inside the charge point's MeterValues, whose door reads
+        # the CALLRESULT of our RemoteStop only after the MeterValues has been answered.
+        task = asyncio.create_task(self._remote_stop(tracked, reached))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remote_stop(self, tracked: _Tracked, reached: str) -> None:
         try:
             await self._gateway.remote_stop(tracked.charge_point_id, tracked.transaction_id)
-        except Exception as exc:  # offline: the stop is retried when the session goes on
+        except Exception as exc:  # offline or refused: tried again on the next sample or tick
             log.warning(
                 "RemoteStop for limit %s of %d failed: %s", reached, tracked.transaction_id, exc
             )
-            tracked.limit_reached = None
+            if self._tracked.get(tracked.transaction_id) is tracked:
+                tracked.limit_reached = None
+
+    async def drain(self) -> None:
+        """Wait for the RemoteStops under way (tests on fakes; shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def set_limits(
         self, principal: Principal, transaction_id: int, limits: Limits
@@ -452,7 +468,7 @@ class SessionService:
             if "tariff" not in record:
                 tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
                 record["tariff"] = None if tariff is None else tariff.to_json()
-            tracked = self._track(tx, record)
+            tracked = self._tracked.get(tx.id) or self._track(tx, record)
         elif not (principal.is_admin or tracked.user_id == principal.user_id):
             raise _not_found(transaction_id)
         tracked.limits = limits
