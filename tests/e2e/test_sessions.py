@@ -17,6 +17,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from charging_api.simulator.connector import SimConnector
+from charging_api.simulator.fleet import run_charge_point
 from tests.conftest import AppClient, app_client, make_settings, running_server
 from tests.e2e.test_cli import run_cli
 from tests.peers.py_charge_point import connected_charge_point
@@ -257,3 +259,60 @@ def test_cli_manages_tariffs(tmp_path: Path) -> None:
     refused = run_cli(tmp_path, "tariffs", "put", str(path))
     assert refused.returncode == 1
     assert "currency" in refused.stderr
+
+
+async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
+    """A simulated charger reporting SoC: the SoC limit is not enforceable at the start, then stops
+    the charge when the car reaches it; the snapshot carries SoC and an ETA to the limit."""
+    halt = asyncio.Event()
+    car = SimConnector(1, energy_wh=1000.0, soc=50.0, battery_kwh=0.05)  # ~4 % per second
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        app_client(server, server.token("ops", role="admin")) as ops,
+        app_client(server, server.token("alice", id_tag=TAG)) as alice,
+    ):
+        await ops.request("subscribe", {"chargePointIds": ["CP-SIM"]})
+        runner = asyncio.create_task(
+            run_charge_point(
+                server.ocpp_url, "CP-SIM", meter_interval=0.2, state={1: car}, stop=halt
+            )
+        )
+        try:
+            await ops.push(
+                "charging_status_update",
+                where=lambda m: (
+                    m["data"]["connectorId"] == 1 and m["data"]["status"] == "Available"
+                ),
+            )
+            reply = await alice.request(
+                "start_charging_request",
+                {"chargePointId": "CP-SIM", "connectorId": 1, "limits": {"soc": 60}},
+            )
+            assert reply["data"]["success"] is True, reply
+            assert reply["data"]["socEnforced"] is False
+            tx = reply["data"]["transactionId"]
+            update = await alice.push(
+                "meter_values_update",
+                where=lambda m: m["data"]["session"]["stateOfCharge"] is not None,
+                timeout=20,
+            )
+            assert update["data"]["session"]["socEnforced"] is True
+            assert update["data"]["session"]["powerKw"] > 1
+            eta = await alice.push(
+                "meter_values_update",
+                where=lambda m: m["data"]["session"]["etaTarget"] == "soc",
+                timeout=20,
+            )
+            assert 0 <= eta["data"]["session"]["etaSeconds"] < 60
+            reached = await alice.push(
+                "session_event", where=event("limit_reached", tx), timeout=30
+            )
+            assert reached["data"]["limit"] == "soc"
+            ended = await alice.push("session_event", where=event("ended", tx), timeout=20)
+            receipt = ended["data"]["receipt"]
+            assert receipt["stopReason"] == "Remote"
+            assert receipt["limitReached"] == "soc"
+            assert car.soc >= 60
+        finally:
+            halt.set()
+            await asyncio.wait_for(runner, 10)
