@@ -9,20 +9,24 @@ written here, independent of ``domain/tariffs.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import signal
+from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+
+import websockets
 
 from charging_api.simulator.connector import SimConnector
 from charging_api.simulator.fleet import run_charge_point
 from tests.conftest import AppClient, app_client, make_settings, running_server
 from tests.e2e.test_cli import run_cli
 from tests.peers.py_charge_point import connected_charge_point
-from tests.reliability.helpers import app_at, db_rows, energy, start_charge
+from tests.reliability.helpers import db_rows, drain_pushes, energy, start_charge
 from tests.serverproc import ServerProcess
 
 CP, TAG = "CP-SESS", "TAG-ALICE"
@@ -39,6 +43,19 @@ TARIFF: dict[str, Any] = {
         }
     ],
 }
+
+
+@contextlib.asynccontextmanager
+async def driver(url: str, token: str) -> AsyncIterator[AppClient]:
+    """An app client that asked for session pushes (``sessionEvents``) when it authenticated."""
+    ws = await websockets.connect(url)
+    client = AppClient(ws)
+    try:
+        reply = await client.request("auth_request", {"token": token, "sessionEvents": True})
+        assert reply["data"]["success"] is True, reply
+        yield client
+    finally:
+        await client.close()
 
 
 def event(kind: str, tx: int | None = None) -> Any:
@@ -64,7 +81,7 @@ async def test_energy_limit_stops_the_charge_and_the_receipt_says_so(tmp_path: P
     """energyKWh reached: RemoteStop is sent, limit_reached pushed, the receipt names the limit."""
     async with (
         running_server(make_settings(tmp_path)) as server,
-        app_client(server, server.token("alice", id_tag=TAG)) as alice,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
         connected_charge_point(server.ocpp_url, CP) as cp,
     ):
         await cp.status(1, "Available")
@@ -100,7 +117,7 @@ async def test_set_limits_during_the_session_and_cost_receipt_matches_a_hand_com
     async with (
         running_server(settings) as server,
         app_client(server, server.token("ops", role="admin")) as ops,
-        app_client(server, server.token("alice", id_tag=TAG)) as alice,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
         connected_charge_point(server.ocpp_url, CP) as cp,
     ):
         refused = await alice.request("tariffs_request", {"action": "put", "tariff": TARIFF})
@@ -157,7 +174,7 @@ async def test_history_csv_parses_back(tmp_path: Path) -> None:
     """get_history pages the user's sessions and its CSV reads back to the same rows."""
     async with running_server(make_settings(tmp_path)) as server:
         async with (
-            app_client(server, server.token("alice", id_tag=TAG)) as alice,
+            driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
             connected_charge_point(server.ocpp_url, CP) as cp,
         ):
             await cp.status(1, "Available")
@@ -186,7 +203,7 @@ async def test_events_suspended_fault_offline_and_not_started(tmp_path: Path) ->
     settings = make_settings(tmp_path, preparing_threshold=0.2)
     async with (
         running_server(settings) as server,
-        app_client(server, server.token("alice", id_tag=TAG)) as alice,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
     ):
         async with connected_charge_point(server.ocpp_url, CP) as cp:
             await cp.status(1, "Available")
@@ -221,7 +238,7 @@ async def test_a_limit_survives_a_server_restart(tmp_path: Path) -> None:
     async with ServerProcess(tmp_path) as proc:
         token = proc.token("alice", id_tag=TAG)
         async with (
-            app_at(proc.app_url, token) as alice,
+            driver(proc.app_url, token) as alice,
             connected_charge_point(proc.ocpp_url, CP) as cp,
         ):
             await cp.status(1, "Available")
@@ -231,7 +248,7 @@ async def test_a_limit_survives_a_server_restart(tmp_path: Path) -> None:
         assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
         await proc.restart()
         async with (
-            app_at(proc.app_url, token) as alice,
+            driver(proc.app_url, token) as alice,
             connected_charge_point(proc.ocpp_url, CP) as cp,
         ):
             await cp.meter(1, tx, energy(6500))
@@ -269,7 +286,7 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
     async with (
         running_server(make_settings(tmp_path)) as server,
         app_client(server, server.token("ops", role="admin")) as ops,
-        app_client(server, server.token("alice", id_tag=TAG)) as alice,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
     ):
         await ops.request("subscribe", {"chargePointIds": ["CP-SIM"]})
         runner = asyncio.create_task(
@@ -316,3 +333,22 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
         finally:
             halt.set()
             await asyncio.wait_for(runner, 10)
+
+
+async def test_session_pushes_only_when_asked_for(tmp_path: Path) -> None:
+    """A client that did not ask for sessionEvents gets the seed's push sequence, no session_* pushes."""
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        app_client(server, server.token("alice", id_tag=TAG)) as plain,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+    ):
+        await cp.status(1, "Available")
+        tx = await start_charge(plain, cp, CP, 1, TAG, meter_start=0)
+        await cp.meter(1, tx, energy(500))
+        await cp.stop_tx(tx, 500)
+        await plain.push("transaction_update", where=lambda m: m["data"]["status"] == "Stopped")
+        async with driver(server.app_url, server.token("alice", id_tag=TAG)) as asking:
+            receipt = await asking.request("get_receipt", {"transactionId": tx})
+            assert receipt["data"]["receipt"]["energyKWh"] == 0.5
+        kinds = {push["type"] for push in await drain_pushes(plain)}
+        assert not kinds & {"session_event", "session_update"}

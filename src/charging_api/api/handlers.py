@@ -117,6 +117,8 @@ async def auth(door: Door, conn: Connection, request: protocol.Request, now: flo
     if login.first:
         hub.attach(principal.user_id, conn)
     hub.set_role(principal.user_id, conn, admin=principal.is_admin)
+    if data.sessionEvents is not None:
+        hub.set_session_pushes(principal.user_id, data.sessionEvents)
     assert session.session_id is not None and session.expires_at is not None
     return protocol.auth_reply(
         principal,

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -32,6 +33,9 @@ class _Data(BaseModel):
 class AuthRequest(_Data):
     token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
     userId: Ident | None = None
+    #: Ask for ``session_event`` and ``session_update`` pushes (docs/sessions.md); kept for
+    #: the user's stream until an auth_request says false.
+    sessionEvents: StrictBool | None = None
 
 
 Positive = Annotated[StrictFloat | StrictInt, Field(gt=0)]
