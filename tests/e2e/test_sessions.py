@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import csv
 import io
+import itertools
 import signal
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -352,3 +353,88 @@ async def test_session_pushes_only_when_asked_for(tmp_path: Path) -> None:
             assert receipt["data"]["receipt"]["energyKWh"] == 0.5
         kinds = {push["type"] for push in await drain_pushes(plain)}
         assert not kinds & {"session_event", "session_update"}
+
+
+async def test_receipt_charging_idle_and_cost_recomputed_from_disk(tmp_path: Path) -> None:
+    """Charging vs idle time and each tariff element's share, recomputed here from the rows on
+    disk (samples, transaction) and the tariff, equal the receipt's."""
+    tariff = {
+        "id": "timed",
+        "currency": "EUR",
+        "vatPercent": "19",
+        "elements": [
+            {
+                "priceComponents": [
+                    {"type": "ENERGY", "price": "0.40"},
+                    {"type": "TIME", "price": "3"},
+                    {"type": "PARKING_TIME", "price": "12"},
+                ]
+            }
+        ],
+    }
+    base = datetime.now(UTC) - timedelta(seconds=100)
+
+    def at(seconds: int) -> str:
+        return (base + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+    settings = make_settings(tmp_path)
+    async with (
+        running_server(settings) as server,
+        app_client(server, server.token("ops", role="admin")) as ops,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+    ):
+        await ops.request("tariffs_request", {"action": "put", "tariff": tariff})
+        await ops.request("tariffs_request", {"action": "assign", "scope": "user:alice",
+                                              "tariffId": "timed"})  # fmt: skip
+        await cp.status(1, "Available")
+        asked = asyncio.create_task(
+            alice.request("start_charging_request", {"chargePointId": CP, "connectorId": 1})
+        )
+        await asyncio.wait_for(cp.remote_starts.get(), 10)
+        started = await cp.start_tx(1, TAG, 1000, timestamp=at(0))
+        tx = int(started.transaction_id)
+        assert (await asked)["data"]["transactionId"] == tx
+        for seconds, wh in ((20, 2000), (40, 2000), (60, 3000)):  # the middle step is idle
+            await cp.meter(1, tx, energy(wh), timestamp=at(seconds))
+        await cp.stop_tx(tx, 3000, timestamp=at(80))  # idle again
+        ended = await alice.push("session_event", where=event("ended", tx))
+    receipt = ended["data"]["receipt"]
+    [(start_wh, stop_wh, t_start, t_stop)] = db_rows(
+        settings.database_url,
+        "SELECT meter_start_wh, meter_stop_wh, started_at, stopped_at FROM transactions "
+        "WHERE id = ?",
+        (tx,),
+    )
+    points = [(datetime.fromisoformat(t_start), Decimal(start_wh) / 1000)]
+    points += [
+        (datetime.fromisoformat(t), Decimal(str(kwh)))
+        for t, kwh in db_rows(
+            settings.database_url,
+            "SELECT timestamp, energy_import_kwh FROM meter_samples WHERE transaction_id = ? "
+            "ORDER BY timestamp",
+            (tx,),
+        )
+    ]
+    points.append((datetime.fromisoformat(t_stop), Decimal(stop_wh) / 1000))
+    charging = idle = Decimal(0)
+    for (t0, e0), (t1, e1) in itertools.pairwise(points):
+        seconds = Decimal((t1 - t0).total_seconds())
+        if e1 > e0:
+            charging += seconds
+        else:
+            idle += seconds
+    kwh = points[-1][1] - points[0][1]
+    hour = Decimal(3600)
+    excl = (kwh * Decimal("0.40") + charging / hour * 3 + idle / hour * 12).quantize(
+        Decimal("0.01"), ROUND_HALF_UP
+    )
+    assert (charging, idle) == (40, 40)
+    assert receipt["chargingSeconds"] == 40 and receipt["idleSeconds"] == 40
+    assert Decimal(str(receipt["energyKWh"])) == kwh
+    assert Decimal(receipt["cost"]["exclVat"]) == excl
+    vat = (excl * Decimal("0.19")).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    assert Decimal(receipt["cost"]["total"]) == excl + vat
+    components = {line["component"] for line in receipt["cost"]["lines"]}
+    assert components == {"ENERGY", "TIME", "PARKING_TIME"}
+    assert receipt["tariff"]["id"] == "timed"

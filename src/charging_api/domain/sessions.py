@@ -502,6 +502,10 @@ class SessionService:
 
     async def _receipt(self, tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
         """The receipt from the stored samples (the charger's transactionData included)."""
+        try:
+            await self._store.flush()  # the samples still batched in memory count too
+        except Exception:
+            log.exception("flushing samples before the receipt of %d failed", tx.id)
         ledger = EnergyLedger(tx.meter_start_wh, tx.started_at)
         for stored in await self._store.meter_samples_of(tx.id):
             kwh = stored.sample.energy_import_kwh
