@@ -226,6 +226,7 @@ class Application:
                     await task
         self._unsubscribe()
         self._unsubscribe_sessions()
+        await self.sessions.drain()  # receipts under way are stored before the store closes
         await self.bus.close()
         await self.store.close()
         log.info("stopped")

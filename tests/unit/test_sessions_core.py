@@ -94,6 +94,9 @@ class World:
         )
         await self.service.on_meter_values("CP1", 1, tx_id, [sample])
 
+    async def settled(self) -> None:
+        await self.sessions.drain()
+
     def notices(self, kind: str | None = None) -> list[SessionNotice]:
         return [e for e in self.events if isinstance(e, SessionNotice) and kind in (None, e.kind)]
 
@@ -137,6 +140,7 @@ async def test_energy_limit_sends_one_remote_stop_and_names_it_in_the_receipt() 
     assert await world.stops() == []  # once
     assert [n.data for n in world.notices("limit_reached")] == [{"limit": "energyKWh"}]
     await world.service.on_stop_transaction("CP1", tx, 11_700, world.clock.now(), "Remote", None)
+    await world.settled()
     ended = world.notices("ended")[-1].data["receipt"]
     assert ended["limitReached"] == "energyKWh"
     assert ended["appStopReason"] == "Limit:energyKWh"

@@ -29,7 +29,7 @@ import csv
 import io
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -302,7 +302,9 @@ class SessionService:
         if isinstance(event, TransactionStarted):
             await self._on_started(event)
         elif isinstance(event, TransactionStopped):
-            await self._on_stopped(event)
+            # The receipt reads every sample of the session: not on the charge point's
+            # StopTransaction path, which only waits for the stop to be stored.
+            self._spawn(self._on_stopped(event))
         elif isinstance(event, ConnectorStatusChanged):
             await self._on_status(event)
         elif isinstance(event, ChargePointConnectionChanged):
@@ -431,9 +433,17 @@ class SessionService:
         await self._notice_tracked(tracked, "limit_reached", {"limit": reached})
         # Not awaited here: this runs inside the charge point's MeterValues, whose door reads
         # the CALLRESULT of our RemoteStop only after the MeterValues has been answered.
-        task = asyncio.create_task(self._remote_stop(tracked, reached))
+        self._spawn(self._remote_stop(tracked, reached))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session work failed", exc_info=task.exception())
 
     async def _remote_stop(self, tracked: _Tracked, reached: str) -> None:
         try:
@@ -446,7 +456,7 @@ class SessionService:
                 tracked.limit_reached = None
 
     async def drain(self) -> None:
-        """Wait for the RemoteStops under way (tests on fakes; shutdown)."""
+        """Wait for the work under way (RemoteStops for limits, receipts): tests, shutdown."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
