@@ -35,8 +35,10 @@ from charging_api.domain import access
 from charging_api.domain.charging import ChargingPolicy, ChargingService, SystemClock
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
 from charging_api.domain.sessions import SessionPolicy, SessionService
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.routes import HttpConfig, HttpRoutes
+from charging_api.http.webhook_client import HttpPoster
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
 from charging_api.storage.sql import SqlStore
@@ -113,6 +115,7 @@ class Application:
             ),
         )
         self.service.sessions = self.sessions
+        self.webhooks = WebhookService(self.store, HttpPoster(), SystemClock())
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -148,6 +151,7 @@ class Application:
             http_handler=None,
             debug=settings.debug_websocket,
             sessions=self.sessions,
+            webhooks=self.webhooks,
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
@@ -166,6 +170,8 @@ class Application:
         )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
         self._unsubscribe_sessions = self.bus.subscribe(self.sessions.on_event)
+        self._unsubscribe_webhooks = self.bus.subscribe(self.webhooks.on_event)
+        self._webhook_loop: asyncio.Task[None] | None = None
         self._timers: asyncio.Task[None] | None = None
         self._session_ticks: asyncio.Task[None] | None = None
 
@@ -188,6 +194,8 @@ class Application:
         await self.bus.start()
         await self.service.load()
         await self.sessions.load()
+        await self.webhooks.load()
+        self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
         self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
         self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
         s = self.settings
@@ -219,13 +227,14 @@ class Application:
     async def stop(self) -> None:
         await self.app_server.shutdown()
         await self.ocpp_server.shutdown()
-        for task in (self._timers, self._session_ticks):
+        for task in (self._timers, self._session_ticks, self._webhook_loop):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._unsubscribe()
         self._unsubscribe_sessions()
+        self._unsubscribe_webhooks()
         await self.sessions.drain()  # receipts under way are stored before the store closes
         await self.bus.close()
         await self.store.close()

@@ -32,6 +32,7 @@ from charging_api.api.session import AppSession
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.models import Principal
 from charging_api.domain.sessions import Limits, SessionService, check_limits, history_csv
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import Forbidden, InternalError, ResyncRequired, ValidationFailed
 
 Data = dict[str, Any]
@@ -59,6 +60,8 @@ class Door:
     epoch: str
     #: Limits, receipts, history and tariffs (issue 13); None in tests of the door alone.
     sessions: SessionService | None = None
+    #: Webhook endpoints, outbox and delivery log (admins).
+    webhooks: WebhookService | None = None
 
 
 Handler = Callable[[Door, Connection, protocol.Request, float], Awaitable[Data | None]]
@@ -311,6 +314,33 @@ async def get_meter_values(
     return protocol.meter_values_reply(data.transactionId, [s.sample for s in stored])
 
 
+async def webhooks(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Admins: webhook endpoints (list, put, delete), the delivery log, redelivery."""
+    data = request.data
+    assert isinstance(data, m.WebhooksRequest)
+    if door.webhooks is None:  # pragma: no cover - the composition root always sets it
+        raise InternalError("webhooks are not configured")
+    principal = _principal(conn)
+    hooks = door.webhooks
+    if data.action == "put":
+        if data.endpoint is None:
+            raise ValidationFailed("put needs an endpoint", {"field": "endpoint"})
+        await hooks.put_endpoint(principal, data.endpoint)
+    elif data.action == "delete":
+        if data.endpointId is None:
+            raise ValidationFailed("delete needs an endpointId", {"field": "endpointId"})
+        await hooks.delete_endpoint(principal, data.endpointId)
+    elif data.action == "redeliver":
+        if data.eventId is None:
+            raise ValidationFailed("redeliver needs an eventId", {"field": "eventId"})
+        await hooks.redeliver(principal, data.eventId)
+    return {
+        "endpoints": await hooks.endpoints(principal),
+        "pending": await hooks.pending(principal),
+        "deliveries": await hooks.deliveries(principal, data.limit),
+    }
+
+
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).
 ROUTES: dict[str, Route] = {
     "auth_request": Route(auth),
@@ -327,6 +357,7 @@ ROUTES: dict[str, Route] = {
     "get_receipt": Route(get_receipt, failure_fields=("transactionId",)),
     "get_history": Route(get_history),
     "tariffs_request": Route(tariffs),
+    "webhooks_request": Route(webhooks),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

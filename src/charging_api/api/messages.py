@@ -130,6 +130,18 @@ class CloseTransactionRequest(_Data):
     meterStopWh: Annotated[StrictInt, Field(ge=0, le=2**63 - 1)] | None = None
 
 
+class WebhooksRequest(_Data):
+    """Admins: ``list``, ``put`` (``endpoint`` {id, url, secret, events}), ``delete``
+    (``endpointId``), ``redeliver`` (``eventId``); the reply lists endpoints, pending events
+    and the newest ``limit`` deliveries."""
+
+    action: Literal["list", "put", "delete", "redeliver"] = "list"
+    endpoint: dict[str, Any] | None = None
+    endpointId: Ident | None = None
+    eventId: Ident | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -148,6 +160,7 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "get_receipt": (GetReceiptRequest, "receipt"),
     "get_history": (GetHistoryRequest, "history"),
     "tariffs_request": (TariffsRequest, "tariffs_response"),
+    "webhooks_request": (WebhooksRequest, "webhooks_response"),
 }
 
 #: Pushes the server sends on its own.

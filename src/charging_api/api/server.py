@@ -44,6 +44,7 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.sessions import SessionService
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import ChargingApiError, InternalError
 from charging_api.transport import forget_handshake, send_text_nowait
 
@@ -173,6 +174,7 @@ class AppServer:
         http_handler: HttpHandler | None = None,
         debug: bool = False,
         sessions: SessionService | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -186,7 +188,7 @@ class AppServer:
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped_frames = 0
         self.epoch = secrets.token_hex(4)
-        self.door = Door(service, verifier, hub, self.epoch, sessions)
+        self.door = Door(service, verifier, hub, self.epoch, sessions, webhooks)
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler
