@@ -273,7 +273,10 @@ class SessionService:
         this every second; tests on a manual clock call it by hand."""
         now = self._clock.now()
         for tracked in list(self._tracked.values()):
-            await self._check_limits(tracked, now)
+            # Energy, SoC and cost only change with a sample (checked there): time alone
+            # reaches a duration limit.
+            if tracked.limits.duration_minutes is not None:
+                await self._check_limits(tracked, now)
         mono = self._clock.monotonic()
         for key, (since, user) in list(self._preparing.items()):
             if mono - since >= self.policy.preparing_threshold:
