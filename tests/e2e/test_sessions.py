@@ -310,7 +310,7 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
             # socEnforced is False unless a sample with SoC beat the reply (the simulator
             # meters every 0.2 s); the rule itself is pinned on the manual clock in
             # tests/unit/test_sessions_core.py.
-            assert reply["data"]["socEnforced"] in (False, True)
+            assert isinstance(reply["data"]["socEnforced"], bool)
             tx = reply["data"]["transactionId"]
             update = await alice.push(
                 "meter_values_update",
