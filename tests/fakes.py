@@ -7,6 +7,7 @@ SQL and each test states exactly what the outside world does.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -67,6 +68,7 @@ class MemoryStore:
         self.id_tags: dict[str, IdTag] = {}  # by id_tag_key: case-insensitive, as in SQL
         self.transactions: dict[int, Transaction] = {}
         self.samples: list[StoredMeterSample] = []
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
         self._ids = itertools.count(1)
         self.reservations: dict[int, Reservation] = {}
         self._reservation_ids = itertools.count(1)
@@ -80,6 +82,19 @@ class MemoryStore:
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def flush(self) -> None: ...
+
+    async def put_document(self, kind: str, key: str, body: dict[str, Any] | None) -> None:
+        if body is None:
+            self.docs.pop((kind, key), None)
+        else:
+            self.docs[(kind, key)] = copy.deepcopy(body)
+
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        found = self.docs.get((kind, key))
+        return None if found is None else copy.deepcopy(found)
+
+    async def documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {k: copy.deepcopy(v) for (c, k), v in sorted(self.docs.items()) if c == kind}
 
     async def get_charge_point(self, charge_point_id: str) -> ChargePoint | None:
         return self.charge_points.get(charge_point_id)

@@ -7,6 +7,7 @@ so they reconnect (to another node if there is one), flush storage, return.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import errno
@@ -33,16 +34,19 @@ from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
 from charging_api.config import Settings
 from charging_api.domain import access, operator_rules
-from charging_api.domain.charging import ChargingPolicy, ChargingService
+from charging_api.domain.charging import ChargingPolicy, ChargingService, SystemClock
 from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
 from charging_api.domain.operations import OperatorService
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
+from charging_api.domain.sessions import SessionPolicy, SessionService
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import ChargePointOffline, ChargingApiError
 from charging_api.http.rest import RestConfig, RestDependencies, build_rest_app
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.http.serving import HttpServer
+from charging_api.http.webhook_client import HttpPoster
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
 from charging_api.storage.sql import SqlStore
@@ -128,6 +132,18 @@ class Application:
         self.local_list = LocalListSync(self.store, self.gateway, clock)
         self.operator = OperatorService(self.store, self.gateway, self.service)
         operator_rules.install(self.operator, self.reservations, self.profiles, self.local_list)
+        self.sessions = SessionService(
+            self.store,
+            self.gateway,
+            self.bus,
+            SystemClock(),
+            SessionPolicy(
+                update_interval=settings.session_update_interval,
+                preparing_threshold=settings.preparing_threshold,
+            ),
+        )
+        self.service.sessions = self.sessions
+        self.webhooks = WebhookService(self.store, HttpPoster(), SystemClock())
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -164,6 +180,8 @@ class Application:
             debug=settings.debug_websocket,
             operator=self.operator,
             ops=OperatorState(self.reservations, self.profiles, self.local_list),
+            sessions=self.sessions,
+            webhooks=self.webhooks,
         )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
@@ -200,6 +218,10 @@ class Application:
         self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
         self._serving = False
+        self._unsubscribe_sessions = self.bus.subscribe(self.sessions.on_event)
+        self._unsubscribe_webhooks = self.bus.subscribe(self.webhooks.on_event)
+        self._webhook_loop: asyncio.Task[None] | None = None
+        self._session_ticks: asyncio.Task[None] | None = None
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
@@ -220,7 +242,11 @@ class Application:
         await self.bus.start()
         await self.service.load()
         await self.reservations.load()
+        await self.sessions.load()
+        await self.webhooks.load()
+        self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
         self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
+        self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
         s = self.settings
         ocpp_port = await _listen(
             "OCPP_HOST",
@@ -252,15 +278,19 @@ class Application:
         await self.app_server.shutdown()
         await self.http_server.shutdown()
         await self.ocpp_server.shutdown()
-        if self._timers is not None:
-            self._timers.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timers
+        for task in (self._timers, self._session_ticks, self._webhook_loop):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._unsubscribe()
         self._unsubscribe_profiles()
         await self.profiles.close()
         self._unsubscribe_operator()
         await self.operator.close()
+        self._unsubscribe_sessions()
+        self._unsubscribe_webhooks()
+        await self.sessions.drain()  # receipts under way are stored before the store closes
         await self.bus.close()
         await self.store.close()
         if self._serving:  # a start-up that failed says why in one line, not "stopped"
@@ -316,6 +346,36 @@ async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
         raise unavailable from exc
     finally:
         await store.close()
+
+
+class TariffCommandFailed(ValueError):
+    """``charging-api tariffs``: the tariff or the scope was refused (the message says why)."""
+
+
+async def manage_tariffs(
+    settings: Settings, action: str, args: argparse.Namespace, text: str | None
+) -> str:
+    """``charging-api tariffs list|put|delete|assign``, straight on the database (tariffs
+    are read when each transaction starts, so a running server uses them from its next
+    session); prints the tariffs and assignments afterwards as JSON."""
+    admin = Principal(f"cli:{getpass.getuser()}", Role.ADMIN)
+    async with _opened_store(settings) as store:
+        sessions = SessionService(store, _NoChargePoints(), MemoryBus(), SystemClock())
+        try:
+            if action == "put":
+                try:
+                    body = orjson.loads(text or "")
+                except orjson.JSONDecodeError as exc:
+                    raise TariffCommandFailed(f"not JSON: {exc}") from None
+                await sessions.put_tariff(admin, body)
+            elif action == "delete":
+                await sessions.delete_tariff(admin, args.id)
+            elif action == "assign":
+                await sessions.assign_tariff(admin, args.scope, args.id)
+        except ChargingApiError as exc:
+            raise TariffCommandFailed(exc.message) from None
+        listed = await sessions.tariffs(admin)
+    return orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode()
 
 
 class IdTagSpellingConflict(ValueError):

@@ -1,4 +1,4 @@
-"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints | transactions.
+"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints | transactions | tariffs.
 
 Builds Settings (one clear line and exit code 2 on a bad value) and hands over to ``app``.
 Defaults that depend on the configuration (the URLs ``simulate`` and ``demo`` connect to) are
@@ -154,6 +154,17 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     close.add_argument(
         "--url", help="the server's app WebSocket URL (default: from WS_API_HOST/WS_API_PORT)"
     )
+    tariffs = sub.add_parser(
+        "tariffs", help="manage tariffs and their assignments (docs/sessions.md)"
+    ).add_subparsers(dest="action", required=True)
+    tariffs.add_parser("list", help="print the tariffs and assignments as JSON")
+    put = tariffs.add_parser("put", help="create or replace a tariff from a JSON file")
+    put.add_argument("file", help="the tariff as JSON ('-': standard input)")
+    drop = tariffs.add_parser("delete", help="delete a tariff (running sessions keep theirs)")
+    drop.add_argument("id")
+    assign = tariffs.add_parser("assign", help="assign a tariff to a scope (none: unassign)")
+    assign.add_argument("scope", help="default, chargePoint:<id> or user:<id>")
+    assign.add_argument("id", nargs="?", help="tariff id (omit to unassign)")
     return parser
 
 
@@ -237,6 +248,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             f"transaction {closed['transactionId']} closed {how}: meterStop "
             f"{closed['meterStopWh']} Wh at {closed['stoppedAt']} (closedBy {closed['closedBy']})"
         )
+        return 0
+    if args.command == "tariffs":
+        try:
+            text = sys.stdin.read() if getattr(args, "file", None) == "-" else None
+            if getattr(args, "file", None) not in (None, "-"):
+                with open(args.file, encoding="utf-8") as handle:
+                    text = handle.read()
+            print(app.run(app.manage_tariffs(settings, args.action, args, text)))
+        except (app.TariffCommandFailed, OSError) as exc:
+            print(f"charging-api: tariffs {args.action}: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "chargepoints":
         app.run(app.add_charge_point(settings, args.id, args.password))

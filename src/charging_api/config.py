@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     # DataTransfer vendor ids (comma-separated) accepted from charge points and published to
     # admins; any other vendor id is answered UnknownVendorId.
     data_transfer_vendors: Annotated[list[str], NoDecode] = []
+    session_update_interval: float = Field(5.0, gt=0)
+    preparing_threshold: float = Field(120.0, gt=0)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
     ocpp_rate_limit: float = Field(0.0, ge=0)  # messages/s per charge point; 0 = off

@@ -411,3 +411,23 @@ async def test_operator_deletes_and_lists(open_store: OpenStore) -> None:
     assert await store.delete_id_tag("tag-b") is True
     assert await store.delete_id_tag("TAG-B") is False
     assert [t.tag for t in await store.all_id_tags()] == ["TAG-A"]
+
+
+async def test_documents_upsert_list_delete_and_survive_reopen(open_store: OpenStore) -> None:
+    """Session records and tariffs (documents) are replaced by key, listed by kind, deleted, durable."""
+    store = await open_store()
+    await store.put_document("tariff", "b", {"id": "b", "price": "0.30"})
+    await store.put_document("tariff", "a", {"id": "a", "nested": {"x": [1, 2]}})
+    await store.put_document("tariff", "b", {"id": "b", "price": "0.35"})
+    await store.put_document("session", "1", {"limits": {"soc": 80}})
+    assert await store.documents("tariff") == {
+        "a": {"id": "a", "nested": {"x": [1, 2]}},
+        "b": {"id": "b", "price": "0.35"},
+    }
+    assert await store.get_document("session", "1") == {"limits": {"soc": 80}}
+    await store.put_document("tariff", "a", None)
+    assert await store.get_document("tariff", "a") is None
+    assert await store.get_document("nothing", "x") is None
+    await store.close()
+    again = await open_store()
+    assert await again.documents("tariff") == {"b": {"id": "b", "price": "0.35"}}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
@@ -34,7 +35,9 @@ from charging_api.domain.models import DeviceJob, Principal
 from charging_api.domain.operations import OperatorService
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
-from charging_api.errors import Forbidden, InternalError, ResyncRequired
+from charging_api.domain.sessions import Limits, SessionService, check_limits, history_csv
+from charging_api.domain.webhooks import WebhookService
+from charging_api.errors import Forbidden, InternalError, ResyncRequired, ValidationFailed
 
 Data = dict[str, Any]
 
@@ -64,6 +67,10 @@ class Door:
     #: Operator state (reservations, local lists, charging profiles); None in a door built
     #: without it (its requests then answer INTERNAL_ERROR).
     ops: OperatorState | None = None
+    #: Limits, receipts, history and tariffs (issue 13); None in tests of the door alone.
+    sessions: SessionService | None = None
+    #: Webhook endpoints, outbox and delivery log (admins).
+    webhooks: WebhookService | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,8 @@ async def auth(door: Door, conn: Connection, request: protocol.Request, now: flo
     if login.first:
         hub.attach(principal.user_id, conn)
     hub.set_role(principal.user_id, conn, admin=principal.is_admin)
+    if data.sessionEvents is not None:
+        hub.set_session_pushes(principal.user_id, data.sessionEvents)
     assert session.session_id is not None and session.expires_at is not None
     return protocol.auth_reply(
         principal,
@@ -148,15 +157,96 @@ async def auth(door: Door, conn: Connection, request: protocol.Request, now: flo
 async def start(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
     data = request.data
     assert isinstance(data, m.StartChargingRequest)
+    limits = _limits(data.limits)
+    if limits is not None:
+        check_limits(limits)  # refused before the charge point is asked
+    principal = _principal(conn)
     outcome = await door.service.start(
-        _principal(conn),
+        principal,
         data.chargePointId,
         data.connectorId,
         id_tag=data.idTag,
         user_id=data.userId,
         request_key=start_request_key(request),
     )
-    return protocol.start_reply(outcome)
+    reply = protocol.start_reply(outcome)
+    if limits is not None and door.sessions is not None:
+        applied = await door.sessions.set_limits(principal, outcome.transaction_id, limits)
+        reply["limits"] = applied["limits"]
+        reply["socEnforced"] = applied["socEnforced"]
+    return reply
+
+
+def _limits(data: m.LimitsData | None) -> Limits | None:
+    if data is None:
+        return None
+    return Limits(
+        data.energyKWh,
+        data.soc,
+        None if data.cost is None else Decimal(str(data.cost)),
+        data.durationMinutes,
+    )
+
+
+def _sessions(door: Door) -> SessionService:
+    if door.sessions is None:  # pragma: no cover - the composition root always sets it
+        raise InternalError("session features are not configured")
+    return door.sessions
+
+
+async def set_limits(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Change a running session's limits (owner or admin)."""
+    data = request.data
+    assert isinstance(data, m.SetLimitsRequest)
+    limits = _limits(data.limits)
+    assert limits is not None
+    return await _sessions(door).set_limits(_principal(conn), data.transactionId, limits)
+
+
+async def get_receipt(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """A finished session's receipt, and the same as an OCPI 2.2.1 CDR."""
+    data = request.data
+    assert isinstance(data, m.GetReceiptRequest)
+    return await _sessions(door).get_receipt(_principal(conn), data.transactionId)
+
+
+async def get_history(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Sessions with filters, paging and monthly aggregates; ``format: csv`` adds CSV text."""
+    data = request.data
+    assert isinstance(data, m.GetHistoryRequest)
+    found = await _sessions(door).history(
+        _principal(conn),
+        user_id=data.userId,
+        charge_point_id=data.chargePointId,
+        since=data.since,
+        until=data.until,
+        offset=data.offset,
+        limit=data.limit,
+    )
+    if data.format == "csv":
+        found["csv"] = history_csv(found["sessions"])
+    return found
+
+
+async def tariffs(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Admins: list, put, delete and assign tariffs (``action``)."""
+    data = request.data
+    assert isinstance(data, m.TariffsRequest)
+    principal = _principal(conn)
+    sessions = _sessions(door)
+    if data.action == "put":
+        if data.tariff is None:
+            raise ValidationFailed("put needs a tariff", {"field": "tariff"})
+        await sessions.put_tariff(principal, data.tariff)
+    elif data.action == "delete":
+        if data.tariffId is None:
+            raise ValidationFailed("delete needs a tariffId", {"field": "tariffId"})
+        await sessions.delete_tariff(principal, data.tariffId)
+    elif data.action == "assign":
+        if data.scope is None:
+            raise ValidationFailed("assign needs a scope", {"field": "scope"})
+        await sessions.assign_tariff(principal, data.scope, data.tariffId)
+    return await sessions.tariffs(principal)
 
 
 async def stop(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
@@ -375,6 +465,33 @@ async def sync_local_list(
     }
 
 
+async def webhooks(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
+    """Admins: webhook endpoints (list, put, delete), the delivery log, redelivery."""
+    data = request.data
+    assert isinstance(data, m.WebhooksRequest)
+    if door.webhooks is None:  # pragma: no cover - the composition root always sets it
+        raise InternalError("webhooks are not configured")
+    principal = _principal(conn)
+    hooks = door.webhooks
+    if data.action == "put":
+        if data.endpoint is None:
+            raise ValidationFailed("put needs an endpoint", {"field": "endpoint"})
+        await hooks.put_endpoint(principal, data.endpoint)
+    elif data.action == "delete":
+        if data.endpointId is None:
+            raise ValidationFailed("delete needs an endpointId", {"field": "endpointId"})
+        await hooks.delete_endpoint(principal, data.endpointId)
+    elif data.action == "redeliver":
+        if data.eventId is None:
+            raise ValidationFailed("redeliver needs an eventId", {"field": "eventId"})
+        await hooks.redeliver(principal, data.eventId)
+    return {
+        "endpoints": await hooks.endpoints(principal),
+        "pending": await hooks.pending(principal),
+        "deliveries": await hooks.deliveries(principal, data.limit),
+    }
+
+
 #: Request type -> how it is served (``heartbeat`` is answered by the session itself).
 ROUTES: dict[str, Route] = {
     "auth_request": Route(auth),
@@ -407,6 +524,11 @@ ROUTES: dict[str, Route] = {
     "sync_local_list_request": Route(
         sync_local_list, concurrent=True, failure_fields=("chargePointId",)
     ),
+    "set_limits_request": Route(set_limits, failure_fields=("transactionId",)),
+    "get_receipt": Route(get_receipt, failure_fields=("transactionId",)),
+    "get_history": Route(get_history),
+    "tariffs_request": Route(tariffs),
+    "webhooks_request": Route(webhooks),
 }
 
 #: The request types that run beside others (for :class:`AppSession`).

@@ -37,6 +37,8 @@ from charging_api.domain.events import (
     DomainEvent,
     MeterValuesReceived,
     ReservationChanged,
+    SessionNotice,
+    SessionUpdated,
     TransactionStarted,
     TransactionStopped,
 )
@@ -61,6 +63,10 @@ class UserStream:
     non_admins: set[Recipient] | None = None
     #: The stream has held a subscription: its history may hold other users' pushes.
     privileged: bool = False
+    #: The user asked for ``session_event``/``session_update`` pushes (``auth_request``'s
+    #: ``sessionEvents``): off by default, so clients written for the seed see the same
+    #: push sequence as before.
+    session_pushes: bool = False
 
 
 class UpdateHub:
@@ -193,7 +199,10 @@ class UpdateHub:
         owner = self._streams.get(event.user_id) if event.user_id is not None else None
         watchers: set[UserStream] | None = None
         everything: tuple[UserStream, ...] = ()
-        if isinstance(event, ConnectorStatusChanged) and event.owner_only:
+        if isinstance(event, SessionNotice | SessionUpdated):
+            if owner is None or not owner.session_pushes:
+                return  # the owner's alone, and only when asked for
+        elif isinstance(event, ConnectorStatusChanged) and event.owner_only:
             pass  # a copy for the owner: subscribers got the charge point's original
         else:
             watchers = self._watch_cp.get(event.charge_point_id)
@@ -220,6 +229,10 @@ class UpdateHub:
             )
         elif isinstance(event, ReservationChanged):
             kind, data, droppable = "reservation_update", protocol.reservation_update(event), False
+        elif isinstance(event, SessionNotice):
+            kind, data, droppable = "session_event", protocol.session_event(event), False
+        elif isinstance(event, SessionUpdated):
+            kind, data, droppable = "session_update", protocol.session_update(event), True
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())
@@ -270,6 +283,12 @@ class UpdateHub:
         if first_kept > last_seq + 1:
             return None
         return list(islice(history, last_seq + 1 - first_kept, None))
+
+    def set_session_pushes(self, user_id: str, on: bool) -> None:
+        """Turn the user's ``session_event``/``session_update`` pushes on or off."""
+        stream = self._streams.get(user_id)
+        if stream is not None:
+            stream.session_pushes = on
 
     def current_seq(self, user_id: str) -> int:
         stream = self._streams.get(user_id)

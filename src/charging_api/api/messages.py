@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 Ident = Annotated[StrictStr, Field(min_length=1, max_length=128)]
 IdTagText = Annotated[StrictStr, Field(min_length=1, max_length=20)]  # OCPP 1.6 IdToken: 20 chars
@@ -24,6 +33,21 @@ class _Data(BaseModel):
 class AuthRequest(_Data):
     token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
     userId: Ident | None = None
+    #: Ask for ``session_event`` and ``session_update`` pushes (docs/sessions.md); kept for
+    #: the user's stream until an auth_request says false.
+    sessionEvents: StrictBool | None = None
+
+
+Positive = Annotated[StrictFloat | StrictInt, Field(gt=0)]
+
+
+class LimitsData(_Data):
+    """A session's limits: the first one reached stops the charge (docs/sessions.md)."""
+
+    energyKWh: Annotated[Positive, Field(le=10_000)] | None = None
+    soc: Annotated[Positive, Field(le=100)] | None = None
+    cost: Annotated[Positive, Field(le=1_000_000)] | None = None
+    durationMinutes: Annotated[Positive, Field(le=10_080)] | None = None
 
 
 class StartChargingRequest(_Data):
@@ -31,6 +55,36 @@ class StartChargingRequest(_Data):
     connectorId: Annotated[StrictInt, Field(ge=1, le=255)]
     idTag: IdTagText | None = None
     userId: Ident | None = None
+    limits: LimitsData | None = None
+
+
+class SetLimitsRequest(_Data):
+    transactionId: TransactionId
+    limits: LimitsData
+
+
+class GetReceiptRequest(_Data):
+    transactionId: TransactionId
+
+
+class GetHistoryRequest(_Data):
+    userId: Ident | None = None  # admins: someone else's (absent: everyone's)
+    chargePointId: Ident | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    offset: Annotated[StrictInt, Field(ge=0)] = 0
+    limit: Annotated[StrictInt, Field(ge=1, le=500)] = 50
+    format: Literal["json", "csv"] = "json"
+
+
+class TariffsRequest(_Data):
+    """Admins: ``list``, ``put`` (``tariff``), ``delete`` (``tariffId``), ``assign``
+    (``scope`` default | chargePoint:<id> | user:<id>, ``tariffId``; absent: unassign)."""
+
+    action: Literal["list", "put", "delete", "assign"] = "list"
+    tariff: dict[str, Any] | None = None
+    tariffId: Ident | None = None
+    scope: Ident | None = None
 
 
 class StopChargingRequest(_Data):
@@ -138,6 +192,18 @@ class SyncLocalListRequest(_Data):
     full: StrictBool = False
 
 
+class WebhooksRequest(_Data):
+    """Admins: ``list``, ``put`` (``endpoint`` {id, url, secret, events}), ``delete``
+    (``endpointId``), ``redeliver`` (``eventId``); the reply lists endpoints, pending events
+    and the newest ``limit`` deliveries."""
+
+    action: Literal["list", "put", "delete", "redeliver"] = "list"
+    endpoint: dict[str, Any] | None = None
+    endpointId: Ident | None = None
+    eventId: Ident | None = None
+    limit: Annotated[StrictInt, Field(ge=1, le=1000)] = 100
+
+
 #: request type -> (data model, response type). Requests with no ``*_response`` twin answer
 #: with the type given here.
 REQUESTS: dict[str, tuple[type[_Data], str]] = {
@@ -160,6 +226,11 @@ REQUESTS: dict[str, tuple[type[_Data], str]] = {
     "cancel_reservation_request": (CancelReservationRequest, "cancel_reservation_response"),
     "set_power_limit_request": (SetPowerLimitRequest, "set_power_limit_response"),
     "sync_local_list_request": (SyncLocalListRequest, "sync_local_list_response"),
+    "set_limits_request": (SetLimitsRequest, "set_limits_response"),
+    "get_receipt": (GetReceiptRequest, "receipt"),
+    "get_history": (GetHistoryRequest, "history"),
+    "tariffs_request": (TariffsRequest, "tariffs_response"),
+    "webhooks_request": (WebhooksRequest, "webhooks_response"),
 }
 
 #: Pushes the server sends on its own.
@@ -173,5 +244,7 @@ PUSH_TYPES = frozenset(
         "session_expiring",
         "server_shutdown",
         "reservation_update",
+        "session_event",
+        "session_update",
     }
 )

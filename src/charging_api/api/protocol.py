@@ -25,6 +25,8 @@ from charging_api.domain.events import (
     DeviceStatusChanged,
     MeterValuesReceived,
     ReservationChanged,
+    SessionNotice,
+    SessionUpdated,
     TransactionStarted,
     TransactionStopped,
 )
@@ -235,11 +237,34 @@ def status_update(event: ConnectorStatusChanged) -> dict[str, Any]:
 
 
 def meter_update(event: MeterValuesReceived) -> dict[str, Any]:
-    return {
+    data = {
         "chargePointId": event.charge_point_id,
         "connectorId": event.connector_id,
         "transactionId": event.transaction_id,
         "meterValue": sample_to_wire(event.sample),
+    }
+    if event.session is not None:
+        data["session"] = event.session
+    return data
+
+
+def session_event(event: SessionNotice) -> dict[str, Any]:
+    return {
+        "event": event.kind,
+        "chargePointId": event.charge_point_id,
+        "connectorId": event.connector_id,
+        "transactionId": event.transaction_id,
+        "timestamp": format_utc(event.timestamp),
+        **event.data,
+    }
+
+
+def session_update(event: SessionUpdated) -> dict[str, Any]:
+    return {
+        "chargePointId": event.charge_point_id,
+        "connectorId": event.connector_id,
+        "transactionId": event.transaction_id,
+        "session": event.session,
     }
 
 

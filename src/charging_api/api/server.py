@@ -51,6 +51,8 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.operations import OperatorService
+from charging_api.domain.sessions import SessionService
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import ChargingApiError, InternalError
 from charging_api.transport import forget_handshake, send_text_nowait, split_connections
 
@@ -187,6 +189,8 @@ class AppServer:
         operator: OperatorService | None = None,
         ops: OperatorState | None = None,
         http_protocol: Callable[[], asyncio.Protocol] | None = None,
+        sessions: SessionService | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.service = service
         self.verifier = verifier
@@ -201,7 +205,16 @@ class AppServer:
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped_frames = 0
         self.epoch = secrets.token_hex(4)
-        self.door = Door(service, verifier, hub, self.epoch, operator, ops)
+        self.door = Door(
+            service,
+            verifier,
+            hub,
+            self.epoch,
+            operator=operator,
+            ops=ops,
+            sessions=sessions,
+            webhooks=webhooks,
+        )
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler

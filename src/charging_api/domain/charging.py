@@ -47,7 +47,7 @@ from charging_api.domain.models import (
     Transaction,
     same_id_tag,
 )
-from charging_api.domain.ports import ChargerGateway, Clock, EventBus, Store
+from charging_api.domain.ports import ChargerGateway, Clock, EventBus, SessionHooks, Store
 from charging_api.errors import (
     ChargePointNotFound,
     ChargePointOffline,
@@ -244,6 +244,8 @@ class ChargingService:
     def wake_timers(self) -> None:
         """A timer source has a new deadline: :meth:`run_timers` recomputes its sleep."""
         self._rearm.set()
+        #: Live session figures (issue 13): fed on the meter hot path, set by the root.
+        self.sessions: SessionHooks | None = None
 
     async def load(self) -> None:
         """Rebuild the live picture from storage (after a restart, a crash included).
@@ -1075,11 +1077,17 @@ class ChargingService:
         self._store.add_meter_samples(
             [StoredMeterSample(charge_point_id, connector_id, transaction_id, s) for s in samples]
         )
+        snapshot = None
+        if live is not None and self.sessions is not None:
+            figures = await self.sessions.on_samples(live.transaction_id, samples)
+            snapshot = None if figures is None else figures.to_json()
         horizon = self._clock.now() - timedelta(seconds=self.policy.meter_live_window)
         for sample in samples:
             if sample.timestamp >= horizon:
                 await self._bus.publish(
-                    MeterValuesReceived(charge_point_id, connector_id, transaction_id, user, sample)
+                    MeterValuesReceived(
+                        charge_point_id, connector_id, transaction_id, user, sample, snapshot
+                    )
                 )
 
     # ------------------------------------------------------------------ helpers

@@ -44,6 +44,8 @@ class MeterValuesReceived:
     transaction_id: int | None
     user_id: str | None
     sample: MeterSample
+    #: The session's live figures after this sample (``SessionService``), when it has one.
+    session: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,32 @@ class DataTransferReceived:
     user_id: None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionNotice:
+    """Something the owner of a session should hear about (``session_event`` push):
+    ``kind`` is started, suspended_ev, suspended_evse, resumed, fault, offline, online,
+    not_started, limit_reached or ended (``data.receipt``)."""
+
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int | None
+    user_id: str | None
+    kind: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """A session's live figures (``session_update`` push, at most every few seconds)."""
+
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int
+    user_id: str | None
+    session: dict[str, Any]
+
+
 DomainEvent = (
     ConnectorStatusChanged
     | MeterValuesReceived
@@ -136,4 +164,6 @@ DomainEvent = (
     | ChargePointBooted
     | DeviceStatusChanged
     | DataTransferReceived
+    | SessionNotice
+    | SessionUpdated
 )

@@ -23,6 +23,7 @@ from charging_api.domain.models import (
     IdTag,
     IdTagStatus,
     LocalListState,
+    MeterSample,
     OperationRecord,
     Reservation,
     StoredChargingProfile,
@@ -183,6 +184,18 @@ class Store(Protocol):
         """One page of :class:`TransactionQuery`, newest first (then by id, descending)."""
         ...
 
+    # documents: small JSON objects of the session features (tariffs, their assignments,
+    # session records), by kind and key
+    async def put_document(self, kind: str, key: str, body: dict[str, Any] | None) -> None:
+        """Store (None: delete) one document; commits."""
+        ...
+
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    async def documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every document of ``kind``, by key."""
+        ...
+
     # meter samples
     def add_meter_samples(self, samples: Sequence[StoredMeterSample]) -> None:
         """Queue samples for the next batch write; never blocks the caller."""
@@ -299,3 +312,15 @@ class Clock(Protocol):
         it. :meth:`ChargingService.run_timers` sleeps on the event loop for the difference, so
         a real clock must share the loop's time base (``time.monotonic``)."""
         ...
+
+
+class SessionFigures(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class SessionHooks(Protocol):
+    """What the meter hot path tells the session features (``domain/sessions.py``)."""
+
+    async def on_samples(
+        self, transaction_id: int, samples: Sequence[MeterSample]
+    ) -> SessionFigures | None: ...

@@ -250,6 +250,20 @@ class SqlStore:
     async def delete_id_tag(self, tag: str) -> bool:
         return await self._db.write(self._sql.delete_id_tag(tag))
 
+    # documents (session features)
+
+    async def put_document(self, kind: str, key: str, body: dict[str, Any] | None) -> None:
+        text = None if body is None else orjson.dumps(body).decode()
+        await self._db.write(self._sql.put_document(kind, key, text, datetime.now(UTC)))
+
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
+        text = await self._db.read(self._sql.get_document(kind, key))
+        return None if text is None else _object(orjson.loads(text))
+
+    async def documents(self, kind: str) -> dict[str, dict[str, Any]]:
+        found = await self._db.read(self._sql.documents(kind))
+        return {key: _object(orjson.loads(text)) for key, text in found}
+
     # transactions
 
     async def start_transaction(
@@ -497,3 +511,9 @@ def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     text = str(orig).strip().splitlines()
     return text[0][:200] if text else type(orig).__name__
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("a stored document is not a JSON object")
+    return value

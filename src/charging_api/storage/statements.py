@@ -61,6 +61,7 @@ from charging_api.storage.tables import (
     connector_availability,
     connectors,
     device_statuses,
+    documents,
     id_tags,
     metadata,
     meter_samples,
@@ -127,6 +128,14 @@ _CORRECT_STOP = (
     )
     .returning(*transactions.c)
 )
+_GET_DOCUMENT = select(documents.c.body).where(
+    documents.c.kind == bindparam("b_kind"), documents.c.key == bindparam("b_key")
+)
+_DOCUMENTS = (
+    select(documents.c.key, documents.c.body)
+    .where(documents.c.kind == bindparam("b_kind"))
+    .order_by(documents.c.key)
+)
 _ACTIVE_TRANSACTIONS = select(transactions).where(_tx.stopped_at.is_(None)).order_by(_tx.id)
 _TRANSACTIONS = select(transactions).order_by(_tx.started_at.desc(), _tx.id.desc())
 _INSERT_METER_SAMPLES = insert(meter_samples)
@@ -173,6 +182,7 @@ class SqlStatements:
         self._upsert_applied = self._upsert(
             configuration_keys, config_keys, ["applied_status", "applied_at"]
         )
+        self._upsert_document = self._upsert(documents, ["kind", "key"], ["body", "updated_at"])
         register = self._insert(charge_points)
         self._register_charge_point = register.on_conflict_do_update(
             index_elements=["id"],
@@ -399,6 +409,34 @@ class SqlStatements:
         return _transactions(stmt.limit(query.limit).offset(query.offset))
 
     # meter samples
+
+    # documents (session features)
+
+    def put_document(self, kind: str, key: str, body: str | None, at: datetime) -> Work[None]:
+        """Upsert (or, with ``body`` None, delete) one document."""
+        if body is None:
+            return _execute(
+                delete(documents).where(
+                    documents.c.kind == bindparam("b_kind"), documents.c.key == bindparam("b_key")
+                ),
+                {"b_kind": kind, "b_key": key},
+            )
+        return _execute(
+            self._upsert_document, {"kind": kind, "key": key, "body": body, "updated_at": at}
+        )
+
+    def get_document(self, kind: str, key: str) -> Work[str | None]:
+        def run(conn: Connection) -> str | None:
+            found = conn.execute(_GET_DOCUMENT, {"b_kind": kind, "b_key": key}).scalar()
+            return None if found is None else str(found)
+
+        return run
+
+    def documents(self, kind: str) -> Work[list[tuple[str, str]]]:
+        def run(conn: Connection) -> list[tuple[str, str]]:
+            return [(r.key, r.body) for r in conn.execute(_DOCUMENTS, {"b_kind": kind})]
+
+        return run
 
     def insert_meter_samples(self, samples: Sequence[StoredMeterSample]) -> Work[None]:
         """One executemany INSERT (rows are made where the unit of work runs)."""

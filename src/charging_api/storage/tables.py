@@ -253,3 +253,16 @@ device_statuses = Table(
     Index("ix_device_statuses_cp_job", "charge_point_id", "job", "id"),
     sqlite_autoincrement=True,
 )
+#: Small JSON documents of the session features (issue 13), by kind and key: tariffs
+#: (``tariff``/id), tariff assignments (``tariff_assignment``/``chargePoint:ID``,
+#: ``user:ID``, ``group:ID``) and session records (``session``/transaction id: limits, the
+#: tariff snapshot frozen at the start, the receipt). A new table: ``create_all`` adds it to
+#: existing databases, no migration step.
+documents = Table(
+    "documents",
+    metadata,
+    Column("kind", String, primary_key=True),
+    Column("key", String, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)

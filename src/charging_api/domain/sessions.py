@@ -1,0 +1,894 @@
+"""What a driver sees of a session: energy, cost, limits, ETA, events and the receipt.
+
+:class:`SessionService` follows every open transaction beside :class:`ChargingService`: it
+hears TransactionStarted/Stopped and status changes on the bus, and the meter hot path calls
+:meth:`SessionService.on_samples` directly (no database read there: the tariff and limits of
+a session are in memory from its start, or from :meth:`load` after a restart).
+
+* Energy comes from :mod:`.energy` (register - meterStart, resets, out-of-order samples).
+* Cost comes from :mod:`.tariffs`: the tariff that applies (user > charge point > default)
+  is read once when the transaction starts and frozen into the session record as a
+  snapshot; later tariff changes never touch a running or finished session.
+* Limits (energy, SoC, cost, duration) are checked on every sample and every tick; the first
+  one reached sends one RemoteStop and is named in the receipt. They are stored with the
+  session record, so they survive a restart. A SoC limit is accepted even before the charger
+  has reported any SoC: it is enforced from the first SoC reading, and the start reply and
+  the snapshot say ``socEnforced: false`` until then (refusing would block cars whose SoC
+  comes only after the first minutes of charging).
+* ETA (see docs/sessions.md): seconds to the nearest limit (or to 100 % SoC when only SoC is
+  known), from the average power over the last ``eta_window`` seconds; above 80 % SoC the
+  energy left is taken at half that power (the taper).
+* Events go to the owner as :class:`SessionNotice`; the receipt is computed from the stored
+  samples at the stop and stored; :func:`cdr_of` gives it the OCPI 2.2.1 CDR shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from charging_api.domain.energy import EnergyLedger, Reading
+from charging_api.domain.events import (
+    ChargePointConnectionChanged,
+    ConnectorStatusChanged,
+    DomainEvent,
+    SessionNotice,
+    SessionUpdated,
+    TransactionStarted,
+    TransactionStopped,
+)
+from charging_api.domain.models import MeterSample, Principal, Transaction
+from charging_api.domain.ports import ChargerGateway, Clock, EventBus, Store
+from charging_api.domain.tariffs import Cost, CostMeter, Period, Tariff, tariff_from_json
+from charging_api.errors import (
+    Forbidden,
+    TransactionNotActive,
+    TransactionNotFound,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+SESSION = "session"
+TARIFF = "tariff"
+ASSIGNMENT = "tariff_assignment"
+DEFAULT_ASSIGNMENT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    update_interval: float = 5.0  # session_update pushes at most this often per session
+    preparing_threshold: float = 120.0  # Preparing this long without a transaction: notice
+    idle_power_kw: float = 0.1  # at or below: the EV draws nothing
+    eta_window: float = 300.0
+    taper_soc: float = 80.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    energy_kwh: float | None = None
+    soc: float | None = None
+    cost: Decimal | None = None
+    duration_minutes: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.energy_kwh is not None:
+            out["energyKWh"] = self.energy_kwh
+        if self.soc is not None:
+            out["soc"] = self.soc
+        if self.cost is not None:
+            out["cost"] = str(self.cost)
+        if self.duration_minutes is not None:
+            out["durationMinutes"] = self.duration_minutes
+        return out
+
+    @staticmethod
+    def from_json(data: dict[str, Any] | None) -> Limits:
+        if not data:
+            return Limits()
+        cost = data.get("cost")
+        return Limits(
+            data.get("energyKWh"),
+            data.get("soc"),
+            None if cost is None else Decimal(str(cost)),
+            data.get("durationMinutes"),
+        )
+
+
+@dataclass(slots=True)
+class _Tracked:
+    transaction_id: int
+    charge_point_id: str
+    connector_id: int
+    user_id: str | None
+    started_at: datetime
+    meter_start_wh: int
+    ledger: EnergyLedger
+    tariff: Tariff | None = None
+    costs: CostMeter | None = None
+    limits: Limits = Limits()
+    soc: float | None = None
+    soc_at_energy: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=64))
+    power_kw: float | None = None
+    window: deque[tuple[datetime, float]] = field(default_factory=deque)
+    charging_s: float = 0.0
+    idle_s: float = 0.0
+    limit_reached: str | None = None
+    last_update: float | None = None
+    suspended: str | None = None
+    offline_since: datetime | None = None
+
+    def absorb(self, sample: MeterSample, idle_kw: float) -> None:
+        if sample.power_kw is not None:
+            self.power_kw = sample.power_kw
+        if sample.state_of_charge is not None:
+            self.soc = sample.state_of_charge
+        kwh = sample.energy_import_kwh
+        if kwh is None:
+            return
+        before = self.ledger.figure()
+        in_order = before.latest is None or sample.timestamp > before.latest.at
+        if not self.ledger.add(Reading(sample.timestamp, kwh)):
+            return
+        after = self.ledger.figure()
+        if in_order:
+            prev_at = before.latest.at if before.latest else self.started_at
+            period = _period(
+                prev_at, sample.timestamp, after.energy_kwh - before.energy_kwh, idle_kw
+            )
+            self._count(period)
+        else:
+            self._rebuild(idle_kw)
+        self.window.append((sample.timestamp, after.energy_kwh))
+        if self.soc is not None and sample.state_of_charge is not None:
+            self.soc_at_energy.append((after.energy_kwh, sample.state_of_charge))
+
+    def _count(self, period: Period) -> None:
+        if period.charging:
+            self.charging_s += period.seconds
+        else:
+            self.idle_s += period.seconds
+        if self.costs is not None:
+            self.costs.add(period)
+
+    def _rebuild(self, idle_kw: float) -> None:
+        self.charging_s = self.idle_s = 0.0
+        if self.tariff is not None:
+            self.costs = CostMeter(self.tariff, self.started_at)
+        for before, after, energy in self.ledger.steps():
+            self._count(_period(before.at, after.at, energy, idle_kw))
+
+    def cost(self) -> Cost | None:
+        return None if self.costs is None else self.costs.cost()
+
+
+def _period(start: datetime, end: datetime, energy: float, idle_kw: float) -> Period:
+    hours = max((end - start).total_seconds(), 0.0) / 3600
+    charging = energy > 0 and (hours == 0 or energy / hours > idle_kw)
+    return Period(start, end, energy, charging)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The live figures of one session (``session`` in meter_values_update/session_update)."""
+
+    transaction_id: int
+    power_kw: float | None
+    energy_kwh: float
+    elapsed_s: float
+    charging_s: float
+    idle_s: float
+    cost: Cost | None
+    soc: float | None
+    eta_s: float | None
+    eta_target: str | None
+    limits: Limits
+    soc_enforced: bool
+    register_kwh: float
+    reading_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "transactionId": self.transaction_id,
+            "powerKw": self.power_kw,
+            "energyKWh": self.energy_kwh,
+            "elapsedSeconds": round(self.elapsed_s),
+            "chargingSeconds": round(self.charging_s),
+            "idleSeconds": round(self.idle_s),
+            "stateOfCharge": self.soc,
+            "etaSeconds": None if self.eta_s is None else round(self.eta_s),
+            "etaTarget": self.eta_target,
+            "limits": self.limits.to_json(),
+            "socEnforced": self.soc_enforced,
+            "provenance": {
+                "measurand": "Energy.Active.Import.Register",
+                "registerKWh": self.register_kwh,
+                "readingAt": None if self.reading_at is None else self.reading_at.isoformat(),
+            },
+        }
+        if self.cost is not None:
+            out["cost"] = {"currency": self.cost.currency, "total": str(self.cost.total)}
+        return out
+
+
+class SessionService:
+    """Sessions as drivers see them; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        gateway: ChargerGateway,
+        bus: EventBus,
+        clock: Clock,
+        policy: SessionPolicy | None = None,
+    ) -> None:
+        self._store = store
+        self._gateway = gateway
+        self._bus = bus
+        self._clock = clock
+        self.policy = policy or SessionPolicy()
+        self._tracked: dict[int, _Tracked] = {}
+        self._preparing: dict[tuple[str, int], tuple[float, str | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def load(self) -> None:
+        """Rebuild the open sessions (tariff snapshot, limits, energy so far) from storage."""
+        for tx in await self._store.active_transactions():
+            record = await self._store.get_document(SESSION, str(tx.id)) or {}
+            tracked = self._track(tx, record)
+            for stored in await self._store.meter_samples_of(tx.id):
+                tracked.absorb(stored.sample, self.policy.idle_power_kw)
+
+    def _track(self, tx: Transaction, record: dict[str, Any]) -> _Tracked:
+        tracked = _Tracked(
+            tx.id,
+            tx.charge_point_id,
+            tx.connector_id,
+            tx.user_id,
+            tx.started_at,
+            tx.meter_start_wh,
+            EnergyLedger(tx.meter_start_wh, tx.started_at),
+        )
+        if record.get("tariff"):
+            tracked.tariff = tariff_from_json(record["tariff"])
+            tracked.costs = CostMeter(tracked.tariff, tx.started_at)
+        tracked.limits = Limits.from_json(record.get("limits"))
+        tracked.limit_reached = record.get("limitReached")
+        self._tracked[tx.id] = tracked
+        return tracked
+
+    async def tick(self) -> None:
+        """Duration limits and "plugged in but did not start": the composition root calls
+        this every second; tests on a manual clock call it by hand."""
+        now = self._clock.now()
+        for tracked in list(self._tracked.values()):
+            # Energy, SoC and cost only change with a sample (checked there): time alone
+            # reaches a duration limit.
+            if tracked.limits.duration_minutes is not None:
+                await self._check_limits(tracked, now)
+        mono = self._clock.monotonic()
+        for key, (since, user) in list(self._preparing.items()):
+            if mono - since >= self.policy.preparing_threshold:
+                del self._preparing[key]
+                await self._notice(
+                    key[0],
+                    key[1],
+                    None,
+                    user,
+                    "not_started",
+                    {"waitedSeconds": round(mono - since)},
+                )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("session tick failed")
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------ events in
+
+    async def on_event(self, event: DomainEvent) -> None:
+        """Bus subscriber."""
+        if isinstance(event, TransactionStarted):
+            await self._on_started(event)
+        elif isinstance(event, TransactionStopped):
+            # The receipt reads every sample of the session: not on the charge point's
+            # StopTransaction path, which only waits for the stop to be stored.
+            self._spawn(self._on_stopped(event))
+        elif isinstance(event, ConnectorStatusChanged):
+            await self._on_status(event)
+        elif isinstance(event, ChargePointConnectionChanged):
+            await self._on_connection(event)
+
+    async def _on_started(self, event: TransactionStarted) -> None:
+        self._preparing.pop((event.charge_point_id, event.connector_id), None)
+        tx = await self._store.get_transaction(event.transaction_id)
+        if tx is None:
+            return
+        record = await self._store.get_document(SESSION, str(tx.id)) or {}
+        if "tariff" not in record:
+            tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
+            record["tariff"] = None if tariff is None else tariff.to_json()
+        tracked = self._tracked.get(tx.id)  # set_limits may have got there first
+        if tracked is None:
+            tracked = self._track(tx, record)
+            await self._save(tracked)
+        await self._notice(
+            tx.charge_point_id,
+            tx.connector_id,
+            tx.id,
+            tx.user_id,
+            "started",
+            {
+                "tariff": None if tracked.tariff is None else tracked.tariff.to_json(),
+                "limits": tracked.limits.to_json(),
+            },
+        )
+
+    async def _on_stopped(self, event: TransactionStopped) -> None:
+        tracked = self._tracked.pop(event.transaction_id, None)
+        tx = await self._store.get_transaction(event.transaction_id)
+        if tx is None:
+            return
+        record = await self._store.get_document(SESSION, str(tx.id)) or {}
+        receipt = await self._receipt(tx, record)
+        record["receipt"] = receipt
+        await self._store.put_document(SESSION, str(tx.id), record)
+        del tracked
+        await self._notice(
+            tx.charge_point_id, tx.connector_id, tx.id, tx.user_id, "ended", {"receipt": receipt}
+        )
+
+    async def _on_status(self, event: ConnectorStatusChanged) -> None:
+        key = (event.charge_point_id, event.connector_id)
+        if event.status == "Preparing" and event.transaction_id is None:
+            self._preparing.setdefault(key, (self._clock.monotonic(), event.user_id))
+        else:
+            self._preparing.pop(key, None)
+        if event.owner_only or event.transaction_id is None:
+            return
+        tracked = self._tracked.get(event.transaction_id)
+        if tracked is None:
+            return
+        kind: str | None = None
+        if event.status == "SuspendedEV":
+            power = tracked.power_kw
+            kind = "suspended_ev" if power is None or power <= self.policy.idle_power_kw else None
+        elif event.status == "SuspendedEVSE":
+            kind = "suspended_evse"
+        elif event.status == "Faulted":
+            kind = "fault"
+        elif event.status == "Charging" and tracked.suspended is not None:
+            kind = "resumed"
+        if event.status in ("SuspendedEV", "SuspendedEVSE", "Faulted"):
+            tracked.suspended = event.status
+        elif event.status == "Charging":
+            tracked.suspended = None
+        if kind is not None:
+            details = {"status": event.status, "errorCode": event.error_code}
+            await self._notice_tracked(tracked, kind, details)
+
+    async def _on_connection(self, event: ChargePointConnectionChanged) -> None:
+        for tracked in list(self._tracked.values()):
+            if tracked.charge_point_id != event.charge_point_id:
+                continue
+            if not event.online:
+                tracked.offline_since = event.timestamp
+                await self._notice_tracked(tracked, "offline", {})
+            elif tracked.offline_since is not None:
+                gone = (event.timestamp - tracked.offline_since).total_seconds()
+                tracked.offline_since = None
+                await self._notice_tracked(tracked, "online", {"offlineSeconds": round(gone)})
+
+    async def on_samples(
+        self, transaction_id: int, samples: Sequence[MeterSample]
+    ) -> Snapshot | None:
+        """The meter hot path's hook (no database read): fold the samples in, check the
+        limits, push a session_update when due; returns the snapshot for the meter push."""
+        tracked = self._tracked.get(transaction_id)
+        if tracked is None:
+            return None
+        for sample in samples:
+            tracked.absorb(sample, self.policy.idle_power_kw)
+        now = self._clock.now()
+        snap = self._snapshot(tracked, now)
+        mono = self._clock.monotonic()
+        if tracked.last_update is None or mono - tracked.last_update >= self.policy.update_interval:
+            tracked.last_update = mono
+            await self._bus.publish(
+                SessionUpdated(
+                    tracked.charge_point_id,
+                    tracked.connector_id,
+                    transaction_id,
+                    tracked.user_id,
+                    snap.to_json(),
+                )
+            )
+        await self._check_limits(tracked, now, snap)
+        return snap
+
+    # ------------------------------------------------------------ limits
+
+    async def _check_limits(
+        self, tracked: _Tracked, now: datetime, snap: Snapshot | None = None
+    ) -> None:
+        if tracked.limit_reached is not None:
+            return
+        snap = snap or self._snapshot(tracked, now)
+        reached = _reached(tracked.limits, snap)
+        if reached is None:
+            return
+        tracked.limit_reached = reached
+        await self._save(tracked)
+        await self._notice_tracked(tracked, "limit_reached", {"limit": reached})
+        # Not awaited here: this runs inside the charge point's MeterValues, whose door reads
+        # the CALLRESULT of our RemoteStop only after the MeterValues has been answered.
+        self._spawn(self._remote_stop(tracked, reached))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session work failed", exc_info=task.exception())
+
+    async def _remote_stop(self, tracked: _Tracked, reached: str) -> None:
+        try:
+            await self._gateway.remote_stop(tracked.charge_point_id, tracked.transaction_id)
+        except Exception as exc:  # offline or refused: tried again on the next sample or tick
+            log.warning(
+                "RemoteStop for limit %s of %d failed: %s", reached, tracked.transaction_id, exc
+            )
+            if self._tracked.get(tracked.transaction_id) is tracked:
+                tracked.limit_reached = None
+
+    async def drain(self) -> None:
+        """Wait for the work under way (RemoteStops for limits, receipts): tests, shutdown."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def set_limits(
+        self, principal: Principal, transaction_id: int, limits: Limits
+    ) -> dict[str, Any]:
+        """Replace a running session's limits (the owner or an admin); stored at once."""
+        check_limits(limits)
+        tracked = self._tracked.get(transaction_id)
+        if tracked is None:
+            tx = await self._store.get_transaction(transaction_id)
+            if tx is None or not (principal.is_admin or tx.user_id == principal.user_id):
+                raise _not_found(transaction_id)
+            if not tx.active:
+                raise TransactionNotActive(
+                    f"Transaction {transaction_id} has ended", {"transactionId": transaction_id}
+                )
+            record = await self._store.get_document(SESSION, str(tx.id)) or {}
+            if "tariff" not in record:
+                tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
+                record["tariff"] = None if tariff is None else tariff.to_json()
+            tracked = self._tracked.get(tx.id) or self._track(tx, record)
+        elif not (principal.is_admin or tracked.user_id == principal.user_id):
+            raise _not_found(transaction_id)
+        tracked.limits = limits
+        tracked.limit_reached = None
+        await self._save(tracked)
+        await self._check_limits(tracked, self._clock.now())
+        return {
+            "transactionId": transaction_id,
+            "limits": limits.to_json(),
+            "socEnforced": limits.soc is None or tracked.soc is not None,
+        }
+
+    # ------------------------------------------------------------ receipts, history
+
+    async def get_receipt(self, principal: Principal, transaction_id: int) -> dict[str, Any]:
+        tx = await self._store.get_transaction(transaction_id)
+        if tx is None or not (principal.is_admin or tx.user_id == principal.user_id):
+            raise _not_found(transaction_id)
+        record = await self._store.get_document(SESSION, str(transaction_id)) or {}
+        receipt = record.get("receipt")
+        if receipt is None:
+            if tx.active:
+                raise TransactionNotActive(
+                    f"Transaction {transaction_id} is still running: no receipt yet",
+                    {"transactionId": transaction_id},
+                )
+            receipt = await self._receipt(tx, record)
+            record["receipt"] = receipt
+            await self._store.put_document(SESSION, str(tx.id), record)
+        return {"receipt": receipt, "cdr": cdr_of(receipt)}
+
+    async def _receipt(self, tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
+        """The receipt from the stored samples (the charger's transactionData included)."""
+        try:
+            await self._store.flush()  # the samples still batched in memory count too
+        except Exception:
+            log.exception("flushing samples before the receipt of %d failed", tx.id)
+        ledger = EnergyLedger(tx.meter_start_wh, tx.started_at)
+        for stored in await self._store.meter_samples_of(tx.id):
+            kwh = stored.sample.energy_import_kwh
+            if kwh is not None:
+                ledger.add(Reading(stored.sample.timestamp, kwh))
+        stopped_at = tx.stopped_at or self._clock.now()
+        if tx.meter_stop_wh is not None:
+            ledger.add(Reading(stopped_at, tx.meter_stop_wh / 1000, source="StopTransaction"))
+        tariff = tariff_from_json(record["tariff"]) if record.get("tariff") else None
+        meter = CostMeter(tariff, tx.started_at) if tariff is not None else None
+        charging = idle = 0.0
+        idle_kw = self.policy.idle_power_kw
+        for before, after, energy in ledger.steps():
+            period = _period(before.at, after.at, energy, idle_kw)
+            if period.charging:
+                charging += period.seconds
+            else:
+                idle += period.seconds
+            if meter is not None:
+                meter.add(period)
+        figure = ledger.figure()
+        limit = record.get("limitReached")
+        return {
+            "transactionId": tx.id,
+            "chargePointId": tx.charge_point_id,
+            "connectorId": tx.connector_id,
+            "userId": tx.user_id,
+            "idTag": tx.id_tag,
+            "startedAt": tx.started_at.isoformat(),
+            "stoppedAt": stopped_at.isoformat(),
+            "meterStartWh": tx.meter_start_wh,
+            "meterStopWh": tx.meter_stop_wh,
+            "energyKWh": figure.energy_kwh,
+            "chargingSeconds": round(charging, 3),
+            "idleSeconds": round(idle, 3),
+            "stopReason": tx.stop_reason,
+            "appStopReason": tx.app_stop_reason or (None if limit is None else f"Limit:{limit}"),
+            "closedBy": None if tx.closed_by is None else tx.closed_by.value,
+            "limits": record.get("limits") or {},
+            "limitReached": limit,
+            "tariff": record.get("tariff"),
+            "cost": None if meter is None else meter.cost().to_json(),
+            "discontinuities": [
+                {"kind": d.kind, "at": d.after.at.isoformat(), "countedKWh": d.counted_kwh}
+                for d in figure.discontinuities
+            ],
+        }
+
+    async def history(
+        self,
+        principal: Principal,
+        *,
+        user_id: str | None = None,
+        charge_point_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> dict[str, Any]:
+        """Sessions newest first, filtered and paged, with per-month aggregates of the
+        filtered set (energy, cost per currency). Users see their own; admins anyone's
+        (``user_id`` None: everyone's)."""
+        if not principal.is_admin:
+            if user_id not in (None, principal.user_id):
+                raise Forbidden("Only admins may read another user's history")
+            user_id = principal.user_id
+        txs = await self._store.transactions_of(user_id, 1_000_000)
+        chosen = [
+            tx
+            for tx in txs
+            if (charge_point_id is None or tx.charge_point_id == charge_point_id)
+            and (since is None or tx.started_at >= since)
+            and (until is None or tx.started_at < until)
+        ]
+        records = await self._store.documents(SESSION)
+        rows = [_history_row(tx, records.get(str(tx.id), {})) for tx in chosen]
+        months: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            month = months.setdefault(
+                row["startedAt"][:7], {"sessions": 0, "energyKWh": 0.0, "cost": {}}
+            )
+            month["sessions"] += 1
+            month["energyKWh"] = round(month["energyKWh"] + (row["energyKWh"] or 0.0), 6)
+            if row["cost"] is not None:
+                old = Decimal(month["cost"].get(row["currency"], "0"))
+                month["cost"][row["currency"]] = str(old + Decimal(row["cost"]))
+        return {
+            "total": len(rows),
+            "offset": offset,
+            "sessions": rows[offset : offset + limit],
+            "months": [{"month": k, **v} for k, v in sorted(months.items())],
+        }
+
+    # ------------------------------------------------------------ tariffs (admins)
+
+    async def put_tariff(self, principal: Principal, data: dict[str, Any]) -> Tariff:
+        _admin(principal)
+        tariff = tariff_from_json(data)
+        await self._store.put_document(TARIFF, tariff.id, tariff.to_json())
+        return tariff
+
+    async def tariffs(self, principal: Principal) -> dict[str, Any]:
+        _admin(principal)
+        return {
+            "tariffs": list((await self._store.documents(TARIFF)).values()),
+            "assignments": {
+                k: v["tariffId"] for k, v in (await self._store.documents(ASSIGNMENT)).items()
+            },
+        }
+
+    async def delete_tariff(self, principal: Principal, tariff_id: str) -> None:
+        _admin(principal)
+        await self._store.put_document(TARIFF, tariff_id, None)
+
+    async def assign_tariff(self, principal: Principal, scope: str, tariff_id: str | None) -> None:
+        """``scope``: ``default``, ``chargePoint:<id>`` or ``user:<id>``; None unassigns."""
+        _admin(principal)
+        if scope != DEFAULT_ASSIGNMENT and scope.split(":", 1)[0] not in ("chargePoint", "user"):
+            raise ValidationFailed(
+                "scope must be default, chargePoint:<id> or user:<id>", {"field": "scope"}
+            )
+        if tariff_id is not None and await self._store.get_document(TARIFF, tariff_id) is None:
+            raise ValidationFailed(f"No tariff {tariff_id}", {"field": "tariffId"})
+        body = None if tariff_id is None else {"tariffId": tariff_id}
+        await self._store.put_document(ASSIGNMENT, scope, body)
+
+    async def tariff_for(self, charge_point_id: str, user_id: str | None) -> Tariff | None:
+        """The tariff a new session gets: the user's, else the charge point's, else the
+        default; None when none is assigned (the session then has no cost)."""
+        scopes = [f"chargePoint:{charge_point_id}", DEFAULT_ASSIGNMENT]
+        if user_id is not None:
+            scopes.insert(0, f"user:{user_id}")
+        for scope in scopes:
+            assigned = await self._store.get_document(ASSIGNMENT, scope)
+            if assigned is None:
+                continue
+            body = await self._store.get_document(TARIFF, assigned["tariffId"])
+            if body is not None:
+                return tariff_from_json(body)
+        return None
+
+    # ------------------------------------------------------------ internals
+
+    def snapshot_of(self, transaction_id: int) -> Snapshot | None:
+        tracked = self._tracked.get(transaction_id)
+        return None if tracked is None else self._snapshot(tracked, self._clock.now())
+
+    def _snapshot(self, tracked: _Tracked, now: datetime) -> Snapshot:
+        figure = tracked.ledger.figure()
+        cost = tracked.cost()
+        eta, target = _eta(tracked, figure.energy_kwh, cost, now, self.policy)
+        return Snapshot(
+            tracked.transaction_id,
+            tracked.power_kw,
+            figure.energy_kwh,
+            max((now - tracked.started_at).total_seconds(), 0.0),
+            tracked.charging_s,
+            tracked.idle_s,
+            cost,
+            tracked.soc,
+            eta,
+            target,
+            tracked.limits,
+            tracked.limits.soc is None or tracked.soc is not None,
+            figure.register_kwh,
+            None if figure.latest is None else figure.latest.at,
+        )
+
+    async def _save(self, tracked: _Tracked) -> None:
+        key = str(tracked.transaction_id)
+        record = await self._store.get_document(SESSION, key) or {}
+        record["tariff"] = None if tracked.tariff is None else tracked.tariff.to_json()
+        record["limits"] = tracked.limits.to_json()
+        record["limitReached"] = tracked.limit_reached
+        await self._store.put_document(SESSION, key, record)
+
+    async def _notice_tracked(self, tracked: _Tracked, kind: str, data: dict[str, Any]) -> None:
+        await self._notice(
+            tracked.charge_point_id,
+            tracked.connector_id,
+            tracked.transaction_id,
+            tracked.user_id,
+            kind,
+            data,
+        )
+
+    async def _notice(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        transaction_id: int | None,
+        user_id: str | None,
+        kind: str,
+        data: dict[str, Any],
+    ) -> None:
+        await self._bus.publish(
+            SessionNotice(
+                charge_point_id,
+                connector_id,
+                transaction_id,
+                user_id,
+                kind,
+                self._clock.now(),
+                data,
+            )
+        )
+
+
+def _reached(limits: Limits, snap: Snapshot) -> str | None:
+    if limits.energy_kwh is not None and snap.energy_kwh >= limits.energy_kwh:
+        return "energyKWh"
+    if limits.soc is not None and snap.soc is not None and snap.soc >= limits.soc:
+        return "soc"
+    if limits.cost is not None and snap.cost is not None and snap.cost.total >= limits.cost:
+        return "cost"
+    if limits.duration_minutes is not None and snap.elapsed_s >= limits.duration_minutes * 60:
+        return "durationMinutes"
+    return None
+
+
+def _eta(
+    tracked: _Tracked, energy: float, cost: Cost | None, now: datetime, policy: SessionPolicy
+) -> tuple[float | None, str | None]:
+    """Seconds to the nearest limit (or to a full battery): docs/sessions.md, "ETA"."""
+    window = tracked.window
+    horizon = now - timedelta(seconds=policy.eta_window)
+    while len(window) > 2 and window[0][0] < horizon:
+        window.popleft()
+    power = None
+    if len(window) >= 2:
+        seconds = (window[-1][0] - window[0][0]).total_seconds()
+        if seconds > 0:
+            power = (window[-1][1] - window[0][1]) / (seconds / 3600)
+    if power is None or power <= 0:
+        power = tracked.power_kw
+    candidates: list[tuple[float, str]] = []
+    limits = tracked.limits
+    if limits.duration_minutes is not None:
+        elapsed = (now - tracked.started_at).total_seconds()
+        candidates.append((max(limits.duration_minutes * 60 - elapsed, 0.0), "durationMinutes"))
+    if power is not None and power > 0:
+        if limits.energy_kwh is not None:
+            left = max(limits.energy_kwh - energy, 0.0)
+            candidates.append((left / power * 3600, "energyKWh"))
+        soc_target = limits.soc if limits.soc is not None else 100.0
+        if tracked.soc is not None and len(tracked.soc_at_energy) >= 2:
+            (e0, s0), (e1, s1) = tracked.soc_at_energy[0], tracked.soc_at_energy[-1]
+            if s1 > s0 and e1 > e0:
+                per_pct = (e1 - e0) / (s1 - s0)
+                soc = tracked.soc
+                flat = max(min(soc_target, policy.taper_soc) - soc, 0.0)
+                taper = max(soc_target - max(soc, policy.taper_soc), 0.0)
+                hours = flat * per_pct / power + taper * per_pct / (power / 2)
+                candidates.append((hours * 3600, "soc" if limits.soc is not None else "full"))
+        if limits.cost is not None and cost is not None and energy > 0:
+            per_kwh = cost.excl_vat / Decimal(repr(energy)) if cost.excl_vat > 0 else None
+            if per_kwh:
+                left_cost = max(limits.cost - cost.total, Decimal(0))
+                gross = (
+                    per_kwh * (1 + tracked.tariff.vat_percent / 100) if tracked.tariff else per_kwh
+                )
+                candidates.append((float(left_cost / gross) / power * 3600, "cost"))
+    if not candidates:
+        return None, None
+    seconds, target = min(candidates)
+    return seconds, target
+
+
+def check_limits(limits: Limits) -> None:
+    """Refuse limits out of range (VALIDATION_ERROR naming the field)."""
+    for name, value, high in (
+        ("energyKWh", limits.energy_kwh, 10_000.0),
+        ("soc", limits.soc, 100.0),
+        ("durationMinutes", limits.duration_minutes, 10_080.0),
+    ):
+        if value is not None and not 0 < value <= high:
+            raise ValidationFailed(f"{name} must be > 0 and <= {high:g}", {"field": name})
+    if limits.cost is not None and not limits.cost > 0:
+        raise ValidationFailed("cost must be > 0", {"field": "cost"})
+
+
+def _history_row(tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
+    receipt = record.get("receipt") or {}
+    cost = receipt.get("cost")
+    energy = receipt.get("energyKWh")
+    if energy is None and tx.meter_stop_wh is not None:
+        energy = round(max(tx.meter_stop_wh - tx.meter_start_wh, 0) / 1000, 6)
+    return {
+        "transactionId": tx.id,
+        "chargePointId": tx.charge_point_id,
+        "connectorId": tx.connector_id,
+        "userId": tx.user_id,
+        "startedAt": tx.started_at.isoformat(),
+        "stoppedAt": None if tx.stopped_at is None else tx.stopped_at.isoformat(),
+        "energyKWh": energy,
+        "cost": None if cost is None else cost["total"],
+        "currency": None if cost is None else cost["currency"],
+        "stopReason": tx.stop_reason,
+        "limitReached": record.get("limitReached"),
+    }
+
+
+CSV_COLUMNS = (
+    "transactionId",
+    "chargePointId",
+    "connectorId",
+    "userId",
+    "startedAt",
+    "stoppedAt",
+    "energyKWh",
+    "cost",
+    "currency",
+    "stopReason",
+    "limitReached",
+)
+
+
+def history_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The history rows as CSV text (RFC 4180, header first; empty cell for none)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else row[c] for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def cdr_of(receipt: dict[str, Any]) -> dict[str, Any]:
+    """The receipt in the shape of an OCPI 2.2.1 CDR object (the fields we know; party and
+    location ids are the charge point's, as this server has no OCPI roaming identity)."""
+    cost = receipt.get("cost") or {}
+    tariff = receipt.get("tariff")
+    hours_charging = Decimal(str(receipt["chargingSeconds"])) / 3600
+    hours_idle = Decimal(str(receipt["idleSeconds"])) / 3600
+    excl = cost.get("exclVat")
+    total = cost.get("total")
+    return {
+        "country_code": "ZZ",
+        "party_id": "CAP",
+        "id": str(receipt["transactionId"]),
+        "start_date_time": receipt["startedAt"],
+        "end_date_time": receipt["stoppedAt"],
+        "session_id": str(receipt["transactionId"]),
+        "cdr_token": {"uid": receipt["idTag"], "type": "RFID", "contract_id": receipt["idTag"]},
+        "auth_method": "COMMAND",
+        "cdr_location": {
+            "id": receipt["chargePointId"],
+            "evse_uid": f"{receipt['chargePointId']}-{receipt['connectorId']}",
+            "connector_id": str(receipt["connectorId"]),
+        },
+        "meter_id": receipt["chargePointId"],
+        "currency": cost.get("currency"),
+        "tariffs": [] if tariff is None else [tariff],
+        "charging_periods": [],
+        "total_cost": None
+        if excl is None
+        else {"excl_vat": float(excl), "incl_vat": float(str(total))},
+        "total_energy": receipt["energyKWh"],
+        "total_time": float(round(hours_charging + hours_idle, 6)),
+        "total_parking_time": float(round(hours_idle, 6)),
+        "last_updated": receipt["stoppedAt"],
+    }
+
+
+def _admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("Only admins may manage tariffs")
+
+
+def _not_found(transaction_id: int) -> TransactionNotFound:
+    return TransactionNotFound(
+        f"Transaction {transaction_id} not found", {"transactionId": transaction_id}
+    )
