@@ -233,6 +233,8 @@ class ChargingService:
         self._vendors = frozenset(v.casefold() for v in self.policy.data_transfer_vendors)
         self._start_rules: list[StartRule] = []
         self._timer_sources: list[TimerSource] = []
+        #: Live session figures (issue 13): fed on the meter hot path, set by the root.
+        self.sessions: SessionHooks | None = None
 
     def add_start_rule(self, rule: StartRule) -> None:
         self._start_rules.append(rule)
@@ -244,8 +246,6 @@ class ChargingService:
     def wake_timers(self) -> None:
         """A timer source has a new deadline: :meth:`run_timers` recomputes its sleep."""
         self._rearm.set()
-        #: Live session figures (issue 13): fed on the meter hot path, set by the root.
-        self.sessions: SessionHooks | None = None
 
     async def load(self) -> None:
         """Rebuild the live picture from storage (after a restart, a crash included).

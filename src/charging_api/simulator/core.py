@@ -114,6 +114,10 @@ class Connection(Protocol):
     async def close(self) -> None: ...
 
 
+#: Seconds a reboot waits for a StartTransaction's answer before it goes down regardless.
+REBOOT_START_WAIT = 10.0
+
+
 def now_iso(now: datetime | None = None) -> str:
     """``now`` (default: the current time) as every wire timestamp is written (:mod:`timefmt`)."""
     return format_utc(now) if now is not None else utc_now_text()
@@ -168,6 +172,8 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
         self.connectors: dict[int, SimConnector] = memory.connectors
         self.heartbeat_interval: float | None = None
         self.booted = asyncio.Event()
+        #: Notified whenever a StartTransaction's answer settles (``SimConnector.starting``).
+        self._starts_settled = asyncio.Condition()
         self.transaction_started = asyncio.Event()
         self.transaction_stopped = asyncio.Event()
         self.meter_values_sent = asyncio.Event()
@@ -472,6 +478,7 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
                 log.exception("%s connector %d: start failed", self.id, n)
                 connector.starting, connector.stopping = False, False
                 connector.stop_when_started = None
+                await self._start_settled()
                 connector.end(time.monotonic(), self._rng)
                 connector.status = connector.idle_status()  # reported on reconnect at worst
                 with contextlib.suppress(Exception):
@@ -481,6 +488,7 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
             connector.id_tag = id_tag
             connector.started_at = datetime.now(UTC)
             connector.starting = False
+            await self._start_settled()
             self.memory.remember(id_tag, started.id_tag_info)
             stop_asked, connector.stop_when_started = connector.stop_when_started, None
             log.info("%s connector %d transaction %d started", self.id, n, started.transaction_id)
@@ -739,9 +747,22 @@ class CoreChargePoint(ChargePoint):  # type: ignore[misc]  # ocpp is untyped
     def after_reset(self, call_unique_id: str, **_: Any) -> None:
         self._run_follow_up(call_unique_id)
 
+    async def _start_settled(self) -> None:
+        async with self._starts_settled:
+            self._starts_settled.notify_all()
+
     async def _reboot(self, reason: str) -> None:
-        """Stop every transaction with ``reason``, close the socket and ask to boot again."""
+        """Stop every transaction with ``reason``, close the socket and ask to boot again.
+
+        A StartTransaction still waiting for its answer is let finish first (bounded by
+        ``REBOOT_START_WAIT``): a charger does not forget a transaction it is starting, and
+        its StopTransaction needs the transactionId the answer brings."""
         self.rebooting = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REBOOT_START_WAIT), self._starts_settled:
+                await self._starts_settled.wait_for(
+                    lambda: not any(c.starting for c in self.connectors.values())
+                )
         for n, connector in self.connectors.items():
             if connector.transaction_id is not None:
                 connector.stopping = True
