@@ -358,7 +358,7 @@ async def test_reservations_create_list_cancel(
     rest: tuple[RunningServer, httpx.AsyncClient],
 ) -> None:
     """An admin reserves for a registered tag (ReserveNow sent), lists it, cancels it; an
-    unregistered tag is 422, a connector reserved for another tag 409, a gone one 404."""
+    unregistered tag is 404, a connector reserved for another tag 409, a gone one 404."""
     server, client = rest
     await client.post("/api/id-tags", json={"idTag": "TAG-R", "userId": "u1"})
     await client.post("/api/id-tags", json={"idTag": "TAG-OTHER"})
@@ -372,7 +372,7 @@ async def test_reservations_create_list_cancel(
         taken = await client.post("/api/reservations", json={**body, "idTag": "TAG-OTHER"})
         assert (taken.status_code, taken.json()["error"]["code"]) == (409, "CONNECTOR_RESERVED")
         unknown = await client.post("/api/reservations", json={**body, "idTag": "NOPE"})
-        assert (unknown.status_code, unknown.json()["error"]["code"]) == (422, "NO_ID_TAG")
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "NO_ID_TAG")
         listed = await client.get("/api/reservations", params={"chargePointId": "CP-RES"})
         assert [r["reservationId"] for r in listed.json()] == [reservation["reservationId"]]
         other = await client.get("/api/reservations", params={"chargePointId": "CP-ELSE"})
@@ -444,7 +444,7 @@ async def test_tariffs_put_get_assign_delete(
     assert zone.status_code == 422
     assert (await client.get("/api/tariffs/std")).json()["currency"] == "EUR"
     assigned = await client.put(
-        "/api/tariff-assignments", json={"scope": "chargePoint", "id": "CP-1", "tariffId": "std"}
+        "/api/tariff-assignments", json={"scope": "chargePoint:CP-1", "tariffId": "std"}
     )
     assert assigned.status_code == 200, assigned.text
     assert assigned.json()["assignments"] == {"chargePoint:CP-1": "std"}
@@ -452,10 +452,10 @@ async def test_tariffs_put_get_assign_delete(
         "/api/tariff-assignments", json={"scope": "default", "tariffId": "std"}
     )
     assert default.json()["assignments"] == {"chargePoint:CP-1": "std", "default": "std"}
-    no_id = await client.put("/api/tariff-assignments", json={"scope": "user", "tariffId": "std"})
+    no_id = await client.put("/api/tariff-assignments", json={"scope": "user:", "tariffId": "std"})
     assert no_id.status_code == 422
     ghost = await client.put("/api/tariff-assignments", json={"scope": "default", "tariffId": "x"})
-    assert ghost.status_code == 422
+    assert (ghost.status_code, ghost.json()["error"]["code"]) == (404, "TARIFF_NOT_FOUND")
     unassigned = await client.put("/api/tariff-assignments", json={"scope": "default"})
     assert unassigned.json()["assignments"] == {"chargePoint:CP-1": "std"}
     assert [t["id"] for t in (await client.get("/api/tariffs")).json()["tariffs"]] == ["std"]

@@ -17,8 +17,10 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from importlib.resources import files
 from typing import Annotated, Any, Literal, Protocol, TypeVar, cast
+from zoneinfo import available_timezones
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, patch, post, put, route
 from litestar.config.cors import CORSConfig
@@ -106,7 +108,7 @@ STATUS: dict[type[ChargingApiError], int] = {
     ConnectorUnavailable: 409,
     ConnectorReserved: 409,
     ReservationNotFound: 404,
-    NoIdTag: 422,
+    NoIdTag: 404,
 }
 
 #: The action route's names: kebab-case of the OCPP 1.6 operation names (``reset``,
@@ -371,18 +373,33 @@ class ChargingProfileOut(_Model):
 #: Amounts: decimal numbers as strings (exact), as the tariff's stored form writes them.
 DECIMAL = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
-_Decimal = Annotated[StrictStr, Field(pattern=DECIMAL)]
+PERCENT = r"^(100(\.0{1,6})?|[0-9]{1,2}(\.[0-9]{1,6})?)$"
+
+
+def _matching(regex: str, **kwargs: Any) -> Any:
+    """A string field matching ``regex``, the pattern also in the OpenAPI schema (Litestar's
+    schema keeps a pydantic ``pattern`` only from ``StringConstraints``, and not on a
+    nullable field)."""
+    return Field(pattern=regex, json_schema_extra={"pattern": regex}, **kwargs)
+
+
+#: The IANA zones this machine knows (an enum, so the schema admits only zones that work).
+TimeZoneName = StrEnum(  # type: ignore[misc]
+    "TimeZoneName", {zone: zone for zone in sorted(available_timezones())}
+)
 Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
 
 
 class PriceComponentModel(_Model):
     type: Literal["ENERGY", "TIME", "PARKING_TIME", "FLAT"]
-    price: _Decimal = Field(description="Before VAT: per kWh, per hour, or once (FLAT)")
+    price: StrictStr = _matching(
+        DECIMAL, description="Before VAT: per kWh, per hour, or once (FLAT)"
+    )
 
 
 class RestrictionsModel(_Model):
-    startTime: StrictStr | None = Field(default=None, pattern=HOUR_MINUTE)
-    endTime: StrictStr | None = Field(default=None, pattern=HOUR_MINUTE)
+    startTime: StrictStr | None = _matching(HOUR_MINUTE, default=None)
+    endTime: StrictStr | None = _matching(HOUR_MINUTE, default=None)
     daysOfWeek: list[Weekday] | None = None
 
 
@@ -395,12 +412,12 @@ class TariffIn(_Model):
     """A tariff (docs/sessions.md): for each component type the first element whose
     restrictions hold applies."""
 
-    currency: StrictStr = Field(pattern=r"^[A-Za-z]{3}$", description="ISO 4217, e.g. EUR")
-    vatPercent: _Decimal = "0"
-    timezone: StrictStr = Field(default="UTC", min_length=1, max_length=64)
+    currency: StrictStr = _matching(r"^[A-Za-z]{3}$", description="ISO 4217, e.g. EUR")
+    vatPercent: StrictStr = _matching(PERCENT, default="0")
+    timezone: TimeZoneName = Field(default=TimeZoneName("UTC"), description="IANA time zone")
     elements: list[TariffElementModel] = Field(min_length=1, max_length=50)
-    minPrice: StrictStr | None = Field(default=None, pattern=DECIMAL)
-    maxPrice: StrictStr | None = Field(default=None, pattern=DECIMAL)
+    minPrice: StrictStr | None = _matching(DECIMAL, default=None)
+    maxPrice: StrictStr | None = _matching(DECIMAL, default=None)
 
 
 class TariffOut(TariffIn):
@@ -417,8 +434,10 @@ class TariffsOut(_Model):
 class TariffAssignmentIn(_Model):
     """Which tariff new sessions get: the user's, else the charge point's, else the default."""
 
-    scope: Literal["default", "chargePoint", "user"]
-    id: _Id | None = Field(default=None, description="The charge point or user (not for default)")
+    scope: StrictStr = _matching(
+        r"^(default|(chargePoint|user):.{1,128})$",
+        description="default, chargePoint:<chargePointId> or user:<userId>",
+    )
     tariffId: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, description="null: unassign"
     )
@@ -426,9 +445,9 @@ class TariffAssignmentIn(_Model):
 
 class WebhookIn(_Model):
     id: StrictStr = Field(min_length=1, max_length=64)
-    url: StrictStr = Field(pattern=r"^https?://", max_length=2000)
+    url: StrictStr = _matching(r"^https?://", max_length=2000)
     secret: StrictStr = Field(min_length=16, max_length=256, description="Signs every delivery")
-    events: list[Annotated[StrictStr, Field(min_length=1, max_length=64)]] = Field(
+    events: list[StrictStr] = Field(
         default_factory=lambda: ["*"], max_length=50, description="Event kinds, or *"
     )
 
@@ -572,6 +591,9 @@ class RestDependencies:
 
 
 _S = TypeVar("_S")
+
+#: Tariff ids have 1 to 64 characters (the core's rule).
+TariffIdPath = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 #: OCPP transaction ids are 32-bit JSON integers (as on /ws): anything else is a 422, never a
 #: database overflow (the schemathesis run found a 500 for a huge id).
@@ -1106,7 +1128,7 @@ def build_rest_app(
         return await tariff_list(principal)
 
     @get("/api/tariffs/{tariff_id:str}", summary="One tariff", responses=_errors(404))
-    async def get_tariff(principal: Admin, tariff_id: FromPath[str]) -> TariffOut:
+    async def get_tariff(principal: Admin, tariff_id: TariffIdPath) -> TariffOut:
         return await known_tariff(principal, tariff_id)
 
     @put(
@@ -1116,14 +1138,14 @@ def build_rest_app(
         responses=_errors(),
     )
     async def put_tariff(
-        principal: Admin, tariff_id: FromPath[str], data: JSONBody[TariffIn]
+        principal: Admin, tariff_id: TariffIdPath, data: JSONBody[TariffIn]
     ) -> TariffOut:
-        body = {**data.model_dump(exclude_none=True), "id": tariff_id}
+        body = {**data.model_dump(mode="json", exclude_none=True), "id": tariff_id}
         tariff = await sessions().put_tariff(principal, body)
         return TariffOut(**tariff.to_json())
 
     @delete("/api/tariffs/{tariff_id:str}", summary="Forget a tariff", responses=_errors(404))
-    async def delete_tariff(principal: Admin, tariff_id: FromPath[str]) -> None:
+    async def delete_tariff(principal: Admin, tariff_id: TariffIdPath) -> None:
         await known_tariff(principal, tariff_id)
         await sessions().delete_tariff(principal, tariff_id)
 
@@ -1131,16 +1153,12 @@ def build_rest_app(
         "/api/tariff-assignments",
         status_code=200,
         summary="Assign a tariff to a charge point, a user or the default (tariffId null: unassign)",
-        responses=_errors(),
+        responses=_errors(404),
     )
     async def assign_tariff(principal: Admin, data: JSONBody[TariffAssignmentIn]) -> TariffsOut:
-        if data.scope == "default":
-            scope = "default"
-        elif data.id is None:
-            raise ValidationFailed(f"scope {data.scope} needs an id", {"field": "id"})
-        else:
-            scope = f"{data.scope}:{data.id}"
-        await sessions().assign_tariff(principal, scope, data.tariffId)
+        if data.tariffId is not None:
+            await known_tariff(principal, data.tariffId)
+        await sessions().assign_tariff(principal, data.scope, data.tariffId)
         return await tariff_list(principal)
 
     # -------------------------------------------------------------- webhooks
