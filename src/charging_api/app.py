@@ -201,6 +201,10 @@ class Application:
                 asyncapi=asyncapi_document(__version__),
                 plain_routes=self.routes,
                 operator=self.operator,
+                reservations=self.reservations,
+                profiles=self.profiles,
+                sessions=self.sessions,
+                webhooks=self.webhooks,
             ),
         )
         self.http_server = HttpServer(self.rest)

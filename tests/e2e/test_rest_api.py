@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, get_args
@@ -18,6 +20,8 @@ from websockets.typing import Subprotocol
 
 from charging_api.http.rest import ACTIONS, ActionName
 from tests.conftest import RunningServer, app_client, make_settings, running_server
+from tests.e2e.test_webhooks import SECRET as WEBHOOK_SECRET
+from tests.e2e.test_webhooks import receiver
 from tests.peers.py_charge_point import LibraryChargePoint, connected_charge_point
 from tests.security.certs import make_self_signed
 
@@ -309,3 +313,234 @@ async def test_rest_and_wss_share_the_tls_port(tmp_path: Path) -> None:
         async with websockets.connect(url, ssl=certs.client_context()) as ws:
             await ws.send('{"id": 1, "type": "heartbeat"}')
             assert '"heartbeat"' in await asyncio.wait_for(ws.recv(), 5)
+
+
+class ReservingChargePoint(LibraryChargePoint):
+    """Accepts ReserveNow, CancelReservation and SetChargingProfile (records what it got)."""
+
+    def __init__(self, cp_id: str, ws: Any) -> None:
+        super().__init__(cp_id, ws)
+        self.got: list[tuple[str, dict[str, Any]]] = []
+
+    @on(Action.reserve_now)  # type: ignore[untyped-decorator]
+    async def on_reserve_now(self, **kw: Any) -> Any:
+        self.got.append(("ReserveNow", kw))
+        return call_result.ReserveNow(status="Accepted")
+
+    @on(Action.cancel_reservation)  # type: ignore[untyped-decorator]
+    async def on_cancel_reservation(self, **kw: Any) -> Any:
+        self.got.append(("CancelReservation", kw))
+        return call_result.CancelReservation(status="Accepted")
+
+    @on(Action.set_charging_profile)  # type: ignore[untyped-decorator]
+    async def on_set_charging_profile(self, **kw: Any) -> Any:
+        self.got.append(("SetChargingProfile", kw))
+        return call_result.SetChargingProfile(status="Accepted")
+
+
+@contextlib.asynccontextmanager
+async def reserving(ocpp_url: str, cp_id: str) -> AsyncIterator[ReservingChargePoint]:
+    async with websockets.connect(
+        f"{ocpp_url}/{cp_id}", subprotocols=[Subprotocol("ocpp1.6")]
+    ) as ws:
+        cp = ReservingChargePoint(cp_id, ws)
+        reader = asyncio.create_task(cp.start())
+        try:
+            await cp.boot()
+            yield cp
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await reader
+
+
+async def test_reservations_create_list_cancel(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """An admin reserves for a registered tag (ReserveNow sent), lists it, cancels it; an
+    unregistered tag is 404, a connector reserved for another tag 409, a gone one 404."""
+    server, client = rest
+    await client.post("/api/id-tags", json={"idTag": "TAG-R", "userId": "u1"})
+    await client.post("/api/id-tags", json={"idTag": "TAG-OTHER"})
+    async with reserving(server.ocpp_url, "CP-RES") as cp:
+        body = {"chargePointId": "CP-RES", "connectorId": 1, "idTag": "TAG-R", "expiryMinutes": 5}
+        made = await client.post("/api/reservations", json=body)
+        assert made.status_code == 201, made.text
+        reservation = made.json()
+        assert (reservation["idTag"], reservation["userId"]) == ("TAG-R", "u1")
+        assert [name for name, _ in cp.got] == ["ReserveNow"]
+        taken = await client.post("/api/reservations", json={**body, "idTag": "TAG-OTHER"})
+        assert (taken.status_code, taken.json()["error"]["code"]) == (409, "CONNECTOR_RESERVED")
+        unknown = await client.post("/api/reservations", json={**body, "idTag": "NOPE"})
+        assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "NO_ID_TAG")
+        listed = await client.get("/api/reservations", params={"chargePointId": "CP-RES"})
+        assert [r["reservationId"] for r in listed.json()] == [reservation["reservationId"]]
+        other = await client.get("/api/reservations", params={"chargePointId": "CP-ELSE"})
+        assert other.json() == []
+        url = f"/api/reservations/{reservation['reservationId']}"
+        cancelled = await client.delete(url)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["chargePointStatus"] == "Accepted"
+        assert cancelled.json()["reservation"]["status"] == "Cancelled"
+        assert cp.got[-1][0] == "CancelReservation"
+        assert (await client.get("/api/reservations")).json() == []
+        assert (await client.delete(url)).status_code == 404
+    missing = await client.post("/api/reservations", json={**body, "chargePointId": "NOPE"})
+    assert missing.status_code == 404
+
+
+async def test_charging_profiles_the_server_set_are_listed(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A profile the charge point accepted through the action route is listed, per charge point."""
+    server, client = rest
+    profile = {
+        "chargingProfileId": 7,
+        "stackLevel": 1,
+        "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute",
+        "chargingSchedule": {
+            "chargingRateUnit": "A",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}],
+        },
+    }
+    async with reserving(server.ocpp_url, "CP-PROF"):
+        sent = await client.post(
+            "/api/charge-points/CP-PROF/set-charging-profile",
+            json={"connectorId": 1, "csChargingProfiles": profile},
+        )
+        assert sent.json() == {"status": "Accepted"}, sent.text
+    listed = (
+        await client.get("/api/charging-profiles", params={"chargePointId": "CP-PROF"})
+    ).json()
+    assert [(p["chargingProfileId"], p["purpose"], p["setBy"]) for p in listed] == [
+        (7, "TxDefaultProfile", "api-key")
+    ]
+    assert listed[0]["profile"]["chargingSchedule"]["chargingRateUnit"] == "A"
+    none = await client.get("/api/charging-profiles", params={"chargePointId": "CP-X"})
+    assert none.json() == []
+
+
+TARIFF_BODY: dict[str, Any] = {
+    "currency": "EUR",
+    "vatPercent": "20",
+    "elements": [{"priceComponents": [{"type": "ENERGY", "price": "0.50"}]}],
+}
+
+
+async def test_tariffs_put_get_assign_delete(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """Tariffs are stored under their path id, listed, assigned by scope, and deleted; bad ones
+    are 422 and change nothing; unknown ones 404."""
+    _, client = rest
+    made = await client.put("/api/tariffs/std", json=TARIFF_BODY)
+    assert made.status_code == 200, made.text
+    assert made.json()["id"] == "std"
+    assert made.json()["elements"][0]["priceComponents"] == [{"type": "ENERGY", "price": "0.50"}]
+    bad = await client.put("/api/tariffs/std", json={**TARIFF_BODY, "currency": "EURO"})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (422, "VALIDATION_ERROR")
+    zone = await client.put("/api/tariffs/std", json={**TARIFF_BODY, "timezone": "Mars/Base"})
+    assert zone.status_code == 422
+    assert (await client.get("/api/tariffs/std")).json()["currency"] == "EUR"
+    assigned = await client.put(
+        "/api/tariff-assignments", json={"scope": "chargePoint:CP-1", "tariffId": "std"}
+    )
+    assert assigned.status_code == 200, assigned.text
+    assert assigned.json()["assignments"] == {"chargePoint:CP-1": "std"}
+    default = await client.put(
+        "/api/tariff-assignments", json={"scope": "default", "tariffId": "std"}
+    )
+    assert default.json()["assignments"] == {"chargePoint:CP-1": "std", "default": "std"}
+    no_id = await client.put("/api/tariff-assignments", json={"scope": "user:", "tariffId": "std"})
+    assert no_id.status_code == 422
+    ghost = await client.put("/api/tariff-assignments", json={"scope": "default", "tariffId": "x"})
+    assert (ghost.status_code, ghost.json()["error"]["code"]) == (404, "TARIFF_NOT_FOUND")
+    unassigned = await client.put("/api/tariff-assignments", json={"scope": "default"})
+    assert unassigned.json()["assignments"] == {"chargePoint:CP-1": "std"}
+    assert [t["id"] for t in (await client.get("/api/tariffs")).json()["tariffs"]] == ["std"]
+    assert (await client.delete("/api/tariffs/std")).status_code == 204
+    assert (await client.get("/api/tariffs/std")).status_code == 404
+    assert (await client.delete("/api/tariffs/std")).status_code == 404
+
+
+async def test_webhooks_register_log_redeliver(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """An endpoint registered over REST receives a session event; the delivery log shows it;
+    redelivery sends the same event again; deletion forgets the endpoint."""
+    server, client = rest
+    async with receiver() as (got, url):
+        short = await client.post("/api/webhooks", json={"id": "x", "url": url, "secret": "s"})
+        assert short.status_code == 422
+        made = await client.post(
+            "/api/webhooks", json={"id": "ops", "url": url, "secret": WEBHOOK_SECRET}
+        )
+        assert made.status_code == 201, made.text
+        assert made.json() == {"id": "ops", "url": url, "events": ["*"]}  # no secret
+        assert (await client.get("/api/webhooks")).json() == [made.json()]
+        await client.post("/api/id-tags", json={"idTag": "TAG-W", "userId": "u1"})
+        async with connected_charge_point(server.ocpp_url, "CP-W") as cp:
+            await cp.start_tx(1, "TAG-W", 0)
+            await got.wait_for(1)
+        first = got.events[0]
+        log = (await client.get("/api/webhooks/deliveries")).json()
+        assert [(d["eventId"], d["delivered"], d["status"]) for d in log][-1:] == [
+            (first["id"], True, 200)
+        ]
+        again = await client.post(f"/api/webhooks/events/{first['id']}/redeliver")
+        assert again.status_code == 202, again.text
+
+        def sent_twice() -> bool:
+            return [e["id"] for e in got.events].count(first["id"]) == 2
+
+        async with asyncio.timeout(10), got.arrived:
+            await got.arrived.wait_for(sent_twice)
+        nope = await client.post("/api/webhooks/events/evt-nope/redeliver")
+        assert nope.status_code == 404
+    assert (await client.delete("/api/webhooks/ops")).status_code == 204
+    assert (await client.get("/api/webhooks")).json() == []
+    assert (await client.delete("/api/webhooks/ops")).status_code == 404
+
+
+async def test_receipt_and_session_history_with_csv(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """A finished session's receipt (with the default tariff's cost) and CDR; the history of
+    everyone, filtered and paged, as JSON and as text/csv; a running session has no receipt."""
+    server, client = rest
+    await client.put("/api/tariffs/std", json=TARIFF_BODY)
+    await client.put("/api/tariff-assignments", json={"scope": "default", "tariffId": "std"})
+    await client.post("/api/id-tags", json={"idTag": "TAG-H1", "userId": "u1"})
+    await client.post("/api/id-tags", json={"idTag": "TAG-H2", "userId": "u2"})
+    async with connected_charge_point(server.ocpp_url, "CP-H") as cp:
+        first = (await cp.start_tx(1, "TAG-H1", 0)).transaction_id
+        await cp.stop_tx(first, 2000)
+        second = (await cp.start_tx(2, "TAG-H2", 0)).transaction_id
+        running = await client.get(f"/api/transactions/{second}/receipt")
+        assert (running.status_code, running.json()["error"]["code"]) == (
+            409,
+            "TRANSACTION_NOT_ACTIVE",
+        )
+    await server.app.sessions.drain()
+    receipt = await client.get(f"/api/transactions/{first}/receipt")
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["receipt"]["energyKWh"] == 2.0
+    assert receipt.json()["receipt"]["cost"]["total"] == "1.20"  # 2 kWh * 0.50 + 20 % VAT
+    assert receipt.json()["cdr"]["total_cost"] == {"excl_vat": 1.0, "incl_vat": 1.2}
+    assert (await client.get("/api/transactions/999999/receipt")).status_code == 404
+    everyone = (await client.get("/api/sessions")).json()
+    assert [s["transactionId"] for s in everyone["sessions"]] == [second, first]
+    assert everyone["total"] == 2
+    mine = (await client.get("/api/sessions", params={"userId": "u1"})).json()
+    assert [(s["transactionId"], s["cost"]) for s in mine["sessions"]] == [(first, "1.20")]
+    paged = (await client.get("/api/sessions", params={"limit": 1, "offset": 1})).json()
+    assert [s["transactionId"] for s in paged["sessions"]] == [first]
+    text = await client.get("/api/sessions", params={"format": "csv", "userId": "u1"})
+    assert text.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text.text)))
+    assert [(r["transactionId"], r["energyKWh"], r["cost"]) for r in rows] == [
+        (str(first), "2.0", "1.20")
+    ]
+    naive = await client.get("/api/sessions", params={"from": "2026-01-01T00:00:00"})
+    assert naive.status_code == 422

@@ -18,10 +18,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
+from schemathesis.checks import positive_data_acceptance
 
 from tests.conftest import make_settings, running_server
 
 KEY = "stats-key-0123456789abcdef"
+
+#: Checks left out for one operation, each for a rule JSON Schema cannot state: a tariff's
+#: minPrice above its maxPrice is a 422 for a body the schema alone admits.
+EXCLUDED: dict[str, list[Any]] = {"PUT /api/tariffs/{tariff_id}": [positive_data_acceptance]}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +74,12 @@ def test_every_route_answers_as_documented(served: str) -> None:
             suppress_health_check=list(HealthCheck),
         )
         def answers_as_documented(case: Case[Any]) -> None:
-            case.call_and_validate(headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {KEY}"},
+                timeout=10,
+                excluded_checks=EXCLUDED.get(case.operation.label, []),
+            )
 
         answers_as_documented()
         tested.append(operation.label)
-    assert len(tested) >= 14, tested
+    assert len(tested) >= 30, tested

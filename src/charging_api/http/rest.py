@@ -17,8 +17,10 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from importlib.resources import files
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, TypeVar, cast
+from zoneinfo import available_timezones
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, patch, post, put, route
 from litestar.config.cors import CORSConfig
@@ -26,7 +28,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Schema, SecurityScheme
+from litestar.openapi.spec import OpenAPIResponse as SpecResponse
+from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -41,12 +45,18 @@ from charging_api.domain.models import (
     IdTagStatus,
     OperationRecord,
     Principal,
+    Reservation,
     Role,
+    StoredChargingProfile,
     Transaction,
     TransactionQuery,
 )
 from charging_api.domain.operations import OPERATIONS
 from charging_api.domain.ports import Store
+from charging_api.domain.profiles import ChargingProfiles
+from charging_api.domain.reservations import ReservationBook
+from charging_api.domain.sessions import SessionService, history_csv
+from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import (
     AuthenticationFailed,
     ChargePointBusy,
@@ -58,10 +68,13 @@ from charging_api.errors import (
     ChargingApiError,
     ConnectorBusy,
     ConnectorNotFound,
+    ConnectorReserved,
     ConnectorUnavailable,
     Forbidden,
     InvalidPayload,
+    NoIdTag,
     NotAuthenticated,
+    ReservationNotFound,
     TransactionNotActive,
     TransactionNotFound,
     TransactionRunning,
@@ -93,6 +106,9 @@ STATUS: dict[type[ChargingApiError], int] = {
     UnknownOperation: 404,
     TransactionRunning: 409,
     ConnectorUnavailable: 409,
+    ConnectorReserved: 409,
+    ReservationNotFound: 404,
+    NoIdTag: 404,
 }
 
 #: The action route's names: kebab-case of the OCPP 1.6 operation names (``reset``,
@@ -144,8 +160,23 @@ class IdTagNotFound(ChargingApiError):
     code = "ID_TAG_NOT_FOUND"
 
 
+class TariffNotFound(ChargingApiError):
+    code = "TARIFF_NOT_FOUND"
+
+
+class WebhookNotFound(ChargingApiError):
+    code = "WEBHOOK_NOT_FOUND"
+
+
+class WebhookEventNotFound(ChargingApiError):
+    code = "WEBHOOK_EVENT_NOT_FOUND"
+
+
 STATUS[IdTagNotFound] = 404
 STATUS[IdTagConflict] = 409
+STATUS[TariffNotFound] = 404
+STATUS[WebhookNotFound] = 404
+STATUS[WebhookEventNotFound] = 404
 
 
 # ------------------------------------------------------------------------------ wire models
@@ -298,6 +329,195 @@ class Failure(_Model):
     error: ErrorBody
 
 
+class ReservationOut(_Model):
+    reservationId: int
+    chargePointId: str
+    connectorId: int
+    idTag: str
+    userId: str | None
+    status: str
+    expiryDate: str
+    transactionId: int | None = None
+
+
+class ReservationIn(_Model):
+    """An admin reserves a connector for any registered, Accepted id tag."""
+
+    chargePointId: _Id
+    connectorId: StrictInt = Field(ge=1, le=255)
+    idTag: _Tag
+    expiryMinutes: StrictInt | None = Field(
+        default=None, ge=1, le=7 * 24 * 60, description="Capped at the server's maximum"
+    )
+
+
+class CancelledReservation(_Model):
+    reservation: ReservationOut
+    chargePointStatus: str = Field(
+        description="The CancelReservation answer, or why the charge point was not asked"
+    )
+
+
+class ChargingProfileOut(_Model):
+    chargePointId: str
+    connectorId: int
+    chargingProfileId: int
+    purpose: str
+    stackLevel: int
+    transactionId: int | None
+    setAt: str
+    setBy: str
+    profile: dict[str, Any] = Field(description="csChargingProfiles as sent")
+
+
+#: Amounts: decimal numbers as strings (exact), as the tariff's stored form writes them.
+DECIMAL = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
+HOUR_MINUTE = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+PERCENT = r"^(100(\.0{1,6})?|[0-9]{1,2}(\.[0-9]{1,6})?)$"
+
+
+def _matching(regex: str, **kwargs: Any) -> Any:
+    """A string field matching ``regex``, the pattern also in the OpenAPI schema (Litestar's
+    schema keeps a pydantic ``pattern`` only from ``StringConstraints``, and not on a
+    nullable field)."""
+    return Field(pattern=regex, json_schema_extra={"pattern": regex}, **kwargs)
+
+
+#: The IANA zones this machine knows (an enum, so the schema admits only zones that work).
+TimeZoneName = StrEnum(  # type: ignore[misc]
+    "TimeZoneName", {zone: zone for zone in sorted(available_timezones())}
+)
+Weekday = Literal["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"]
+
+
+class PriceComponentModel(_Model):
+    type: Literal["ENERGY", "TIME", "PARKING_TIME", "FLAT"]
+    price: StrictStr = _matching(
+        DECIMAL, description="Before VAT: per kWh, per hour, or once (FLAT)"
+    )
+
+
+class RestrictionsModel(_Model):
+    startTime: StrictStr | None = _matching(HOUR_MINUTE, default=None)
+    endTime: StrictStr | None = _matching(HOUR_MINUTE, default=None)
+    daysOfWeek: list[Weekday] | None = None
+
+
+class TariffElementModel(_Model):
+    priceComponents: list[PriceComponentModel] = Field(min_length=1, max_length=4)
+    restrictions: RestrictionsModel | None = None
+
+
+class TariffIn(_Model):
+    """A tariff (docs/sessions.md): for each component type the first element whose
+    restrictions hold applies."""
+
+    currency: StrictStr = _matching(r"^[A-Za-z]{3}$", description="ISO 4217, e.g. EUR")
+    vatPercent: StrictStr = _matching(PERCENT, default="0")
+    timezone: TimeZoneName = Field(default=TimeZoneName("UTC"), description="IANA time zone")
+    elements: list[TariffElementModel] = Field(min_length=1, max_length=50)
+    minPrice: StrictStr | None = _matching(DECIMAL, default=None)
+    maxPrice: StrictStr | None = _matching(DECIMAL, default=None)
+
+
+class TariffOut(TariffIn):
+    id: str
+
+
+class TariffsOut(_Model):
+    tariffs: list[TariffOut]
+    assignments: dict[str, str] = Field(
+        description="scope (default, chargePoint:<id>, user:<id>) -> tariff id"
+    )
+
+
+class TariffAssignmentIn(_Model):
+    """Which tariff new sessions get: the user's, else the charge point's, else the default."""
+
+    scope: StrictStr = _matching(
+        r"^(default|(chargePoint|user):.{1,128})$",
+        description="default, chargePoint:<chargePointId> or user:<userId>",
+    )
+    tariffId: StrictStr | None = Field(
+        default=None, min_length=1, max_length=64, description="null: unassign"
+    )
+
+
+class WebhookIn(_Model):
+    id: StrictStr = Field(min_length=1, max_length=64)
+    url: StrictStr = _matching(r"^https?://", max_length=2000)
+    secret: StrictStr = Field(min_length=16, max_length=256, description="Signs every delivery")
+    events: list[StrictStr] = Field(
+        default_factory=lambda: ["*"], max_length=50, description="Event kinds, or *"
+    )
+
+
+class WebhookOut(_Model):
+    id: str
+    url: str
+    events: list[str]
+
+
+class WebhookDeliveryOut(_Model):
+    eventId: str
+    endpoint: str
+    sessionKey: str
+    attempt: int
+    status: int | None = Field(description="The endpoint's HTTP status (null: not reached)")
+    error: str | None
+    delivered: bool
+    at: str
+    body: str
+
+
+class Redelivery(_Model):
+    eventId: str
+    queued: bool
+
+
+class ReceiptOut(_Model):
+    receipt: dict[str, Any] = Field(description="The session's receipt (docs/sessions.md)")
+    cdr: dict[str, Any] = Field(description="The same as an OCPI 2.2.1 CDR object")
+
+
+class SessionRow(_Model):
+    transactionId: int
+    chargePointId: str
+    connectorId: int
+    userId: str | None
+    startedAt: str
+    stoppedAt: str | None
+    energyKWh: float | None
+    cost: str | None
+    currency: str | None
+    stopReason: str | None
+    limitReached: str | None
+
+
+class MonthOut(_Model):
+    month: str
+    sessions: int
+    energyKWh: float
+    cost: dict[str, str] = Field(description="currency -> total")
+
+
+class SessionHistory(_Model):
+    total: int
+    offset: int
+    sessions: list[SessionRow]
+    months: list[MonthOut]
+
+
+@dataclass
+class CsvOrJson(Operation):
+    """The history route's operation: its 200 is JSON, or CSV with ``format=csv``."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, SpecResponse) and ok.content is not None:
+            ok.content["text/csv"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+
+
 # ------------------------------------------------------------------------------ wiring
 
 
@@ -362,8 +582,18 @@ class RestDependencies:
     #: ``/health`` and ``/api/stats`` (:class:`~charging_api.http.routes.HttpRoutes`): also
     #: served here, for the later requests of a keep-alive connection the REST API owns.
     operator: RunsOperations | None = None
+    #: Operator state and sessions (issues 11 and 13); a route whose service is None is a 404.
+    reservations: ReservationBook | None = None
+    profiles: ChargingProfiles | None = None
+    sessions: SessionService | None = None
+    webhooks: WebhookService | None = None
     plain_routes: Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None]] | None = None
 
+
+_S = TypeVar("_S")
+
+#: Tariff ids have 1 to 64 characters (the core's rule).
+TariffIdPath = Annotated[str, PathParameter(min_length=1, max_length=64)]
 
 #: OCPP transaction ids are 32-bit JSON integers (as on /ws): anything else is a 422, never a
 #: database overflow (the schemathesis run found a 500 for a huge id).
@@ -409,6 +639,39 @@ def _transaction_fields(tx: Transaction) -> dict[str, Any]:
         "appStopReason": tx.app_stop_reason,
         "closedBy": tx.closed_by.value if tx.closed_by is not None else None,
     }
+
+
+def _reservation(r: Reservation) -> ReservationOut:
+    return ReservationOut(
+        reservationId=r.id,
+        chargePointId=r.charge_point_id,
+        connectorId=r.connector_id,
+        idTag=r.id_tag,
+        userId=r.user_id,
+        status=r.status.value,
+        expiryDate=format_utc(r.expiry),
+        transactionId=r.transaction_id,
+    )
+
+
+def _profile(p: StoredChargingProfile) -> ChargingProfileOut:
+    return ChargingProfileOut(
+        chargePointId=p.charge_point_id,
+        connectorId=p.connector_id,
+        chargingProfileId=p.profile_id,
+        purpose=p.purpose,
+        stackLevel=p.stack_level,
+        transactionId=p.transaction_id,
+        setAt=format_utc(p.set_at),
+        setBy=p.set_by,
+        profile=dict(p.profile),
+    )
+
+
+def _need(service: _S | None, what: str) -> _S:
+    if service is None:
+        raise UnknownOperation(f"{what} are not available on this server")
+    return service
 
 
 def _failure(
@@ -779,6 +1042,227 @@ def build_rest_app(
             for r in records
         ]
 
+    # -------------------------------------------------------------- reservations, profiles
+
+    @get(
+        "/api/reservations",
+        summary="Active reservations (the server's book), oldest first",
+        responses=_errors(),
+    )
+    async def list_reservations(
+        principal: Admin,
+        charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
+    ) -> list[ReservationOut]:
+        book = deps.reservations
+        held = [] if book is None else book.active(principal)
+        return [
+            _reservation(r)
+            for r in held
+            if charge_point_id is None or r.charge_point_id == charge_point_id
+        ]
+
+    @post(
+        "/api/reservations",
+        summary="Reserve a connector for a registered id tag (ReserveNow)",
+        description=(
+            "201 with the active reservation; 404 unknown charge point, 409 offline, reserved "
+            "for another tag (CONNECTOR_RESERVED) or refused by the charge point "
+            "(CHARGE_POINT_REJECTED, details.status), 422 unregistered tag (NO_ID_TAG)."
+        ),
+        responses=_errors(404, 409, 502, 504),
+    )
+    async def create_reservation(principal: Admin, data: JSONBody[ReservationIn]) -> ReservationOut:
+        book = _need(deps.reservations, "Reservations")
+        await known_charge_point(data.chargePointId)
+        made = await book.reserve(
+            principal, data.chargePointId, data.connectorId, data.idTag, data.expiryMinutes
+        )
+        return _reservation(made)
+
+    @delete(
+        "/api/reservations/{reservation_id:int}",
+        status_code=200,
+        summary="Cancel a reservation (CancelReservation; the server stops honouring it anyway)",
+        responses=_errors(404),
+    )
+    async def cancel_reservation(
+        principal: Admin, reservation_id: TransactionIdPath
+    ) -> CancelledReservation:
+        book = _need(deps.reservations, "Reservations")
+        ended, cp_status = await book.cancel(principal, reservation_id)
+        return CancelledReservation(reservation=_reservation(ended), chargePointStatus=cp_status)
+
+    @get(
+        "/api/charging-profiles",
+        summary="Charging profiles the server set and the charge points accepted",
+        responses=_errors(),
+    )
+    async def list_charging_profiles(
+        principal: Admin,
+        charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
+    ) -> list[ChargingProfileOut]:
+        if deps.profiles is None:
+            return []
+        return [_profile(p) for p in await deps.profiles.profiles(principal, charge_point_id)]
+
+    # -------------------------------------------------------------- tariffs
+
+    def sessions() -> SessionService:
+        return _need(deps.sessions, "Tariffs and sessions")
+
+    async def tariff_list(principal: Principal) -> TariffsOut:
+        found = await sessions().tariffs(principal)
+        return TariffsOut(
+            tariffs=[TariffOut(**t) for t in found["tariffs"]],
+            assignments=found["assignments"],
+        )
+
+    async def known_tariff(principal: Principal, tariff_id: str) -> TariffOut:
+        for tariff in (await tariff_list(principal)).tariffs:
+            if tariff.id == tariff_id:
+                return tariff
+        raise TariffNotFound(f"Tariff {tariff_id} not found", {"tariffId": tariff_id})
+
+    @get("/api/tariffs", summary="Every tariff and the assignments", responses=_errors())
+    async def list_tariffs(principal: Admin) -> TariffsOut:
+        return await tariff_list(principal)
+
+    @get("/api/tariffs/{tariff_id:str}", summary="One tariff", responses=_errors(404))
+    async def get_tariff(principal: Admin, tariff_id: TariffIdPath) -> TariffOut:
+        return await known_tariff(principal, tariff_id)
+
+    @put(
+        "/api/tariffs/{tariff_id:str}",
+        status_code=200,
+        summary="Create or replace a tariff (running and finished sessions keep theirs)",
+        responses=_errors(),
+    )
+    async def put_tariff(
+        principal: Admin, tariff_id: TariffIdPath, data: JSONBody[TariffIn]
+    ) -> TariffOut:
+        body = {**data.model_dump(mode="json", exclude_none=True), "id": tariff_id}
+        tariff = await sessions().put_tariff(principal, body)
+        return TariffOut(**tariff.to_json())
+
+    @delete("/api/tariffs/{tariff_id:str}", summary="Forget a tariff", responses=_errors(404))
+    async def delete_tariff(principal: Admin, tariff_id: TariffIdPath) -> None:
+        await known_tariff(principal, tariff_id)
+        await sessions().delete_tariff(principal, tariff_id)
+
+    @put(
+        "/api/tariff-assignments",
+        status_code=200,
+        summary="Assign a tariff to a charge point, a user or the default (tariffId null: unassign)",
+        responses=_errors(404),
+    )
+    async def assign_tariff(principal: Admin, data: JSONBody[TariffAssignmentIn]) -> TariffsOut:
+        if data.tariffId is not None:
+            await known_tariff(principal, data.tariffId)
+        await sessions().assign_tariff(principal, data.scope, data.tariffId)
+        return await tariff_list(principal)
+
+    # -------------------------------------------------------------- webhooks
+
+    def webhooks() -> WebhookService:
+        return _need(deps.webhooks, "Webhooks")
+
+    @get("/api/webhooks", summary="Webhook endpoints (without their secrets)", responses=_errors())
+    async def list_webhooks(principal: Admin) -> list[WebhookOut]:
+        return [WebhookOut(**e) for e in await webhooks().endpoints(principal)]
+
+    @post(
+        "/api/webhooks",
+        summary="Register a webhook endpoint (the same id replaces it)",
+        responses=_errors(),
+    )
+    async def create_webhook(principal: Admin, data: JSONBody[WebhookIn]) -> WebhookOut:
+        return WebhookOut(**await webhooks().put_endpoint(principal, data.model_dump()))
+
+    @delete(
+        "/api/webhooks/{endpoint_id:str}",
+        summary="Forget a webhook endpoint (its queued events are dropped)",
+        responses=_errors(404),
+    )
+    async def delete_webhook(principal: Admin, endpoint_id: FromPath[str]) -> None:
+        hooks = webhooks()
+        if not any(e["id"] == endpoint_id for e in await hooks.endpoints(principal)):
+            raise WebhookNotFound(f"Webhook {endpoint_id} not found", {"id": endpoint_id})
+        await hooks.delete_endpoint(principal, endpoint_id)
+
+    @get(
+        "/api/webhooks/deliveries",
+        summary="The delivery log: every attempt, newest first",
+        responses=_errors(),
+    )
+    async def webhook_deliveries(
+        principal: Admin,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=1000)] = 100,
+    ) -> list[WebhookDeliveryOut]:
+        found = await webhooks().deliveries(principal, limit)
+        return [WebhookDeliveryOut(**d) for d in found]
+
+    @post(
+        "/api/webhooks/events/{event_id:str}/redeliver",
+        status_code=202,
+        summary="Queue a logged event again (same event id and body)",
+        responses=_errors(404),
+    )
+    async def redeliver(principal: Admin, event_id: FromPath[str]) -> Redelivery:
+        hooks = webhooks()
+        logged = await hooks.deliveries(principal, 2**31)
+        if not any(d["eventId"] == event_id for d in logged):
+            raise WebhookEventNotFound(f"No delivered event {event_id}", {"eventId": event_id})
+        await hooks.redeliver(principal, event_id)
+        return Redelivery(eventId=event_id, queued=True)
+
+    # -------------------------------------------------------------- receipts, history
+
+    @get(
+        "/api/transactions/{transaction_id:int}/receipt",
+        summary="A finished session's receipt and the same as an OCPI 2.2.1 CDR",
+        responses=_errors(404, 409),
+    )
+    async def get_receipt(principal: Admin, transaction_id: TransactionIdPath) -> ReceiptOut:
+        return ReceiptOut(**await sessions().get_receipt(principal, transaction_id))
+
+    @get(
+        "/api/sessions",
+        summary="Session history, newest first, with monthly totals; format=csv answers CSV",
+        responses=_errors(),
+        operation_class=CsvOrJson,
+    )
+    async def session_history(
+        principal: Admin,
+        user_id: Annotated[str | None, QueryParameter(name="userId")] = None,
+        charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
+        since: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        until: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=500)] = 50,
+        offset: Annotated[int, QueryParameter(name="offset", ge=0, le=2**31)] = 0,
+        format: Annotated[Literal["json", "csv"], QueryParameter(name="format")] = "json",
+    ) -> Response[SessionHistory]:
+        for at in (since, until):
+            if at is not None and at.tzinfo is None:
+                raise ValidationFailed("from/to need a time zone (e.g. 2026-01-01T00:00:00Z)")
+        found = await sessions().history(
+            principal,
+            user_id=user_id,
+            charge_point_id=charge_point_id,
+            since=since,
+            until=until,
+            offset=offset,
+            limit=limit,
+        )
+        if format == "csv":
+            text = history_csv(found["sessions"])
+            reply = Response(
+                text,
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": 'attachment; filename="sessions.csv"'},
+            )
+            return cast("Response[SessionHistory]", reply)
+        return Response(SessionHistory(**found))
+
     @get("/", include_in_schema=False, media_type=MediaType.HTML)
     async def console() -> Response[bytes]:
         """The operator console (docs/operators.md, "Console"): one file, no build step."""
@@ -825,12 +1309,28 @@ def build_rest_app(
         get_configuration,
         want_configuration,
         device_statuses,
+        list_reservations,
+        create_reservation,
+        cancel_reservation,
+        list_charging_profiles,
+        list_tariffs,
+        get_tariff,
+        put_tariff,
+        delete_tariff,
+        assign_tariff,
+        list_webhooks,
+        create_webhook,
+        delete_webhook,
+        webhook_deliveries,
+        redeliver,
+        get_receipt,
+        session_history,
         *(extra_handlers or []),
     ]
     cors = (
         CORSConfig(
             allow_origins=list(config.allowed_origins),
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
