@@ -42,6 +42,9 @@ async def test_console_starts_a_charge_and_shows_live_updates(tmp_path: Path) ->
                 .filter(has_text=re.compile(r"\d"))
                 .wait_for(timeout=15_000)
             )
+            # The session's energy, not the simulated meter's lifetime register (over 1000 kWh).
+            shown = float(await session.locator(".energy").inner_text())
+            assert 0 <= shown < 100, shown
             await page.screenshot(path=str(tmp_path / "console-charging.png"))
 
             await row.get_by_role("button", name="Reset").click()

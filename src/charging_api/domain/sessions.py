@@ -54,6 +54,7 @@ from charging_api.errors import (
     TransactionNotFound,
     ValidationFailed,
 )
+from charging_api.timefmt import format_utc
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class Snapshot:
             "provenance": {
                 "measurand": "Energy.Active.Import.Register",
                 "registerKWh": self.register_kwh,
-                "readingAt": None if self.reading_at is None else self.reading_at.isoformat(),
+                "readingAt": None if self.reading_at is None else format_utc(self.reading_at),
             },
         }
         if self.cost is not None:
@@ -547,8 +548,8 @@ class SessionService:
             "connectorId": tx.connector_id,
             "userId": tx.user_id,
             "idTag": tx.id_tag,
-            "startedAt": tx.started_at.isoformat(),
-            "stoppedAt": stopped_at.isoformat(),
+            "startedAt": format_utc(tx.started_at),
+            "stoppedAt": format_utc(stopped_at),
             "meterStartWh": tx.meter_start_wh,
             "meterStopWh": tx.meter_stop_wh,
             "energyKWh": figure.energy_kwh,
@@ -562,7 +563,7 @@ class SessionService:
             "tariff": record.get("tariff"),
             "cost": None if meter is None else meter.cost().to_json(),
             "discontinuities": [
-                {"kind": d.kind, "at": d.after.at.isoformat(), "countedKWh": d.counted_kwh}
+                {"kind": d.kind, "at": format_utc(d.after.at), "countedKWh": d.counted_kwh}
                 for d in figure.discontinuities
             ],
         }
@@ -811,8 +812,8 @@ def _history_row(tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
         "chargePointId": tx.charge_point_id,
         "connectorId": tx.connector_id,
         "userId": tx.user_id,
-        "startedAt": tx.started_at.isoformat(),
-        "stoppedAt": None if tx.stopped_at is None else tx.stopped_at.isoformat(),
+        "startedAt": format_utc(tx.started_at),
+        "stoppedAt": None if tx.stopped_at is None else format_utc(tx.stopped_at),
         "energyKWh": energy,
         "cost": None if cost is None else cost["total"],
         "currency": None if cost is None else cost["currency"],

@@ -34,6 +34,7 @@ from charging_api.domain.events import DomainEvent, SessionNotice
 from charging_api.domain.models import Principal
 from charging_api.domain.ports import Clock, Store
 from charging_api.errors import Forbidden, ValidationFailed
+from charging_api.timefmt import format_utc
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class WebhookService:
                 {
                     "id": event_id,
                     "type": f"session.{event.kind}",
-                    "occurredAt": event.timestamp.isoformat(),
+                    "occurredAt": format_utc(event.timestamp),
                     "chargePointId": event.charge_point_id,
                     "connectorId": event.connector_id,
                     "transactionId": event.transaction_id,
@@ -231,7 +232,7 @@ class WebhookService:
             "eventId": entry["eventId"], "endpoint": entry["endpoint"],
             "sessionKey": entry["sessionKey"], "body": entry["body"], "attempt": attempts,
             "status": status, "error": error, "delivered": ok,
-            "at": self._clock.now().isoformat(),
+            "at": format_utc(self._clock.now()),
         })  # fmt: skip
         self._next += 1
         if ok:
