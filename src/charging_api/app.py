@@ -43,6 +43,7 @@ from charging_api.domain.reservations import ReservationBook
 from charging_api.domain.sessions import SessionPolicy, SessionService
 from charging_api.domain.webhooks import WebhookService
 from charging_api.errors import ChargePointOffline, ChargingApiError
+from charging_api.http.metrics import Counts, Metrics
 from charging_api.http.rest import RestConfig, RestDependencies, build_rest_app
 from charging_api.http.routes import HttpConfig, HttpRoutes
 from charging_api.http.serving import HttpServer
@@ -183,12 +184,27 @@ class Application:
             sessions=self.sessions,
             webhooks=self.webhooks,
         )
+        self.ocpp_server = OcppServer(
+            self.service,
+            self.gateway,
+            max_frame_size=settings.ocpp_max_frame_size,
+            ping_interval=settings.ocpp_ping_interval or None,
+            rate_limit=settings.ocpp_rate_limit,
+            open_timeout=settings.ocpp_open_timeout,
+        )
+        # /metrics: histograms observed through hooks, counts read from the parts at scrape.
+        self.metrics = Metrics(self._metric_counts)
+        self.app_server.on_command_latency = self.metrics.observe_command
+        self.gateway.on_call_latency = self.metrics.observe_ocpp_call
+        self.hub.on_delivery_lag = self.metrics.observe_delivery_lag
+        self.store.on_batch = self.metrics.observe_batch
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
             self._websocket_stats,
             self._system_stats,
             self.verifier.verify,
             self.store.failure,
+            self.metrics.exposition,
         )
         self.app_server.set_http_handler(self.routes)
         self.rest = build_rest_app(
@@ -209,14 +225,6 @@ class Application:
         )
         self.http_server = HttpServer(self.rest)
         self.app_server.set_http_protocol(self.http_server.protocol)
-        self.ocpp_server = OcppServer(
-            self.service,
-            self.gateway,
-            max_frame_size=settings.ocpp_max_frame_size,
-            ping_interval=settings.ocpp_ping_interval or None,
-            rate_limit=settings.ocpp_rate_limit,
-            open_timeout=settings.ocpp_open_timeout,
-        )
         self._unsubscribe = self.bus.subscribe(self.hub.on_event)
         self._unsubscribe_profiles = self.bus.subscribe(self.profiles.on_event)
         self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
@@ -231,6 +239,20 @@ class Application:
         stats = self.app_server.stats()
         stats["gatewayConnections"] = self.gateway.online_count()
         return stats
+
+    def _metric_counts(self) -> Counts:
+        return Counts(
+            app_connections=len(self.app_server.sessions),
+            ocpp_connections=self.gateway.online_count(),
+            app_requests=dict(self.app_server.requests_by_type),
+            app_pushes=dict(self.hub.pushes_by_type),
+            app_errors=dict(self.app_server.errors_by_code),
+            ocpp_calls_in=dict(self.ocpp_server.calls_in),
+            ocpp_calls_out=dict(self.gateway.calls_out),
+            ocpp_errors_sent=dict(self.ocpp_server.call_errors_sent),
+            ocpp_errors_received=dict(self.gateway.call_errors_received),
+            bus_published=self.bus.published,
+        )
 
     def _system_stats(self) -> dict[str, Any]:
         return {
@@ -269,7 +291,7 @@ class Application:
             ),
         )
         log.info(
-            "serving app API on %s:%d (/ws, /health, /api/stats, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
+            "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
             s.ws_api_host,
             app_port,
             s.ocpp_host,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -81,6 +81,11 @@ class UpdateHub:
         self._watch_all_now: tuple[UserStream, ...] = ()  # iterated per event: a snapshot
         self._watch_cp: dict[str, set[UserStream]] = {}
         self.deliveries = 0
+        #: Frames delivered per push type (``meter_values_update``, ...): read at scrape time.
+        self.pushes_by_type: dict[str, int] = {}
+        #: Called once per event that reaches someone, with the seconds from the event's
+        #: timestamp to its delivery (None: not measured). One call per event, not per frame.
+        self.on_delivery_lag: Callable[[float], None] | None = None
         self._now_millis = -1
         self._now_cached = ""
 
@@ -236,6 +241,7 @@ class UpdateHub:
         else:  # pragma: no cover - the union is closed
             return
         parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())
+        before = self.deliveries
         if owner is not None:
             self._push(owner, parts, droppable)
         for stream in everything:
@@ -245,6 +251,17 @@ class UpdateHub:
             for stream in tuple(watchers):
                 if stream is not owner and not stream.watch_all:
                     self._push(stream, parts, droppable)
+        delivered = self.deliveries - before
+        if delivered:
+            self.pushes_by_type[kind] = self.pushes_by_type.get(kind, 0) + delivered
+            if self.on_delivery_lag is not None:
+                stamped = (
+                    event.sample.timestamp
+                    if isinstance(event, MeterValuesReceived)
+                    else getattr(event, "timestamp", None)
+                )
+                if stamped is not None:
+                    self.on_delivery_lag(max(0.0, time.time() - stamped.timestamp()))
 
     def _push(self, stream: UserStream, parts: tuple[bytes, bytes, bytes], droppable: bool) -> None:
         stream.seq += 1

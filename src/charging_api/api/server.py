@@ -67,7 +67,7 @@ HttpHandler = Callable[[str, str, Mapping[str, str]], Awaitable[HttpReply | None
 #: GETs of these paths are served by ``websockets`` (``/ws`` and the routes of
 #: :mod:`charging_api.http.routes` through ``process_request``); other requests go to the HTTP
 #: protocol when one is set.
-WEBSOCKET_PATHS = ("/ws", "/health", "/api/stats")
+WEBSOCKET_PATHS = ("/ws", "/health", "/api/stats", "/metrics")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -175,6 +175,10 @@ class AppConnection:
             self.ws.transport.abort()
 
 
+#: Requests whose receipt-to-reply time is reported (``AppServer.on_command_latency``).
+TIMED_REQUESTS = frozenset({"start_charging_request", "stop_charging_request"})
+
+
 class AppServer:
     """Serves ``/ws`` and hands other paths to the HTTP handler."""
 
@@ -204,6 +208,13 @@ class AppServer:
         self._server: Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped_frames = 0
+        #: Requests answered per request type, and error codes sent per code (scrape-time
+        #: counters: a dict increment per request, no metrics library on the hot path).
+        self.requests_by_type: dict[str, int] = {}
+        self.errors_by_code: dict[str, int] = {}
+        #: Called with (request type, seconds from receipt to reply) for the commands in
+        #: :data:`TIMED_REQUESTS` (None: not measured).
+        self.on_command_latency: Callable[[str, float], None] | None = None
         self.epoch = secrets.token_hex(4)
         self.door = Door(
             service,
@@ -367,9 +378,12 @@ class AppServer:
         self, conn: AppConnection, route: Route, request: protocol.Request, now: float
     ) -> None:
         """Answer one request: data on success, ``*_response`` failure or ``error`` otherwise."""
+        kind = request.type
+        self.requests_by_type[kind] = self.requests_by_type.get(kind, 0) + 1
         try:
             data = await route.handler(self.door, conn, request, now)
         except ChargingApiError as err:
+            self.errors_by_code[err.code] = self.errors_by_code.get(err.code, 0) + 1
             if request.response_type.endswith("_response"):
                 frame = protocol.encode_failure(
                     request.id,
@@ -383,6 +397,8 @@ class AppServer:
             conn.deliver(frame, False)
         except Exception:
             log.exception("request %s failed", request.type)
+            code = InternalError.code
+            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
             conn.deliver(
                 protocol.encode_error(request.id, InternalError("Internal error"), time.time()),
                 False,
@@ -395,6 +411,8 @@ class AppServer:
                 )
         finally:
             conn.session.finished(request)
+            if kind in TIMED_REQUESTS and self.on_command_latency is not None:
+                self.on_command_latency(kind, time.time() - now)
 
     # ---------------------------------------------------------------- sweeper
 

@@ -1276,7 +1276,9 @@ def build_rest_app(
     async def asyncapi() -> dict[str, Any]:
         return dict(deps.asyncapi)
 
-    @route(["/health", "/api/stats"], http_method=["GET", "HEAD"], include_in_schema=False)
+    @route(
+        ["/health", "/api/stats", "/metrics"], http_method=["GET", "HEAD"], include_in_schema=False
+    )
     async def plain(request: Request[Any, Any, Any]) -> Response[bytes]:
         reply = None
         if deps.plain_routes is not None:

@@ -1,5 +1,6 @@
-"""``GET /health`` (public, the seed's shape, nothing sensitive) and ``GET /api/stats``
-(admin only: a Bearer JWT with role admin, or the configured stats key).
+"""``GET /health`` (public, the seed's shape, nothing sensitive), ``GET /api/stats`` and
+``GET /metrics`` (admin only: a Bearer JWT with role admin, or the configured stats key;
+Prometheus sends the key as its scrape job's bearer token).
 
 No server library here: a route takes the path and headers and returns
 ``(status, headers, body)``; the app door's server sends it.
@@ -23,9 +24,13 @@ from charging_api.errors import (
     MethodNotAllowed,
     NotAuthenticated,
 )
+from charging_api.http.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from charging_api.timefmt import utc_now_text
 
 HttpReply = tuple[int, list[tuple[str, str]], bytes]
+
+#: The paths these routes answer.
+PATHS = ("/health", "/api/stats", "/metrics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +48,10 @@ class HttpRoutes:
         system_stats: Callable[[], dict[str, Any]],
         verify_bearer: Callable[[str], Principal],
         storage_failure: Callable[[], str | None] = lambda: None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._storage_failure = storage_failure
         self._websocket_stats = websocket_stats
         self._system_stats = system_stats
@@ -54,7 +61,7 @@ class HttpRoutes:
     async def __call__(
         self, method: str, path: str, headers: Mapping[str, str]
     ) -> HttpReply | None:
-        if path not in ("/health", "/api/stats"):
+        if path not in PATHS or (path == "/metrics" and self._metrics is None):
             return None
         cors = self._cors(headers)
         if method == "OPTIONS":
@@ -96,6 +103,21 @@ class HttpRoutes:
                 "uptime": round(time.monotonic() - self._started, 3),
             }
             return _json(200, {"success": True, "data": data}, cors)
+        if path == "/metrics" and self._metrics is not None:
+            denied = self._require_admin(headers)
+            if denied is not None:
+                return _failure(denied[0], denied[1], cors)
+            payload = self._metrics()
+            return (
+                200,
+                [
+                    ("Content-Type", METRICS_CONTENT_TYPE),
+                    ("Content-Length", str(len(payload))),
+                    ("Cache-Control", "no-store"),
+                    *cors,
+                ],
+                payload,
+            )
         return None
 
     def _require_admin(self, headers: Mapping[str, str]) -> tuple[int, ChargingApiError] | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -156,6 +157,12 @@ class OcppGateway:
         self.call_timeout = call_timeout
         self.max_queued = max_queued
         self._sessions: dict[str, OcppSession] = {}
+        #: CALLs sent per action and CALLERRORs received per error code (read at scrape time).
+        self.calls_out: dict[str, int] = {}
+        self.call_errors_received: dict[str, int] = {}
+        #: Called with (action, seconds from sending to the outcome) for each CALL sent,
+        #: whatever its outcome (result, CALLERROR, timeout, disconnect); None: not measured.
+        self.on_call_latency: Callable[[str, float], None] | None = None
 
     def register(self, session: OcppSession) -> OcppSession | None:
         """Make ``session`` the charge point's live one; returns the one it replaced (its CALL
@@ -199,9 +206,16 @@ class OcppGateway:
                 {"chargePointId": charge_point_id, "limit": self.max_queued},
             )
         session.queued += 1
+        self.calls_out[action] = self.calls_out.get(action, 0) + 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.call_timeout):
                 return await session.call(action, payload)
+        except ChargePointError as exc:
+            code = str(exc.details.get("ocppErrorCode", ""))
+            if code:
+                self.call_errors_received[code] = self.call_errors_received.get(code, 0) + 1
+            raise
         except TimeoutError:
             raise ChargePointTimeout(
                 f"Charge point {charge_point_id} did not answer {action} "
@@ -210,6 +224,8 @@ class OcppGateway:
             ) from None
         finally:
             session.queued -= 1
+            if self.on_call_latency is not None:
+                self.on_call_latency(action, time.monotonic() - started)
 
     async def remote_start(self, charge_point_id: str, connector_id: int, id_tag: str) -> str:
         reply = await self.call(

@@ -122,6 +122,9 @@ class OcppServer:
         self._open_timeout = open_timeout
         self._server: Server | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: CALLs received per action and CALLERRORs sent per error code (read at scrape time).
+        self.calls_in: dict[str, int] = {}
+        self.call_errors_sent: dict[str, int] = {}
 
     async def start(self, host: str, port: int, ssl: Any = None) -> int:
         self._server = await serve(
@@ -254,9 +257,10 @@ class OcppServer:
         except framing.FrameError as exc:
             _log_bad_frame(session, exc.description)
             if exc.answer:
-                await ws.send(exc.to_frame(), text=True)
+                await ws.send(self._frame_error(exc), text=True)
             return
         if isinstance(frame, framing.Call):
+            self.calls_in[frame.action] = self.calls_in.get(frame.action, 0) + 1
             reply = await self._answer(session.charge_point_id, frame)
             if not send_text_nowait(ws, reply):
                 await ws.send(reply, text=True)
@@ -267,30 +271,36 @@ class OcppServer:
         handler = HANDLERS.get(call.action)
         if handler is None:
             if call.action in schemas.ALL_ACTIONS:
-                return framing.encode_error(
+                return self._error(
                     call.unique_id,
                     "NotSupported",
                     f"{call.action} is not supported by a central system",
                 )
-            return framing.encode_error(
+            return self._error(
                 call.unique_id, "NotImplemented", f"Unknown action {call.action[:64]}"
             )
         try:
             schemas.validate(call.action, call.payload, call.unique_id)
             reply = await handler(self.service, cp_id, call.payload)
         except framing.FrameError as exc:
-            return exc.to_frame()
+            return self._frame_error(exc)
         except ChargingApiError as exc:
             log.warning("charge point %s %s failed: %s", cp_id, call.action, exc.message)
-            return framing.encode_error(call.unique_id, "GenericError", exc.message)
+            return self._error(call.unique_id, "GenericError", exc.message)
         except (ValueError, OverflowError) as exc:
-            return framing.encode_error(
-                call.unique_id, "PropertyConstraintViolation", str(exc)[:200]
-            )
+            return self._error(call.unique_id, "PropertyConstraintViolation", str(exc)[:200])
         except Exception:
             log.exception("charge point %s %s failed", cp_id, call.action)
-            return framing.encode_error(call.unique_id, "InternalError", "Internal error")
+            return self._error(call.unique_id, "InternalError", "Internal error")
         return framing.encode_result(call.unique_id, reply)
+
+    def _error(self, unique_id: str, code: str, description: str) -> bytes:
+        """A CALLERROR frame to send, counted by its code."""
+        self.call_errors_sent[code] = self.call_errors_sent.get(code, 0) + 1
+        return framing.encode_error(unique_id, code, description)
+
+    def _frame_error(self, exc: framing.FrameError) -> bytes:
+        return self._error(exc.unique_id, exc.code, exc.description)
 
 
 def _log_bad_frame(session: OcppSession, what: str) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -104,6 +105,9 @@ class SqlStore:
         self._closing = False
         self._failure: str | None = None
         self._log_failures = log_failures
+        #: Called with (batch kind ``meter`` or ``status``, seconds, whether it failed) for
+        #: each batch write (None: not measured).
+        self.on_batch: Callable[[str, float, bool], None] | None = None
 
     # lifecycle
 
@@ -150,13 +154,20 @@ class SqlStore:
                 return
             pending = deque(self._buffer)
             self._buffer.clear()
+            started = time.monotonic()
             try:
                 await self._write_samples(pending)
             except BaseException:
+                self._batch_done("meter", started, failed=True)
                 rest = [*pending, *self._buffer]
                 self._buffer.clear()
                 self._enqueue(rest)
                 raise
+            self._batch_done("meter", started, failed=False)
+
+    def _batch_done(self, kind: str, started: float, *, failed: bool) -> None:
+        if self.on_batch is not None:
+            self.on_batch(kind, time.monotonic() - started, failed)
 
     def unavailable(self, exc: BaseException) -> StorageUnavailable | None:
         """``exc`` as one line naming the database and what is wrong with it, if it is a
@@ -224,9 +235,12 @@ class SqlStore:
         (unless a newer status for the same connector arrived meanwhile)."""
         pending, self._statuses = self._statuses, {}
         self._statuses_in_flight = pending  # still what readers see, until committed
+        started = time.monotonic()
         try:
             await self._write(self._sql.put_connector_states(list(pending.values())))
+            self._batch_done("status", started, failed=False)
         except BaseException:
+            self._batch_done("status", started, failed=True)
             for key, state in pending.items():
                 self._statuses.setdefault(key, state)
             raise
