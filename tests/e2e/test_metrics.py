@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from ocpp.exceptions import NotSupportedError
 from ocpp.routing import on
@@ -114,6 +116,12 @@ async def test_real_traffic_moves_counters_and_histograms(tmp_path: Path) -> Non
                 {"chargePointId": CP, "transactionId": started.transaction_id},
             )
             assert stop["data"]["success"] is True
+            await cp.meter(
+                1,
+                started.transaction_id,
+                [{"value": "2000", "measurand": "Energy.Active.Import.Register", "unit": "Wh"}],
+            )
+            await app.push("meter_values_update")
             await cp.stop_tx(started.transaction_id, 3000, reason="Remote")
             await app.push("transaction_update", where=lambda m: m["data"]["status"] == "Stopped")
             refused = await app.request(
@@ -167,4 +175,38 @@ async def test_real_traffic_moves_counters_and_histograms(tmp_path: Path) -> Non
     assert moved(before, after, lag) >= 3  # each event that reached the user, once
     batches = "charging_storage_batch_duration_seconds_count"
     assert moved(before, after, batches, kind="status") >= 1
+    assert moved(before, after, batches, kind="meter") >= 1
     assert value(after, "charging_storage_batch_failures_total", kind="status") == 0
+    assert value(after, "charging_storage_batch_failures_total", kind="meter") == 0
+
+
+async def test_a_failing_batch_write_is_counted(tmp_path: Path) -> None:
+    """A status batch that cannot get SQLite's write lock is counted as failed, then one lands."""
+    db = tmp_path / "locked.db"
+    settings = make_settings(
+        tmp_path, stats_api_key=KEY, database_url=f"sqlite:///{db}?timeout=0.2"
+    )
+    async with running_server(settings) as server, charge_point(server.ocpp_url) as cp:
+        await server.app.store.flush()
+        before = await scrape(server)
+        other = sqlite3.connect(db, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's write, holding the lock
+            await cp.status(1, "Available")
+            with pytest.raises(Exception):  # noqa: B017 - the driver's lock error, any wrapper
+                await server.app.store.flush()
+            failed = await scrape(server)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await server.app.store.flush()  # the kept statuses land now
+        after = await scrape(server)
+    failures = "charging_storage_batch_failures_total"
+    batches = "charging_storage_batch_duration_seconds_count"
+    # The background flusher may try (and fail) too while the lock is held: at least ours.
+    assert moved(before, failed, failures, kind="status") >= 1
+    # Failed batches are timed too; at least one batch since then succeeded.
+    assert (
+        moved(failed, after, batches, kind="status") - moved(failed, after, failures, kind="status")
+        >= 1
+    )
