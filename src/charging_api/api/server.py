@@ -333,7 +333,9 @@ class AppServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         forget_handshake(ws)
-        conn = AppConnection(self, ws, AppSession(self.limits, time.time(), CONCURRENT))
+        conn = AppConnection(
+            self, ws, AppSession(self.limits, time.time(), CONCURRENT, self.errors_by_code)
+        )
         self.sessions.add(conn)
         try:
             # ``recv()`` rather than ``async for``: the async generator behind ``async for``

@@ -29,6 +29,7 @@ from charging_api.api import protocol
 from charging_api.domain.models import Principal
 from charging_api.errors import (
     AuthenticationFailed,
+    ChargingApiError,
     Forbidden,
     InvalidMessage,
     NotAuthenticated,
@@ -94,6 +95,7 @@ class AppSession:
     __slots__ = (
         "_bucket",
         "_concurrent",
+        "_errors",
         "_limits",
         "authenticated_at",
         "connected_at",
@@ -107,8 +109,17 @@ class AppSession:
         "warned",
     )
 
-    def __init__(self, limits: AppLimits, now: float, concurrent: Container[str] = ()) -> None:
+    def __init__(
+        self,
+        limits: AppLimits,
+        now: float,
+        concurrent: Container[str] = (),
+        errors: dict[str, int] | None = None,
+    ) -> None:
+        """``errors``: where to count the error codes this session answers with (shared by
+        every session of a server; None: not counted)."""
         self._limits = limits
+        self._errors = errors
         self._concurrent = concurrent
         self._bucket = TokenBucket(limits.rate_per_second, limits.rate_burst, now)
         self.principal: Principal | None = None
@@ -130,11 +141,9 @@ class AppSession:
         """A client frame: the answer to send at once, or the request to dispatch."""
         self.last_seen = now
         if not self._bucket.try_take(now):
-            return protocol.encode_error(
-                _peek_id(frame), RateLimited("Too many messages; slow down"), now
-            )
+            return self._refuse(_peek_id(frame), RateLimited("Too many messages; slow down"), now)
         if not isinstance(frame, str):
-            return protocol.encode_error(
+            return self._refuse(
                 _peek_id(frame),
                 InvalidMessage(
                     "Binary frames are not accepted; send each message as a text frame",
@@ -145,27 +154,33 @@ class AppSession:
         try:
             request = protocol.decode(frame)
         except protocol.BadRequest as bad:
-            return protocol.encode_error(bad.request_id, bad.error, now)
+            return self._refuse(bad.request_id, bad.error, now)
         kind = request.type
         if kind == "heartbeat":
             return protocol.encode_reply(request.id, "heartbeat", {}, now)
         if kind == "auth_request":
             return request
         if self.principal is None:
-            return protocol.encode_error(request.id, NotAuthenticated(), now)
+            return self._refuse(request.id, NotAuthenticated(), now)
         if self.expires_at is not None and now >= self.expires_at:
-            return protocol.encode_error(
+            return self._refuse(
                 request.id,
                 TokenExpired("Token has expired; send auth_request with a new one"),
                 now,
             )
         if kind in self._concurrent:
             if self.pending >= self._limits.max_pending_requests:
-                return protocol.encode_error(
-                    request.id, TooManyPending("Too many requests in flight"), now
-                )
+                return self._refuse(request.id, TooManyPending("Too many requests in flight"), now)
             self.pending += 1
         return request
+
+    def _refuse(
+        self, request_id: protocol.MessageId | None, error: ChargingApiError, now: float
+    ) -> bytes:
+        """The ``error`` frame answering a request refused here, counted by its code."""
+        if self._errors is not None:
+            self._errors[error.code] = self._errors.get(error.code, 0) + 1
+        return protocol.encode_error(request_id, error, now)
 
     def finished(self, request: protocol.Request) -> None:
         """A request returned by :meth:`receive` has been answered."""

@@ -75,7 +75,7 @@ class _CountsCollector(Collector):
         )
         yield _by_label(
             "charging_app_errors",
-            "Error codes sent to apps in answers to requests, by code",
+            "Error codes sent to apps (failed requests and refused frames), by code",
             "code",
             c.app_errors,
         )
