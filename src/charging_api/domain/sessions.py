@@ -515,11 +515,8 @@ class SessionService:
         return {"receipt": receipt, "cdr": cdr_of(receipt)}
 
     async def _receipt(self, tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
-        """The receipt from the stored samples (the charger's transactionData included)."""
-        try:
-            await self._store.flush()  # the samples still batched in memory count too
-        except Exception:
-            log.exception("flushing samples before the receipt of %d failed", tx.id)
+        """The receipt from the stored samples (the charger's transactionData included; the
+        store reads back samples still in its write batch, so no flush is forced here)."""
         ledger = EnergyLedger(tx.meter_start_wh, tx.started_at)
         for stored in await self._store.meter_samples_of(tx.id):
             kwh = stored.sample.energy_import_kwh

@@ -80,6 +80,9 @@ class WebhookService:
         self._rng = rng or random.Random()
         self._next = 0
         self._wake = asyncio.Event()
+        #: The endpoints as stored, read once: they change only through this service, so the
+        #: per-event path needs no database read (None: read them at the next use).
+        self._endpoints: dict[str, dict[str, Any]] | None = None
 
     async def load(self) -> None:
         keys = [*(await self._store.documents(OUTBOX)), *(await self._store.documents(DELIVERY))]
@@ -101,18 +104,25 @@ class WebhookService:
             raise ValidationFailed("events must be a list of event kinds", {"field": "events"})
         body = {"id": endpoint_id, "url": url, "secret": secret, "events": events}
         await self._store.put_document(ENDPOINT, endpoint_id, body)
+        self._endpoints = None
         return {k: v for k, v in body.items() if k != "secret"}
 
     async def delete_endpoint(self, principal: Principal, endpoint_id: str) -> None:
         _admin(principal)
         await self._store.put_document(ENDPOINT, endpoint_id, None)
+        self._endpoints = None
 
     async def endpoints(self, principal: Principal) -> list[dict[str, Any]]:
         _admin(principal)
         return [
             {k: v for k, v in e.items() if k != "secret"}
-            for e in (await self._store.documents(ENDPOINT)).values()
+            for e in (await self._endpoint_documents()).values()
         ]
+
+    async def _endpoint_documents(self) -> dict[str, dict[str, Any]]:
+        if self._endpoints is None:
+            self._endpoints = await self._store.documents(ENDPOINT)
+        return self._endpoints
 
     async def deliveries(self, principal: Principal, limit: int = 100) -> list[dict[str, Any]]:
         """The delivery log, newest first."""
@@ -140,7 +150,7 @@ class WebhookService:
         """Bus subscriber: write the notice to the outbox of every endpoint that wants it."""
         if not isinstance(event, SessionNotice):
             return
-        endpoints = await self._store.documents(ENDPOINT)
+        endpoints = await self._endpoint_documents()
         if not endpoints:
             return
         session_key = (
@@ -190,7 +200,7 @@ class WebhookService:
         """Try every outbox entry that is due and first of its (endpoint, session); returns
         how many were delivered."""
         outbox = await self._store.documents(OUTBOX)
-        endpoints = await self._store.documents(ENDPOINT)
+        endpoints = await self._endpoint_documents()
         blocked: set[tuple[str, str]] = set()
         delivered = 0
         now = self._clock.monotonic()
