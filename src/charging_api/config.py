@@ -46,6 +46,14 @@ class ConfigError(Exception):
     """A setting has a value we cannot run with; the message names the key."""
 
 
+class NodeRole(StrEnum):
+    """What one ``serve`` process runs (``--role`` / ``ROLE``)."""
+
+    ALL = "all"
+    GATEWAY = "gateway"
+    API = "api"
+
+
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
@@ -143,9 +151,25 @@ class Settings(BaseSettings):
     max_connections: int = Field(1000, ge=1)
     frontend_url: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
     debug_websocket: bool = False
-    # The split deployment (a later issue); accepted and reported, not used.
+    # The seed's split deployment: accepted and reported; the cluster below replaces it
+    # (docs/scaling.md says how the seed's split maps onto roles).
     ws_gateway_url: str | None = None
     ws_gateway_api_key: str | None = None
+
+    # Several processes (docs/scaling.md): ROLE all = both doors in one process (the default);
+    # gateway = the OCPP door only, api = the app door, REST and console. gateway and api need
+    # REDIS_URL (routing, fan-out, shared state) and a PostgreSQL DATABASE_URL.
+    role: NodeRole = NodeRole.ALL
+    redis_url: str | None = None
+    # This process's name in the cluster (owner keys, heartbeats, /api/stats); default
+    # "<hostname>-<pid>".
+    node_id: str | None = None
+    # Seconds between a node's heartbeats; a node unseen for three is gone from /api/stats.
+    node_heartbeat_interval: float = Field(2.0, gt=0)
+    # Seconds a gateway's claim on a connected charge point lives without a refresh (it is
+    # refreshed every third of it): after a gateway dies, its charge points are unowned
+    # (commands answer CHARGE_POINT_OFFLINE) for at most this long, or until they reconnect.
+    owner_ttl: float = Field(15.0, ge=1)
 
     # TLS (WSS) for either door, and a key for /api/stats without a JWT
     ws_api_tls_cert: Path | None = None
@@ -226,6 +250,24 @@ class Settings(BaseSettings):
     @classmethod
     def _database(cls, value: str) -> str:
         return check_database_url(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if self.role is not NodeRole.ALL:
+            if self.redis_url is None:
+                raise ValueError(f"ROLE={self.role.value} needs REDIS_URL (the cluster's bus)")
+            if not self.database_url.startswith("postgresql"):
+                raise ValueError(
+                    f"ROLE={self.role.value} needs a PostgreSQL DATABASE_URL shared by every node"
+                )
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -37,6 +37,8 @@ Library exceptions are translated into these once, at the edge that imports the 
     ├── TransactionRunning           TRANSACTION_RUNNING: refused while a transaction runs (force)
     ├── ConnectorUnavailable         CONNECTOR_UNAVAILABLE: an operator took the connector out of service
     ├── MethodNotAllowed             METHOD_NOT_ALLOWED: an HTTP route asked with a method it lacks
+    ├── ServiceUnavailable           SERVICE_UNAVAILABLE: a shared part of a cluster (Redis) does
+    │                                not answer; nothing was done, retry (``details.retryable``)
     └── InternalError                INTERNAL_ERROR: a bug; logged with a trace, never leaked
 
 The HTTP routes (``/health``, ``/api/stats``) answer with the same codes, in
@@ -195,6 +197,16 @@ class ConnectorUnavailable(ChargingApiError):
 
 class MethodNotAllowed(ChargingApiError):
     code = "METHOD_NOT_ALLOWED"
+
+
+class ServiceUnavailable(ChargingApiError):
+    """The cluster's Redis does not answer: the request was not carried out and may be retried
+    as it is (``details.retryable`` is true; the nodes reconnect by themselves)."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, {"retryable": True, **(details or {})})
 
 
 class InternalError(ChargingApiError):
