@@ -213,6 +213,11 @@ class CommandClient:
     async def start(self) -> None:
         await self._replies.start()
 
+    @property
+    def ready(self) -> bool:
+        """Whether answers can reach this node now (its reply channel is subscribed)."""
+        return self._replies.ready.is_set()
+
     async def close(self) -> None:
         await self._replies.close()
         for waiting in list(self._waiting.values()):

@@ -1,0 +1,368 @@
+"""Routing across nodes: an api node's charge-point commands run on the gateway that owns the
+charge point, on the real Redis and PostgreSQL, with real OCPP peers (the ``ocpp`` library).
+
+Two gateways and one api node run in this process (``tests/routing/nodes.py``); the
+multi-process cluster behind a load balancer is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result
+from ocpp.v16.enums import Action
+
+from charging_api.cluster import keys
+from charging_api.cluster.listen import connect
+from charging_api.domain.models import Principal, Role, TransactionQuery
+from charging_api.errors import ChargePointOffline, ServiceUnavailable
+from tests.peers.proxy import proxy_to
+from tests.peers.py_charge_point import LibraryChargePoint, connected_charge_point
+from tests.routing.nodes import (
+    REDIS_URL,
+    ApiNode,
+    GatewayNode,
+    api_node,
+    fresh_database,
+    gateway_node,
+    owner_key,
+    require_redis,
+    unique,
+)
+
+WAIT = 15.0
+ADMIN = Principal("ops", Role.ADMIN)
+
+
+class ResettableChargePoint(LibraryChargePoint):
+    """Answers Reset with ``reset_answer``; with ``hang_reset`` set it never answers."""
+
+    def __init__(self, cp_id: str, connection: Any) -> None:
+        super().__init__(cp_id, connection)
+        self.resets: asyncio.Queue[str] = asyncio.Queue()
+        self.reset_answer = "Accepted"
+        self.hang_reset = False
+
+    @on(Action.reset)  # type: ignore[untyped-decorator]
+    async def on_reset(self, type: str, **_: Any) -> Any:
+        self.resets.put_nowait(type)
+        if self.hang_reset:
+            await asyncio.Event().wait()
+        return call_result.Reset(status=self.reset_answer)
+
+
+async def until(
+    predicate: Callable[[], Awaitable[bool] | bool], what: str, limit: float = WAIT
+) -> None:
+    """Poll ``predicate`` until true, at most ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def owned_by(api: ApiNode, cp_id: str, gateway: GatewayNode) -> None:
+    """Wait until the api node's mirror names ``gateway`` as the charge point's owner."""
+    await until(lambda: api.mirror.owner(cp_id) == gateway.node_id, f"{cp_id} owned by gateway")
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[GatewayNode, GatewayNode, ApiNode]]:
+    await require_redis()
+    async with (
+        fresh_database() as url,
+        gateway_node(tmp_path / "a", url, ocpp_call_timeout=5, start_transaction_timeout=5) as a,
+        gateway_node(tmp_path / "b", url, ocpp_call_timeout=5, start_transaction_timeout=5) as b,
+        api_node(url, call_timeout=5, start_timeout=5) as api,
+    ):
+        yield a, b, api
+
+
+def connect_cp(
+    gateway: GatewayNode, cp_id: str, cls: type[LibraryChargePoint] = ResettableChargePoint
+) -> Any:
+    return connected_charge_point(gateway.ocpp_url, cp_id, cls=cls)
+
+
+async def test_app_start_on_the_api_node_runs_on_the_owner_gateway(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """A user on the api node starts a charge on a charge point connected to gateway B: the
+    RemoteStart goes out from B, the start response comes back with the transaction id, the
+    transaction is recorded once and is in B's live picture (not A's); the stop works too."""
+    a, b, api = cluster
+    cp_id = unique("CP")
+    async with connect_cp(b, cp_id) as cp:
+        await cp.status(1, "Available")
+        await owned_by(api, cp_id, b)
+        assert await owner_key(cp_id) == b.node_id
+        async with api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice:
+            asked = asyncio.create_task(
+                alice.request("start_charging_request", {"chargePointId": cp_id, "connectorId": 1})
+            )
+            remote = await asyncio.wait_for(cp.remote_starts.get(), WAIT)
+            assert remote == {"id_tag": "ALICE-TAG", "connector_id": 1}
+            started = await cp.start_tx(1, "ALICE-TAG", 1000)
+            reply = await asyncio.wait_for(asked, WAIT)
+            assert reply["type"] == "start_charging_response", reply
+            tx_id = reply["data"]["transactionId"]
+            assert tx_id == started.transaction_id
+            stored = await api.store.find_transactions(TransactionQuery(charge_point_id=cp_id))
+            assert [tx.id for tx in stored] == [tx_id]
+            assert stored[0].user_id == "alice"
+            assert b.app.service.live_transactions_on(cp_id) == {1: tx_id}
+            assert a.app.service.live_transactions_on(cp_id) == {}
+
+            stopping = asyncio.create_task(
+                alice.request("stop_charging_request", {"transactionId": tx_id})
+            )
+            assert await asyncio.wait_for(cp.remote_stops.get(), WAIT) == {"transaction_id": tx_id}
+            stop_reply = await asyncio.wait_for(stopping, WAIT)
+            assert stop_reply["data"]["success"] is True, stop_reply
+            await cp.stop_tx(tx_id, 5000)
+    closed = await api.store.get_transaction(tx_id)
+    assert closed is not None and closed.meter_stop_wh == 5000
+
+
+async def test_an_operator_reset_through_the_api_node_gets_the_charge_points_answer(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """An admin's Reset on the api node reaches the charge point on gateway A and its answer
+    comes back unchanged; the gateway's rules apply (TRANSACTION_RUNNING while a session runs,
+    from A's live picture), and errors come back with their code and details."""
+    a, _b, api = cluster
+    cp_id = unique("CP")
+    async with connect_cp(a, cp_id) as cp, api.app_client(api.token("ops", role="admin")) as ops:
+        assert isinstance(cp, ResettableChargePoint)
+        await owned_by(api, cp_id, a)
+        cp.reset_answer = "Rejected"
+        reply = await ops.request(
+            "operation_request",
+            {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Soft"}},
+        )
+        assert reply["data"]["response"] == {"status": "Rejected"}, reply
+        assert await asyncio.wait_for(cp.resets.get(), WAIT) == "Soft"
+
+        invalid = await ops.request(
+            "operation_request",
+            {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Sideways"}},
+        )
+        assert invalid["error"]["code"] == "INVALID_PAYLOAD", invalid
+        assert "schemaError" in invalid["error"]["details"]
+
+        await cp.start_tx(1, "SOME-TAG", 0)  # a session the charge point started itself
+        running = await ops.request(
+            "operation_request",
+            {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Hard"}},
+        )
+        assert running["error"]["code"] == "TRANSACTION_RUNNING", running
+        assert running["error"]["details"]["chargePointId"] == cp_id
+    log = await api.operator.operations_log(ADMIN, charge_point_id=cp_id)
+    assert [(r.action, r.error_code) for r in reversed(log)] == [
+        ("Reset", None),
+        ("Reset", "INVALID_PAYLOAD"),
+        ("Reset", "TRANSACTION_RUNNING"),
+    ]
+
+
+async def test_unknown_and_offline_charge_points_answer_as_in_one_process(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    a, _b, api = cluster
+    known = unique("CP")
+    async with connect_cp(a, known):
+        await owned_by(api, known, a)
+    await until(lambda: not api.mirror.is_online(known), "release seen by the api node")
+    async with api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice:
+        for cp_id, code in (
+            (unique("NOPE"), "CHARGE_POINT_NOT_FOUND"),
+            (known, "CHARGE_POINT_OFFLINE"),
+        ):
+            reply = await alice.request(
+                "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}
+            )
+            assert reply["error"]["code"] == code, reply
+
+
+async def test_a_charge_point_that_disconnects_mid_command_fails_it_at_once(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """The charge point never answers the Reset and drops its connection: the admin gets
+    CHARGE_POINT_OFFLINE within a second or two, well before the 5 s call time-out."""
+    _a, b, api = cluster
+    cp_id = unique("CP")
+    async with api.app_client(api.token("ops", role="admin")) as ops:
+        async with connect_cp(b, cp_id) as cp:
+            assert isinstance(cp, ResettableChargePoint)
+            cp.hang_reset = True
+            await owned_by(api, cp_id, b)
+            asked = asyncio.create_task(
+                ops.request(
+                    "operation_request",
+                    {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Soft"}},
+                )
+            )
+            await asyncio.wait_for(cp.resets.get(), WAIT)
+            dropped = time.monotonic()
+        reply = await asyncio.wait_for(asked, WAIT)
+        assert reply["error"]["code"] == "CHARGE_POINT_OFFLINE", reply
+        assert time.monotonic() - dropped < 2.0
+
+
+async def test_a_command_fails_offline_when_the_charge_point_moves_mid_command(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """The charge point's old connection to B stays open but silent (a half-open socket);
+    it connects to A, which takes ownership: the command waiting on B fails with
+    CHARGE_POINT_OFFLINE as soon as the api node hears of the move."""
+    a, b, api = cluster
+    cp_id = unique("CP")
+    async with connect_cp(b, cp_id) as old:
+        assert isinstance(old, ResettableChargePoint)
+        old.hang_reset = True
+        await owned_by(api, cp_id, b)
+        asked = asyncio.create_task(api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"}))
+        await asyncio.wait_for(old.resets.get(), WAIT)
+        async with connect_cp(a, cp_id):
+            moved = time.monotonic()
+            with pytest.raises(ChargePointOffline):
+                await asyncio.wait_for(asked, WAIT)
+            assert time.monotonic() - moved < 2.0
+            await owned_by(api, cp_id, a)
+            assert await owner_key(cp_id) == a.node_id
+        assert b.owners.owned() == frozenset({cp_id})  # its session there is still open
+    # B's late release is compare-and-delete: it never removes A's claim (A released its own).
+    assert await owner_key(cp_id) is None
+
+
+async def test_the_open_transaction_continues_on_the_gateway_the_charge_point_reconnects_to(
+    tmp_path: Path,
+) -> None:
+    """Gateway B goes away while a session runs; the charge point reconnects to A, which
+    adopts the open transaction from the database: meter values are filed under it, and the
+    user stops it from the app through the api node."""
+    await require_redis()
+    cp_id = unique("CP")
+    async with (
+        fresh_database() as url,
+        gateway_node(tmp_path / "a", url) as a,
+        api_node(url) as api,
+        api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice,
+    ):
+        async with gateway_node(tmp_path / "b", url) as b, connect_cp(b, cp_id) as cp:
+            await owned_by(api, cp_id, b)
+            asked = asyncio.create_task(
+                alice.request("start_charging_request", {"chargePointId": cp_id, "connectorId": 1})
+            )
+            await asyncio.wait_for(cp.remote_starts.get(), WAIT)
+            tx_id = (await cp.start_tx(1, "ALICE-TAG", 1000)).transaction_id
+            assert (await asyncio.wait_for(asked, WAIT))["data"]["transactionId"] == tx_id
+            assert a.app.service.live_transactions_on(cp_id) == {}
+        # B is gone (its charge point connections closed). The charge point comes back on A.
+        async with connect_cp(a, cp_id) as cp:
+            await owned_by(api, cp_id, a)
+            assert a.app.service.live_transactions_on(cp_id) == {1: tx_id}
+            await cp.meter(
+                1,
+                tx_id,
+                [{"value": "2.5", "measurand": "Energy.Active.Import.Register", "unit": "kWh"}],
+            )
+            await a.app.store.flush()
+            samples = await a.app.store.meter_samples_of(tx_id)
+            assert [s.sample.energy_import_kwh for s in samples] == [2.5]
+
+            stopping = asyncio.create_task(
+                alice.request("stop_charging_request", {"transactionId": tx_id})
+            )
+            assert await asyncio.wait_for(cp.remote_stops.get(), WAIT) == {"transaction_id": tx_id}
+            assert (await asyncio.wait_for(stopping, WAIT))["data"]["success"] is True
+            await cp.stop_tx(tx_id, 2600)
+            assert a.app.service.live_transactions_on(cp_id) == {}
+        closed = await api.store.get_transaction(tx_id)
+        assert closed is not None and closed.meter_stop_wh == 2600 and not closed.active
+        txs = await api.store.find_transactions(TransactionQuery(charge_point_id=cp_id))
+        assert len(txs) == 1
+
+
+async def test_a_command_past_its_deadline_is_not_executed(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """A command that reaches the gateway after its deadline is dropped: the charge point
+    never sees it; the next one is carried out."""
+    a, _b, api = cluster
+    cp_id = unique("CP")
+    redis = connect(REDIS_URL)
+    try:
+        async with connect_cp(a, cp_id) as cp:
+            assert isinstance(cp, ResettableChargePoint)
+            await owned_by(api, cp_id, a)
+            late = {
+                "id": "late-1",
+                "from": api.node_id,
+                "kind": "call",
+                "deadline": repr(time.time() - 1),
+                "body": orjson.dumps(
+                    {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Hard"}}
+                ),
+            }
+            await redis.xadd(keys.commands(a.node_id), late)  # type: ignore[arg-type]
+            answer = await api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"})
+            assert answer == {"status": "Accepted"}
+            assert await asyncio.wait_for(cp.resets.get(), WAIT) == "Soft"
+            assert cp.resets.empty()
+            assert a.commands.expired == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_redis_out_of_reach_is_service_unavailable_and_the_node_recovers(
+    tmp_path: Path,
+) -> None:
+    """The api node's Redis connection goes through a proxy that then goes silent: a start
+    fails with SERVICE_UNAVAILABLE (retryable) within the client's time-outs, nothing hangs;
+    once Redis is reachable again the same request works, without restarting anything."""
+    await require_redis()
+    cp_id = unique("CP")
+    async with (
+        fresh_database() as url,
+        gateway_node(tmp_path / "a", url) as a,
+        proxy_to("127.0.0.1", 6379) as proxy,
+        api_node(url, redis_url=proxy.url("redis", "/13")) as api,
+        connect_cp(a, cp_id) as cp,
+    ):
+        assert isinstance(cp, ResettableChargePoint)
+        await owned_by(api, cp_id, a)
+        proxy.stall()
+        proxy.cut()
+        began = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as refused:
+            await api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"})
+        assert refused.value.details["retryable"] is True
+        assert time.monotonic() - began < 12.0
+        assert cp.resets.empty()
+        proxy.resume()
+        # The user retries, as the retryable code says; the node reconnects by itself.
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                answer = await api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"})
+                break
+            except ServiceUnavailable:
+                assert time.monotonic() < deadline, "the api node did not reconnect to Redis"
+                await asyncio.sleep(0.2)
+        assert answer == {"status": "Accepted"}
+        assert await asyncio.wait_for(cp.resets.get(), WAIT) == "Soft"
+        assert cp.resets.empty()
