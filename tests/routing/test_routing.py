@@ -8,6 +8,7 @@ multi-process cluster behind a load balancer is tested elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -42,13 +43,15 @@ ADMIN = Principal("ops", Role.ADMIN)
 
 
 class ResettableChargePoint(LibraryChargePoint):
-    """Answers Reset with ``reset_answer``; with ``hang_reset`` set it never answers."""
+    """Answers Reset with ``reset_answer`` (with ``hang_reset`` set it never answers), and
+    accepts ReserveNow and CancelReservation (recorded in ``reservations``)."""
 
     def __init__(self, cp_id: str, connection: Any) -> None:
         super().__init__(cp_id, connection)
         self.resets: asyncio.Queue[str] = asyncio.Queue()
         self.reset_answer = "Accepted"
         self.hang_reset = False
+        self.reservations: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
 
     @on(Action.reset)  # type: ignore[untyped-decorator]
     async def on_reset(self, type: str, **_: Any) -> Any:
@@ -56,6 +59,16 @@ class ResettableChargePoint(LibraryChargePoint):
         if self.hang_reset:
             await asyncio.Event().wait()
         return call_result.Reset(status=self.reset_answer)
+
+    @on(Action.reserve_now)  # type: ignore[untyped-decorator]
+    async def on_reserve_now(self, reservation_id: int, **_: Any) -> Any:
+        self.reservations.put_nowait(("ReserveNow", reservation_id))
+        return call_result.ReserveNow(status="Accepted")
+
+    @on(Action.cancel_reservation)  # type: ignore[untyped-decorator]
+    async def on_cancel_reservation(self, reservation_id: int, **_: Any) -> Any:
+        self.reservations.put_nowait(("CancelReservation", reservation_id))
+        return call_result.CancelReservation(status="Accepted")
 
 
 async def until(
@@ -227,25 +240,156 @@ async def test_a_command_fails_offline_when_the_charge_point_moves_mid_command(
 ) -> None:
     """The charge point's old connection to B stays open but silent (a half-open socket);
     it connects to A, which takes ownership: the command waiting on B fails with
-    CHARGE_POINT_OFFLINE as soon as the api node hears of the move."""
+    CHARGE_POINT_OFFLINE as soon as the api node hears of the move. When B's old session
+    finally ends, its release (compare-and-delete) leaves A's claim alone."""
     a, b, api = cluster
     cp_id = unique("CP")
-    async with connect_cp(b, cp_id) as old:
+    async with contextlib.AsyncExitStack() as on_a, contextlib.AsyncExitStack() as on_b:
+        old = await on_b.enter_async_context(connect_cp(b, cp_id))
         assert isinstance(old, ResettableChargePoint)
         old.hang_reset = True
         await owned_by(api, cp_id, b)
         asked = asyncio.create_task(api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"}))
         await asyncio.wait_for(old.resets.get(), WAIT)
-        async with connect_cp(a, cp_id):
-            moved = time.monotonic()
-            with pytest.raises(ChargePointOffline):
-                await asyncio.wait_for(asked, WAIT)
-            assert time.monotonic() - moved < 2.0
-            await owned_by(api, cp_id, a)
-            assert await owner_key(cp_id) == a.node_id
-        assert b.owners.owned() == frozenset({cp_id})  # its session there is still open
-    # B's late release is compare-and-delete: it never removes A's claim (A released its own).
-    assert await owner_key(cp_id) is None
+        await on_a.enter_async_context(connect_cp(a, cp_id))
+        moved = time.monotonic()
+        with pytest.raises(ChargePointOffline):
+            await asyncio.wait_for(asked, WAIT)
+        assert time.monotonic() - moved < 2.0
+        await owned_by(api, cp_id, a)
+        await on_b.aclose()  # the old connection ends at last
+        await until(lambda: not b.app.gateway.is_online(cp_id), "B forgets its old session")
+        await b.owners.flush()
+        assert await owner_key(cp_id) == a.node_id
+        assert api.mirror.owner(cp_id) == a.node_id
+
+
+async def test_an_owner_that_stops_answering_fails_the_command_by_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """The owner gateway still holds the charge point's key but executes nothing (hung or
+    killed before its key expired): the command fails with CHARGE_POINT_OFFLINE at its
+    deadline (call time-out + margin + grace), never later, and is not executed afterwards."""
+    await require_redis()
+    cp_id = unique("CP")
+    async with (
+        fresh_database() as url,
+        gateway_node(tmp_path / "a", url, ocpp_call_timeout=1) as a,
+        api_node(url, call_timeout=1) as api,
+        connect_cp(a, cp_id) as cp,
+    ):
+        assert isinstance(cp, ResettableChargePoint)
+        await owned_by(api, cp_id, a)
+        await a.commands.close()
+        began = time.monotonic()
+        with pytest.raises(ChargePointOffline):
+            await api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Soft"})
+        waited = time.monotonic() - began
+        assert 3.0 <= waited < 5.0  # budget 1 + 2 s, grace 1 s
+        await a.commands.start()  # it comes back: the stale command is dropped, not executed
+        assert await api.operator.execute(ADMIN, cp_id, "Reset", {"type": "Hard"}) == {
+            "status": "Accepted"
+        }
+        assert await asyncio.wait_for(cp.resets.get(), WAIT) == "Hard"
+        assert cp.resets.empty()
+
+
+async def test_a_retried_start_on_another_api_node_gets_the_first_outcome(
+    tmp_path: Path,
+) -> None:
+    """The same start message sent again through another api node (the app reconnected
+    through the load balancer) is answered with the first attempt's transaction: the
+    idempotency key lives on the owner gateway. One RemoteStart, one transaction."""
+    await require_redis()
+    cp_id = unique("CP")
+    async with (
+        fresh_database() as url,
+        gateway_node(tmp_path / "a", url) as a,
+        api_node(url) as api1,
+        api_node(url) as api2,
+        connect_cp(a, cp_id) as cp,
+    ):
+        await owned_by(api1, cp_id, a)
+        await owned_by(api2, cp_id, a)
+        token = api1.token("alice", id_tag="ALICE-TAG")
+        envelope = {
+            "id": "start-1",
+            "type": "start_charging_request",
+            "timestamp": "2024-01-15T10:30:00.000Z",
+            "data": {"chargePointId": cp_id, "connectorId": 1},
+        }
+        async with api1.app_client(token) as first:
+            asked = asyncio.create_task(first.send_raw(orjson.dumps(envelope).decode(), "start-1"))
+            await asyncio.wait_for(cp.remote_starts.get(), WAIT)
+            tx_id = (await cp.start_tx(1, "ALICE-TAG", 0)).transaction_id
+            assert (await asyncio.wait_for(asked, WAIT))["data"]["transactionId"] == tx_id
+        async with api2.app_client(token) as second:
+            again = await second.send_raw(orjson.dumps(envelope).decode(), "start-1")
+        assert again["data"]["transactionId"] == tx_id, again
+        assert cp.remote_starts.empty()
+        txs = await api2.store.find_transactions(TransactionQuery(charge_point_id=cp_id))
+        assert [tx.id for tx in txs] == [tx_id]
+
+
+async def test_reservations_and_limits_live_on_the_owner_gateway(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """A reservation made through the api node is held by the owner gateway B (its start
+    rule refuses another user's start there), is cancelled through the api node again; a
+    session's limits set through the api node are tracked on B."""
+    a, b, api = cluster
+    cp_id = unique("CP")
+    async with (
+        connect_cp(b, cp_id) as cp,
+        api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice,
+        api.app_client(api.token("bob", id_tag="BOB-TAG")) as bob,
+    ):
+        assert isinstance(cp, ResettableChargePoint)
+        await cp.status(1, "Available")
+        await owned_by(api, cp_id, b)
+        reserved = await alice.request(
+            "reserve_request", {"chargePointId": cp_id, "connectorId": 1, "expiryMinutes": 5}
+        )
+        assert reserved["data"]["success"] is True, reserved
+        reservation_id = reserved["data"]["reservation"]["reservationId"]
+        assert await asyncio.wait_for(cp.reservations.get(), WAIT) == (
+            "ReserveNow",
+            reservation_id,
+        )
+        held = b.app.reservations.on_connector(cp_id, 1)
+        assert held is not None and held.id == reservation_id
+        assert a.app.reservations.on_connector(cp_id, 1) is None
+
+        refused = await bob.request(
+            "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}
+        )
+        assert refused["error"]["code"] == "CONNECTOR_RESERVED", refused
+
+        cancelled = await alice.request(
+            "cancel_reservation_request", {"reservationId": reservation_id}
+        )
+        assert cancelled["data"]["chargePointStatus"] == "Accepted", cancelled
+        assert cancelled["data"]["reservation"]["status"] == "Cancelled"
+        assert await asyncio.wait_for(cp.reservations.get(), WAIT) == (
+            "CancelReservation",
+            reservation_id,
+        )
+        assert b.app.reservations.on_connector(cp_id, 1) is None
+
+        asked = asyncio.create_task(
+            alice.request("start_charging_request", {"chargePointId": cp_id, "connectorId": 1})
+        )
+        await asyncio.wait_for(cp.remote_starts.get(), WAIT)
+        tx_id = (await cp.start_tx(1, "ALICE-TAG", 0)).transaction_id
+        assert (await asyncio.wait_for(asked, WAIT))["data"]["transactionId"] == tx_id
+        limited = await alice.request(
+            "set_limits_request", {"transactionId": tx_id, "limits": {"energyKWh": 7.5}}
+        )
+        assert limited["data"]["limits"] == {"energyKWh": 7.5}, limited
+        others = await bob.request(
+            "set_limits_request", {"transactionId": tx_id, "limits": {"energyKWh": 1}}
+        )
+        assert others["error"]["code"] == "TRANSACTION_NOT_FOUND", others
 
 
 async def test_the_open_transaction_continues_on_the_gateway_the_charge_point_reconnects_to(
