@@ -916,7 +916,8 @@ class ChargingService:
         if not created:  # a replay: the first answer again, nobody told twice
             return tx.id, IdTagVerdict(tx.id_tag_status)
         ghost_id = self._live_on_connector.get(key)
-        ghost = None if ghost_id is None else self._live.get(ghost_id)
+        # (A new connection's adoption may have read this very transaction already.)
+        ghost = None if ghost_id in (None, tx.id) else self._live.get(ghost_id)
         if ghost is not None and ghost.started_at > timestamp:
             # An offline replay of an older session: it does not end the newer one.
             self._remember_live(tx, on_connector=False)
