@@ -510,3 +510,48 @@ async def test_redis_out_of_reach_is_service_unavailable_and_the_node_recovers(
         assert answer == {"status": "Accepted"}
         assert await asyncio.wait_for(cp.resets.get(), WAIT) == "Soft"
         assert cp.resets.empty()
+
+
+async def test_a_gateway_that_shuts_down_fails_its_commands_under_way_at_once(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """A start waits on gateway A for its StartTransaction when A's command server closes:
+    the user gets CHARGE_POINT_OFFLINE then, not at the end of the start time-out."""
+    a, _b, api = cluster
+    cp_id = unique("CP")
+    async with (
+        connect_cp(a, cp_id) as cp,
+        api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice,
+    ):
+        await owned_by(api, cp_id, a)
+        asked = asyncio.create_task(
+            alice.request("start_charging_request", {"chargePointId": cp_id, "connectorId": 1})
+        )
+        await asyncio.wait_for(cp.remote_starts.get(), WAIT)
+        closing = time.monotonic()
+        await a.commands.close()
+        reply = await asyncio.wait_for(asked, WAIT)
+        assert reply["error"]["code"] == "CHARGE_POINT_OFFLINE", reply
+        assert time.monotonic() - closing < 2.0
+
+
+async def test_a_lost_owner_key_is_claimed_again_while_the_charge_point_stays(
+    cluster: tuple[GatewayNode, GatewayNode, ApiNode],
+) -> None:
+    """Redis lost the key (a restart without persistence): the owner's next refresh, within
+    a third of the TTL, makes it again and tells the api nodes."""
+    a, _b, api = cluster
+    cp_id = unique("CP")
+    redis = connect(REDIS_URL)
+    try:
+        async with connect_cp(a, cp_id):
+            await owned_by(api, cp_id, a)
+            await redis.delete(keys.owner(cp_id))
+            await api.mirror.refresh()
+            assert not api.mirror.is_online(cp_id)
+            began = time.monotonic()
+            await owned_by(api, cp_id, a)
+            assert time.monotonic() - began <= a.owners.ttl / 3 + 1.0
+            assert await owner_key(cp_id) == a.node_id
+    finally:
+        await redis.aclose()

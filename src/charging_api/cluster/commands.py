@@ -171,6 +171,14 @@ class CommandServer:
             self.executed += 1
         except ChargingApiError as exc:
             reply = {"id": command_id, "ok": False, "error": error_to_wire(exc)}
+        except asyncio.CancelledError:
+            # This gateway is closing: the asker hears it now rather than at its deadline.
+            gone = offline(str(body.get("chargePointId")), "is on a gateway that is shutting down")
+            reply = {"id": command_id, "ok": False, "error": error_to_wire(gone)}
+            with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._redis.publish(keys.replies(asker), orjson.dumps(reply))
+            raise
         except TimeoutError:
             timeout = ChargePointTimeout(
                 f"The command did not finish before its deadline ({kind})",
