@@ -37,8 +37,9 @@ from charging_api.cluster.commands import CommandClient, CommandServer
 from charging_api.cluster.listen import connect
 from charging_api.cluster.owners import OwnerMirror, OwnerRegistry
 from charging_api.cluster.routing import (
+    ApiRouting,
     Budgets,
-    RemoteGateway,
+    GatewayRouting,
     RoutedChargingService,
     RoutedOperatorService,
     RoutedReservationBook,
@@ -99,9 +100,16 @@ async def require_redis() -> None:
 class GatewayNode:
     node_id: str
     app: Application
-    owners: OwnerRegistry
-    commands: CommandServer
+    routing: GatewayRouting
     ocpp_url: str
+
+    @property
+    def owners(self) -> OwnerRegistry:
+        return self.routing.owners
+
+    @property
+    def commands(self) -> CommandServer:
+        return self.routing.commands
 
 
 @contextlib.asynccontextmanager
@@ -111,25 +119,20 @@ async def gateway_node(
     node_id = unique("gw")
     settings = make_settings(tmp_path, database_url=database_url, **overrides)
     app = Application(settings)
-    redis = connect(REDIS_URL)
-    owners = OwnerRegistry(redis, node_id, owner_ttl)
-    app.gateway.on_online = owners.claim
-    app.gateway.on_offline = owners.release
-    commands = CommandServer(
-        redis,
+    routing = GatewayRouting(
+        REDIS_URL,
         node_id,
+        owner_ttl,
+        app.gateway,
         gateway_handlers(app.gateway, app.service, app.operator, app.reservations, app.sessions),
     )
-    await commands.start()
-    await owners.start()
+    await routing.start()
     ports = await app.start()
     try:
-        yield GatewayNode(node_id, app, owners, commands, f"ws://127.0.0.1:{ports.ocpp}/ocpp")
+        yield GatewayNode(node_id, app, routing, f"ws://127.0.0.1:{ports.ocpp}/ocpp")
     finally:
         await app.stop()  # charge points disconnect: their releases are queued
-        await owners.close()
-        await commands.close()
-        await redis.aclose()
+        await routing.close()
 
 
 @dataclass
@@ -170,29 +173,20 @@ async def api_node(
     node_id = unique("api")
     store = SqlStore(database_url)
     bus = MemoryBus()
-    redis = connect(redis_url)
-    budgets = Budgets(call_timeout, start_timeout, margin=2.0)
-    client = CommandClient(redis, node_id)
-    mirror = OwnerMirror(redis, mirror_refresh)
-    mirror.listeners.append(client.owner_changed)
-    remote = RemoteGateway(client, mirror, budgets)
+    routing = ApiRouting(
+        redis_url, node_id, Budgets(call_timeout, start_timeout, margin=2.0), mirror_refresh
+    )
+    remote, routed = routing.gateway, routing.routed
     clock = SystemClock()
     service = RoutedChargingService(
-        store,
-        remote,
-        bus,
-        policy=ChargingPolicy(start_transaction_timeout=start_timeout),
-        client=client,
-        budgets=budgets,
+        store, remote, bus, policy=ChargingPolicy(start_transaction_timeout=start_timeout), **routed
     )
-    reservations = RoutedReservationBook(
-        store, store, remote, bus, clock, client=client, budgets=budgets
-    )
+    reservations = RoutedReservationBook(store, store, remote, bus, clock, **routed)
     service.add_start_rule(reservations)
     profiles = ChargingProfiles(store, store, remote, clock)
     local_list = LocalListSync(store, remote, clock)
-    operator = RoutedOperatorService(store, remote, service, client=client, budgets=budgets)
-    sessions = RoutedSessionService(store, remote, bus, clock, client=client, budgets=budgets)
+    operator = RoutedOperatorService(store, remote, service, **routed)
+    sessions = RoutedSessionService(store, remote, bus, clock, **routed)
     service.sessions = sessions
     app_server = AppServer(
         service,
@@ -204,15 +198,14 @@ async def api_node(
         sessions=sessions,
     )
     await store.start()
-    await client.start()
-    await mirror.start()
+    await routing.start()
     port = await app_server.start("127.0.0.1", 0)
     try:
         yield ApiNode(
             node_id,
             store,
-            client,
-            mirror,
+            routing.client,
+            routing.mirror,
             service,
             operator,
             reservations,
@@ -221,10 +214,8 @@ async def api_node(
         )
     finally:
         await app_server.shutdown()
-        await mirror.close()
-        await client.close()
+        await routing.close()
         await store.close()
-        await redis.aclose()
 
 
 async def owner_key(charge_point_id: str) -> str | None:

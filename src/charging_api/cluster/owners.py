@@ -109,9 +109,12 @@ class OwnerRegistry:
         """Wait until every claim and release queued so far is written (or given up)."""
         await self._queue.join()
 
-    async def close(self) -> None:
-        """Stop refreshing and release every charge point still held (best effort: a key
-        left behind expires within the TTL)."""
+    async def close(self, wait: float = 2.0) -> None:
+        """Write what is queued (at most ``wait`` seconds), stop refreshing and release every
+        charge point still held (best effort: a key left behind expires within the TTL)."""
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), wait)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

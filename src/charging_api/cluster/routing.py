@@ -30,12 +30,15 @@ picks them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from charging_api.cluster.commands import CommandClient, Handler
-from charging_api.cluster.owners import OwnerMirror
+from charging_api.cluster.commands import CommandClient, CommandServer, Handler
+from charging_api.cluster.listen import connect
+from charging_api.cluster.owners import OwnerMirror, OwnerRegistry
 from charging_api.cluster.wire import decode, encode, principal_from_wire, principal_to_wire
 from charging_api.domain import access
 from charging_api.domain.charging import ChargingService, StartOutcome, StopOutcome
@@ -44,6 +47,9 @@ from charging_api.domain.operations import OperatorService
 from charging_api.domain.ports import ChargerGateway
 from charging_api.domain.reservations import ReservationBook
 from charging_api.domain.sessions import Limits, SessionService
+from charging_api.ocpp.gateway import OcppGateway
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,3 +406,89 @@ def gateway_handlers(
 
         handlers["sessions.set_limits"] = set_limits
     return handlers
+
+
+class GatewayRouting:
+    """What a ``ROLE=gateway`` node runs for routing: its own Redis client, the
+    :class:`~.owners.OwnerRegistry` on the ``OcppGateway``'s online/offline hooks, and the
+    :class:`~.commands.CommandServer` executing ``handlers`` (:func:`gateway_handlers`).
+
+    A charge point whose key another gateway took while its connection here stays open (a
+    half-open socket the charge point has given up on) is disconnected here.
+
+    Start before the OCPP door listens; close after the OCPP door has shut down (its
+    disconnections queue the releases this writes before it stops).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        node_id: str,
+        owner_ttl: float,
+        gateway: OcppGateway,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self.redis = connect(redis_url)
+        self.owners = OwnerRegistry(self.redis, node_id, owner_ttl)
+        self.commands = CommandServer(self.redis, node_id, handlers)
+        self._gateway = gateway
+        gateway.on_online = self.owners.claim
+        gateway.on_offline = self.owners.release
+        self.owners.on_lost = self._drop_zombie
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.commands.start()
+        await self.owners.start()
+
+    async def close(self) -> None:
+        await self.owners.close()
+        await self.commands.close()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=5.0)
+        await self.redis.aclose()
+
+    def _drop_zombie(self, charge_point_id: str) -> None:
+        session = self._gateway.session(charge_point_id)
+        if session is None:
+            return
+        log.warning(
+            "closing the stale connection of %s (it is connected elsewhere)", charge_point_id
+        )
+        task = asyncio.ensure_future(session.disconnect())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+class ApiRouting:
+    """What a ``ROLE=api`` node runs for routing: its own Redis client, the
+    :class:`~.commands.CommandClient`, the :class:`~.owners.OwnerMirror` (which tells the
+    client when a charge point moves) and the :class:`RemoteGateway` (:attr:`gateway`) to
+    give the core objects. Build the routed services with ``**routing.routed``.
+
+    Start before the app door listens; close after it has shut down.
+    """
+
+    def __init__(
+        self, redis_url: str, node_id: str, budgets: Budgets, mirror_refresh: float = 5.0
+    ) -> None:
+        self.redis = connect(redis_url)
+        self.budgets = budgets
+        self.client = CommandClient(self.redis, node_id)
+        self.mirror = OwnerMirror(self.redis, mirror_refresh)
+        self.mirror.listeners.append(self.client.owner_changed)
+        self.gateway = RemoteGateway(self.client, self.mirror, budgets)
+
+    @property
+    def routed(self) -> dict[str, Any]:
+        """The keyword arguments every routed service takes (``client``, ``budgets``)."""
+        return {"client": self.client, "budgets": self.budgets}
+
+    async def start(self) -> None:
+        await self.client.start()
+        await self.mirror.start()
+
+    async def close(self) -> None:
+        await self.mirror.close()
+        await self.client.close()
+        await self.redis.aclose()
