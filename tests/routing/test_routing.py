@@ -194,12 +194,19 @@ async def test_an_operator_reset_through_the_api_node_gets_the_charge_points_ans
 async def test_unknown_and_offline_charge_points_answer_as_in_one_process(
     cluster: tuple[GatewayNode, GatewayNode, ApiNode],
 ) -> None:
+    """No owner: the api node answers itself, as one process does (NOT_FOUND for an unknown
+    charge point, OFFLINE for a known one, the operation logged); an admin still closes a
+    session whose charge point is gone, and its stop then answers TRANSACTION_NOT_ACTIVE."""
     a, _b, api = cluster
     known = unique("CP")
-    async with connect_cp(a, known):
+    async with connect_cp(a, known) as cp:
         await owned_by(api, known, a)
+        tx_id = (await cp.start_tx(1, "ALICE-TAG", 100)).transaction_id
     await until(lambda: not api.mirror.is_online(known), "release seen by the api node")
-    async with api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice:
+    async with (
+        api.app_client(api.token("alice", id_tag="ALICE-TAG")) as alice,
+        api.app_client(api.token("ops", role="admin")) as ops,
+    ):
         for cp_id, code in (
             (unique("NOPE"), "CHARGE_POINT_NOT_FOUND"),
             (known, "CHARGE_POINT_OFFLINE"),
@@ -208,6 +215,19 @@ async def test_unknown_and_offline_charge_points_answer_as_in_one_process(
                 "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}
             )
             assert reply["error"]["code"] == code, reply
+            reply = await ops.request(
+                "operation_request",
+                {"chargePointId": cp_id, "action": "Reset", "payload": {"type": "Soft"}},
+            )
+            assert reply["error"]["code"] == code, reply
+        stop = await ops.request("stop_charging_request", {"transactionId": tx_id})
+        assert stop["error"]["code"] == "CHARGE_POINT_OFFLINE", stop
+        closed = await ops.request("close_transaction_request", {"transactionId": tx_id})
+        assert closed["data"]["transaction"]["transactionId"] == tx_id, closed
+        again = await ops.request("stop_charging_request", {"transactionId": tx_id})
+        assert again["error"]["code"] == "TRANSACTION_NOT_ACTIVE", again
+    log = await api.operator.operations_log(ADMIN, charge_point_id=known)
+    assert [(r.action, r.error_code) for r in log] == [("Reset", "CHARGE_POINT_OFFLINE")]
 
 
 async def test_a_charge_point_that_disconnects_mid_command_fails_it_at_once(
