@@ -18,7 +18,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,8 @@ async def gateway_node(
     node_id = unique("gw")
     settings = make_settings(tmp_path, database_url=database_url, **overrides)
     app = Application(settings)
+    # What ROLE=gateway sets (ChargingPolicy(adopt_on_connect=True)); Application is ROLE=all.
+    app.service.policy = replace(app.service.policy, adopt_on_connect=True)
     routing = GatewayRouting(
         REDIS_URL,
         node_id,

@@ -320,7 +320,8 @@ async def test_a_reconnecting_charge_point_brings_its_open_transactions_from_sto
     owner can stop it, and the charge point's StopTransaction closes it and tells them."""
     world = World()
     gateway, bus = FakeGateway(), RecordingBus()
-    here = ChargingService(world.store, gateway, bus, world.clock)
+    adopting = ChargingPolicy(adopt_on_connect=True)
+    here = ChargingService(world.store, gateway, bus, world.clock, adopting)
     await here.load()  # before the other process opened anything
     await world.online("CP1")
     tx_id = await world.started()
@@ -348,7 +349,7 @@ async def test_a_reconnection_forgets_transactions_closed_elsewhere_without_tell
     """A transaction this process still pictures as open was closed by another (an admin's
     close there): on the charge point's next connection it is dropped silently, and the
     charge point's next session on that connector is not taken for a ghost of it."""
-    world = World()
+    world = World(adopt_on_connect=True)
     await world.online("CP1")
     tx_id = await world.started()
     other = ChargingService(world.store, FakeGateway(), RecordingBus(), world.clock)
@@ -368,15 +369,10 @@ async def test_a_reconnection_forgets_transactions_closed_elsewhere_without_tell
     assert closed is not None and closed.closed_by is ClosedBy.ADMIN
 
 
-async def test_adoption_on_connection_can_be_turned_off() -> None:
+async def test_without_adoption_a_connection_reads_nothing_of_storage() -> None:
+    """The one-process default: the live picture is storage's, a connection changes nothing."""
     world = World()
-    here = ChargingService(
-        world.store,
-        FakeGateway(),
-        RecordingBus(),
-        world.clock,
-        ChargingPolicy(adopt_on_connect=False),
-    )
+    here = ChargingService(world.store, FakeGateway(), RecordingBus(), world.clock)
     await world.online("CP1")
     await world.started()
     await here.on_connected("CP1")
