@@ -15,11 +15,13 @@ import gc
 import getpass
 import itertools
 import logging
+import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import websockets
@@ -32,7 +34,7 @@ from charging_api.api.hub import UpdateHub
 from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
-from charging_api.config import Settings
+from charging_api.config import NodeRole, Settings
 from charging_api.domain import access, operator_rules
 from charging_api.domain.charging import ChargingPolicy, ChargingService, SystemClock
 from charging_api.domain.local_list import LocalListSync
@@ -52,6 +54,9 @@ from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
 from charging_api.storage.sql import SqlStore
 from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
+
+if TYPE_CHECKING:  # the one-process default never imports Redis (cluster/ imports it)
+    from charging_api.cluster.nodes import NodeHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +104,12 @@ class Application:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: ``all`` opens both doors; ``gateway`` only the OCPP door (its port also answers
+        #: /health, /metrics and /api/stats); ``api`` only the app door (docs/scaling.md).
+        self.role = settings.role
+        self.runs_ocpp = self.role is not NodeRole.API
+        self.runs_app = self.role is not NodeRole.GATEWAY
+        self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = SqlStore(settings.database_url)
         self.bus = MemoryBus()
         self.gateway = OcppGateway(call_timeout=settings.ocpp_call_timeout)
@@ -191,6 +202,7 @@ class Application:
             ping_interval=settings.ocpp_ping_interval or None,
             rate_limit=settings.ocpp_rate_limit,
             open_timeout=settings.ocpp_open_timeout,
+            http_routes=self._gateway_http if self.role is NodeRole.GATEWAY else None,
         )
         # /metrics: histograms observed through hooks, counts read from the parts at scrape.
         self.metrics = Metrics(self._metric_counts)
@@ -198,6 +210,22 @@ class Application:
         self.gateway.on_call_latency = self.metrics.observe_ocpp_call
         self.hub.on_delivery_lag = self.metrics.observe_delivery_lag
         self.store.on_batch = self.metrics.observe_batch
+        # A cluster node: heartbeats in Redis (the cluster view of /api/stats and the Redis
+        # and database checks of /health).
+        self.heartbeat: NodeHeartbeat | None = None
+        if self.role is not NodeRole.ALL:
+            from charging_api.cluster import nodes
+
+            assert settings.redis_url is not None  # Settings refuses a role without REDIS_URL
+            self.redis = nodes.connect(settings.redis_url, settings.node_heartbeat_interval)
+            self.heartbeat = nodes.NodeHeartbeat(
+                self.redis,
+                self.node_id,
+                self.role.value,
+                self._node_counts,
+                settings.node_heartbeat_interval,
+                probe_database=self._probe_database,
+            )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
             self._websocket_stats,
@@ -205,6 +233,7 @@ class Application:
             self.verifier.verify,
             self.store.failure,
             self.metrics.exposition,
+            node_health=self.heartbeat.health if self.heartbeat is not None else None,
         )
         self.app_server.set_http_handler(self.routes)
         self.rest = build_rest_app(
@@ -235,6 +264,20 @@ class Application:
         self._webhook_loop: asyncio.Task[None] | None = None
         self._session_ticks: asyncio.Task[None] | None = None
 
+    async def _gateway_http(
+        self, method: str, path: str, headers: Any
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        return await self.routes(method, path, headers)
+
+    def _node_counts(self) -> dict[str, int]:
+        return {
+            "appConnections": len(self.app_server.sessions),
+            "chargePoints": self.gateway.online_count() if self.runs_ocpp else 0,
+        }
+
+    async def _probe_database(self) -> None:
+        await self.store.count_charge_points()
+
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
         stats["gatewayConnections"] = self.gateway.online_count()
@@ -255,13 +298,23 @@ class Application:
         )
 
     def _system_stats(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "ocpp": {
                 "connectedChargePoints": self.gateway.online_count(),
                 "activeTransactions": self.service.live_transaction_count(),
             },
             "bus": {"published": self.bus.published},
         }
+        if self.heartbeat is not None:
+            seen = self.heartbeat.nodes()
+            stats["cluster"] = {
+                "nodeId": self.node_id,
+                "role": self.role.value,
+                "nodes": [node.to_json() for node in seen],
+                "appConnections": sum(n.counts.get("appConnections", 0) for n in seen),
+                "chargePoints": sum(n.counts.get("chargePoints", 0) for n in seen),
+            }
+        return stats
 
     async def start(self) -> BoundPorts:
         await self.store.start()
@@ -270,37 +323,64 @@ class Application:
         await self.reservations.load()
         await self.sessions.load()
         await self.webhooks.load()
-        self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
-        self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
-        self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
+        if self.runs_ocpp:
+            # The core's clocks run where the charge points are: an api node's core objects
+            # only answer the app door's reads (docs/scaling.md).
+            self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
+            self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
+            self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
         s = self.settings
-        ocpp_port = await _listen(
-            "OCPP_HOST",
-            "OCPP_PORT",
-            s.ocpp_host,
-            s.ocpp_port,
-            self.ocpp_server.start(s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)),
-        )
-        app_port = await _listen(
-            "WS_API_HOST",
-            "WS_API_PORT",
-            s.ws_api_host,
-            s.ws_api_port,
-            self.app_server.start(
-                s.ws_api_host, s.ws_api_port, _tls(s.ws_api_tls_cert, s.ws_api_tls_key)
-            ),
-        )
-        log.info(
-            "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
-            s.ws_api_host,
-            app_port,
-            s.ocpp_host,
-            ocpp_port,
-        )
+        ocpp_port = app_port = 0
+        if self.runs_ocpp:
+            ocpp_port = await _listen(
+                "OCPP_HOST",
+                "OCPP_PORT",
+                s.ocpp_host,
+                s.ocpp_port,
+                self.ocpp_server.start(
+                    s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)
+                ),
+            )
+        if self.runs_app:
+            app_port = await _listen(
+                "WS_API_HOST",
+                "WS_API_PORT",
+                s.ws_api_host,
+                s.ws_api_port,
+                self.app_server.start(
+                    s.ws_api_host, s.ws_api_port, _tls(s.ws_api_tls_cert, s.ws_api_tls_key)
+                ),
+            )
+        if self.heartbeat is not None:
+            await self.heartbeat.start()
+        if self.role is NodeRole.ALL:
+            log.info(
+                "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
+                s.ws_api_host,
+                app_port,
+                s.ocpp_host,
+                ocpp_port,
+            )
+        elif self.role is NodeRole.GATEWAY:
+            log.info(
+                "serving OCPP 1.6-J on %s:%d (/ocpp/{id}, /health, /api/stats, /metrics) as gateway node %s",
+                s.ocpp_host,
+                ocpp_port,
+                self.node_id,
+            )
+        else:
+            log.info(
+                "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) as api node %s",
+                s.ws_api_host,
+                app_port,
+                self.node_id,
+            )
         self._serving = True
         return BoundPorts(app_port, ocpp_port)
 
     async def stop(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.close()  # leave /api/stats at once, not three beats later
         await self.app_server.shutdown()
         await self.http_server.shutdown()
         await self.ocpp_server.shutdown()
@@ -319,6 +399,8 @@ class Application:
         await self.sessions.drain()  # receipts under way are stored before the store closes
         await self.bus.close()
         await self.store.close()
+        if self.heartbeat is not None:
+            await self.redis.aclose()
         if self._serving:  # a start-up that failed says why in one line, not "stopped"
             log.info("stopped")
 

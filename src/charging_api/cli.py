@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from charging_api import __version__, app, logs
-from charging_api.config import ConfigError, Settings, load_settings, parse_duration
+from charging_api.config import ConfigError, NodeRole, Settings, load_settings, parse_duration
 
 CONFIGURATION_HELP = (
     "Configuration comes from the environment or a .env file in the working directory: every "
@@ -66,12 +66,19 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"charging-api {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser(
+    serve = sub.add_parser(
         "serve",
         help="run the app API and the OCPP central system (foreground)",
         description="Run the app API (/ws, /health, /api/stats) and the OCPP 1.6-J central "
-        "system (/ocpp/{id}) in one process until SIGTERM or SIGINT.",
+        "system (/ocpp/{id}) in one process until SIGTERM or SIGINT; with --role, one part of "
+        "a cluster on REDIS_URL and a PostgreSQL DATABASE_URL (docs/scaling.md).",
         epilog=CONFIGURATION_HELP,
+    )
+    serve.add_argument(
+        "--role",
+        choices=[role.value for role in NodeRole],
+        help="all: both doors (default, or ROLE); gateway: the OCPP door only; api: the app "
+        "door, REST and console",
     )
 
     sim = sub.add_parser(
@@ -189,10 +196,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        if args.role is not None and args.role != settings.role.value:
+            try:
+                settings = load_settings(role=args.role)
+            except ConfigError as exc:
+                print(f"charging-api: {exc}", file=sys.stderr)
+                return 2
         if settings.ws_gateway_url:
             print(
-                "charging-api: WS_GATEWAY_URL is for the split deployment, which this version does "
-                "not have; the OCPP central system runs in this process (OCPP_HOST/OCPP_PORT)",
+                "charging-api: WS_GATEWAY_URL is the seed's split deployment; here the split is "
+                "`serve --role api` and `serve --role gateway`, which find each other through "
+                "REDIS_URL (docs/scaling.md); WS_GATEWAY_URL is not used",
                 file=sys.stderr,
             )
         try:
