@@ -126,10 +126,10 @@ class SqlStore:
             # An existing read-only file wrote nothing above: prove it takes a write.
             await self._db.write(self._sql.probe())
         except Exception as exc:
+            await self._db.dispose()  # a store that did not start holds nothing open
             unavailable = self.unavailable(exc)
             if unavailable is None:
                 raise
-            await self._db.dispose()
             raise unavailable from exc
         self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="meter flusher")

@@ -1,7 +1,9 @@
 """Operations log, availability, configuration keys, device statuses, documents.
 
 The tables releases at schema v4 added without a version step, each created only where
-missing: a v4 database may hold some of them.
+missing: a v4 database may hold some of them. And the indexes of the v1 tables, where a
+database lacks one (the releases before Alembic never added an index to an existing table),
+so every upgraded database has the indexes a new one has.
 
 Revision ID: 0005
 Revises: 0004
@@ -10,6 +12,7 @@ Revises: 0004
 from __future__ import annotations
 
 import sqlalchemy as sa
+from alembic import op
 
 from charging_api.storage.migrations.tables import TIMESTAMP, create_missing
 
@@ -19,7 +22,19 @@ branch_labels = None
 depends_on = None
 
 
+#: (index, table, columns) of the tables revision 0001 describes.
+V1_INDEXES = [
+    ("ix_id_tags_user_id", "id_tags", ["user_id"]),
+    ("ix_transactions_start", "transactions", ["charge_point_id", "connector_id", "started_at"]),
+    ("ix_transactions_user_started", "transactions", ["user_id", "started_at"]),
+    ("ix_transactions_started", "transactions", ["started_at"]),
+    ("ix_meter_samples_tx_time", "meter_samples", ["transaction_id", "timestamp"]),
+]
+
+
 def upgrade() -> None:
+    for name, table, columns in V1_INDEXES:
+        op.create_index(name, table, columns, if_not_exists=True)
     create_missing(
         "operations",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
