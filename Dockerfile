@@ -33,6 +33,6 @@ VOLUME ["/data"]
 EXPOSE 8082 8081
 # /health answers 200 while the node serves and its storage takes writes, 503 otherwise.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('WS_API_PORT', '8082') + '/health', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; gw = os.environ.get('ROLE') == 'gateway'; port = os.environ.get('OCPP_PORT', '8081') if gw else os.environ.get('WS_API_PORT', '8082'); urllib.request.urlopen('http://127.0.0.1:' + port + '/health', timeout=4)"]
 ENTRYPOINT ["charging-api"]
 CMD ["serve"]

@@ -118,7 +118,8 @@ def test_haproxy_accepts_its_configuration() -> None:
 
 def test_haproxy_routes_ocpp_to_gateways_and_the_rest_to_api_nodes() -> None:
     """``/ocpp/`` goes to the gateways' OCPP port, everything else to the api nodes' app port;
-    every server is a compose service, checked with GET /health on its app port; compose
+    every server is a compose service, checked with GET /health on the port it serves (a
+    gateway answers /health on its OCPP port, its app port is not open); compose
     mounts this file where the official image reads it and publishes the bind port."""
     config = haproxy_config()
     assert "acl ocpp path_beg /ocpp/" in config.frontend
@@ -134,7 +135,7 @@ def test_haproxy_routes_ocpp_to_gateways_and_the_rest_to_api_nodes() -> None:
             env = services[host]["environment"]
             door = "OCPP_PORT" if backend == "gateways" else "WS_API_PORT"
             assert port == int(env[door]), name
-            assert (check_port or port) == int(env["WS_API_PORT"]), name
+            assert (check_port or port) == int(env[door]), name
     haproxy = services["haproxy"]
     assert (
         f"./{HAPROXY_CFG.relative_to(ROOT)}:/usr/local/etc/haproxy/haproxy.cfg:ro"
