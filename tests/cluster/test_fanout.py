@@ -7,14 +7,16 @@ them. The events are the core's own domain events, published on its MemoryBus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 
 from charging_api.api import protocol
+from charging_api.bus.memory import MemoryBus
 from charging_api.cluster import keys
-from charging_api.cluster.fanout import connect
+from charging_api.cluster.fanout import ClusterHub, PushPublisher, connect
 from charging_api.domain.events import (
     ChargePointConnectionChanged,
     ConnectorStatusChanged,
@@ -23,7 +25,7 @@ from charging_api.domain.events import (
 )
 from charging_api.domain.models import MeterSample
 from charging_api.errors import Forbidden
-from tests.cluster.redis_scene import Inbox, cluster
+from tests.cluster.redis_scene import Inbox, Relay, cluster, empty_redis
 
 WHEN = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
@@ -268,3 +270,51 @@ async def test_redis_losing_its_data_changes_the_epoch_and_resume_resyncs() -> N
             assert (await client.get(keys.EPOCH)) == b.epoch.encode()
         finally:
             await client.aclose()
+
+
+async def test_nodes_ride_out_a_redis_outage_by_themselves(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis unreachable: the publisher drops and counts what it cannot number (the core is
+    never held up), says so once; when Redis is back both the publisher and the hub's
+    subscription recover on their own, and resume fills the gap the outage left."""
+    relay = Relay()
+    port = await relay.start()
+    async with empty_redis() as direct:
+        url = direct.replace(":6379/", f":{port}/")
+        bus = MemoryBus()
+        publisher = PushPublisher(url, retry_delay=0.05)
+        await publisher.start()
+        publisher.follow(bus)
+        hub = ClusterHub(url, "api-a")
+        await hub.start()
+        try:
+            phone = Inbox()
+            await hub.attach("alice", phone)
+            await bus.publish(status())
+            await phone.wait_for(1)
+
+            await relay.cut()
+            for state in ("SuspendedEV", "SuspendedEVSE", "Charging"):
+                await bus.publish(status(state=state))  # returns at once: only queued
+            await asyncio.wait_for(publisher.flushed(), 10)
+            assert publisher.dropped == 3
+            said = [r.getMessage() for r in caplog.records]
+            assert len([m for m in said if m.startswith("push publisher: Redis does not")]) == 1
+
+            await relay.start()
+            async with asyncio.timeout(10):  # until the hub listens again: bounded
+                while len(phone.frames) < 2:
+                    await bus.publish(meter())
+                    await asyncio.wait_for(publisher.flushed(), 5)
+                    with contextlib.suppress(TimeoutError):
+                        await phone.wait_for(2, timeout=0.2)
+            latest = await hub.current_seq("alice")
+            assert phone.seqs[-1] == latest
+            missed = await hub.missed_since("alice", 1)
+            assert missed is not None and missed[-1] == phone.frames[-1]
+            assert [orjson.loads(f)["seq"] for f in missed] == list(range(2, latest + 1))
+        finally:
+            await hub.close()
+            await publisher.close()
+            await relay.cut()

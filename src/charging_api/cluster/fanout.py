@@ -273,42 +273,42 @@ class PushPublisher:
         """One pipeline: one script call per event of ``batch``, in order."""
         now = utc_now_text()
         candidate = secrets.token_hex(4)
-        pipe = self._redis.pipeline(transaction=False)
-        sent = 0
-        for event in batch:
-            rendered = pushes.render(event)
-            if rendered is None:
-                continue
-            owner = pushes.owner_of(event) or ""
-            head, mid, tail = protocol.push_parts(rendered.kind, rendered.data_json, now)
-            stamp = pushes.stamped_at(event)
-            await self._script(
-                args=(
-                    keys.EPOCH,
-                    candidate,
-                    pushes.audience(event).value,
-                    owner,
-                    keys.seq(owner),
-                    keys.session_pushes(owner),
-                    keys.WATCH_ALL,
-                    keys.watch_cp(event.charge_point_id),
-                    keys.seq(""),
-                    keys.history(""),
-                    self._history,
-                    keys.PUSHES,
-                    head,
-                    mid,
-                    tail,
-                    "1" if rendered.droppable else "0",
-                    rendered.kind,
-                    "" if stamp is None else repr(stamp),
-                ),
-                client=pipe,
-            )
-            sent += 1
-        if not sent:
-            return
-        counts = await pipe.execute()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            sent = 0
+            for event in batch:
+                rendered = pushes.render(event)
+                if rendered is None:
+                    continue
+                owner = pushes.owner_of(event) or ""
+                head, mid, tail = protocol.push_parts(rendered.kind, rendered.data_json, now)
+                stamp = pushes.stamped_at(event)
+                await self._script(
+                    args=(
+                        keys.EPOCH,
+                        candidate,
+                        pushes.audience(event).value,
+                        owner,
+                        keys.seq(owner),
+                        keys.session_pushes(owner),
+                        keys.WATCH_ALL,
+                        keys.watch_cp(event.charge_point_id),
+                        keys.seq(""),
+                        keys.history(""),
+                        self._history,
+                        keys.PUSHES,
+                        head,
+                        mid,
+                        tail,
+                        "1" if rendered.droppable else "0",
+                        rendered.kind,
+                        "" if stamp is None else repr(stamp),
+                    ),
+                    client=pipe,
+                )
+                sent += 1
+            if not sent:
+                return
+            counts = await pipe.execute()
         self.round_trips += 1
         for count in counts:
             if count:
@@ -463,10 +463,10 @@ class ClusterHub:
     # ------------------------------------------------------- seq and resume
 
     async def current_seq(self, user_id: str) -> int:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(keys.EPOCH)
-        pipe.get(keys.seq(user_id))
-        epoch, seq = await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.EPOCH)
+            pipe.get(keys.seq(user_id))
+            epoch, seq = await pipe.execute()
         await self._check_epoch(epoch)
         return int(seq) if seq is not None else 0
 
@@ -474,11 +474,11 @@ class ClusterHub:
         """Frames after ``last_seq`` from the user's history Stream, or None when they cannot
         all be served (older than the history, ahead of the seq, or the epoch changed: Redis
         lost what it held)."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.get(keys.EPOCH)
-        pipe.get(keys.seq(user_id))
-        pipe.xrange(keys.history(user_id), f"{last_seq + 1}-1", "+")
-        epoch, seq_text, entries = await pipe.execute()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.EPOCH)
+            pipe.get(keys.seq(user_id))
+            pipe.xrange(keys.history(user_id), f"{last_seq + 1}-1", "+")
+            epoch, seq_text, entries = await pipe.execute()
         if await self._check_epoch(epoch):
             return None
         if seq_text is None:
@@ -500,10 +500,10 @@ class ClusterHub:
             return False
         self.epoch = await _adopt_epoch(self._redis, seen)
         if self._local:  # Redis lost the streams: number the connected users again
-            pipe = self._redis.pipeline(transaction=False)
-            for user_id in self._local:
-                pipe.set(keys.seq(user_id), 0, nx=True)
-            await pipe.execute()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in self._local:
+                    pipe.set(keys.seq(user_id), 0, nx=True)
+                await pipe.execute()
         return True
 
     # ------------------------------------------------------------ deliveries
@@ -562,12 +562,12 @@ class ClusterHub:
                 await self._check_epoch(await self._redis.get(keys.EPOCH))
                 if self._non_admins:
                     until = time.time() + self._lease
-                    pipe = self._redis.pipeline(transaction=False)
-                    for user_id, leases in self._non_admins.items():
-                        key = keys.non_admins(user_id)
-                        pipe.zremrangebyscore(key, "-inf", time.time())
-                        pipe.zadd(key, dict.fromkeys(leases.values(), until))
-                    await pipe.execute()
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for user_id, leases in self._non_admins.items():
+                            key = keys.non_admins(user_id)
+                            pipe.zremrangebyscore(key, "-inf", time.time())
+                            pipe.zadd(key, dict.fromkeys(leases.values(), until))
+                        await pipe.execute()
             except (RedisError, OSError) as err:
                 self._outage.failed(err)
 
