@@ -60,45 +60,64 @@ from charging_api.timefmt import utc_now_text
 
 log = logging.getLogger(__name__)
 
-#: Numbers one event's pushes and publishes them. ARGV: 1 epoch key, 2 epoch candidate,
-#: 3 audience (pushes.Audience value), 4 owner ('' none), 5 owner's seq key, 6 owner's
-#: session-push key, 7 watch:all key, 8 watch:cp key of the event's charge point, 9 seq key
-#: prefix, 10 history key prefix, 11 history size, 12 channel, 13 head, 14 mid, 15 tail,
-#: 16 droppable '1'/'0', 17 kind, 18 event time ('' unknown). Returns the recipient count.
-#: A user is a recipient as owner only while their ``seq`` key exists (hubs create it at
-#: attach): the in-process hub's "the owner has a stream".
+#: The first part of every push frame (``protocol.push_parts``): sent once per batch.
+HEAD = protocol.push_parts("", b"", "")[0]
+
+#: Numbers a batch of events' pushes and publishes them in one message. ARGV: 1 epoch key,
+#: 2 epoch candidate, 3 seq key prefix, 4 history key prefix, 5 session-push key prefix,
+#: 6 watch:all key, 7 watch:cp key prefix, 8 history size, 9 channel, 10 the frames' head
+#: (``protocol.push_parts``'s first part, the same for every push); then 8 per event:
+#: audience (pushes.Audience value), owner ('' none), charge point, kind, droppable '1'/'0',
+#: event time ('' unknown), mid, tail. Returns each event's recipient count. A user is a
+#: recipient as owner only while their ``seq`` key exists (hubs create it at attach): the
+#: in-process hub's "the owner has a stream". The message: cjson of
+#: ``[head, [[droppable, kind, time, mid, tail, [user...], [seq...]], ...]]``, the events that
+#: reached someone, in order.
 PUBLISH_SCRIPT = """
 redis.call('SET', ARGV[1], ARGV[2], 'NX')
-local reach, owner = ARGV[3], ARGV[4]
-local users, seen, n = {}, {}, 0
-if owner ~= '' and redis.call('EXISTS', ARGV[5]) == 1 then
-  if reach ~= 's' or redis.call('EXISTS', ARGV[6]) == 1 then
-    n = 1; users[1] = owner; seen[owner] = true
-  end
-end
-if reach == 'w' then
-  for _, key in ipairs({ARGV[7], ARGV[8]}) do
-    for _, u in ipairs(redis.call('SMEMBERS', key)) do
-      if not seen[u] then n = n + 1; users[n] = u; seen[u] = true end
+local seqp, histp, sessp, cpp = ARGV[3], ARGV[4], ARGV[5], ARGV[7]
+local history = tonumber(ARGV[8])
+local head = ARGV[10]
+local everything = redis.call('SMEMBERS', ARGV[6])
+local watchers = {}
+local out, counts = {}, {}
+for b = 10, #ARGV - 8, 8 do
+  local reach, owner, cp = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local users, seen, n = {}, {}, 0
+  if owner ~= '' and redis.call('EXISTS', seqp .. owner) == 1 then
+    if reach ~= 's' or redis.call('EXISTS', sessp .. owner) == 1 then
+      n = 1; users[1] = owner; seen[owner] = true
     end
   end
-end
-if n == 0 then return 0 end
-local history = tonumber(ARGV[11])
-local head, mid, tail = ARGV[13], ARGV[14], ARGV[15]
-local seqs = {}
-for i = 1, n do
-  local u = users[i]
-  local s = redis.call('INCR', ARGV[9] .. u)
-  seqs[i] = s
-  if history > 0 then
-    redis.call('XADD', ARGV[10] .. u, 'MAXLEN', '~', history, s .. '-1', 'f',
-      head .. s .. mid .. s .. tail)
+  if reach == 'w' then
+    local on_cp = watchers[cp]
+    if on_cp == nil then
+      on_cp = redis.call('SMEMBERS', cpp .. cp); watchers[cp] = on_cp
+    end
+    for _, group in ipairs({everything, on_cp}) do
+      for _, u in ipairs(group) do
+        if not seen[u] then n = n + 1; users[n] = u; seen[u] = true end
+      end
+    end
+  end
+  counts[#counts + 1] = n
+  if n > 0 then
+    local mid, tail = ARGV[b + 7], ARGV[b + 8]
+    local seqs = {}
+    for i = 1, n do
+      local u = users[i]
+      local s = redis.call('INCR', seqp .. u)
+      seqs[i] = s
+      if history > 0 then
+        redis.call('XADD', histp .. u, 'MAXLEN', '~', history, s .. '-1', 'f',
+          head .. s .. mid .. s .. tail)
+      end
+    end
+    out[#out + 1] = {ARGV[b + 5], ARGV[b + 4], ARGV[b + 6], mid, tail, users, seqs}
   end
 end
-redis.call('PUBLISH', ARGV[12],
-  cjson.encode({ARGV[16], ARGV[17], ARGV[18], head, mid, tail, users, seqs}))
-return n
+if #out > 0 then redis.call('PUBLISH', ARGV[9], cjson.encode({head, out})) end
+return counts
 """
 
 #: Changes a user's subscriptions and answers them. ARGV: 1 user, 2 op ('add', 'del' or 'end':
@@ -264,51 +283,48 @@ class PushPublisher:
                     self.dropped += len(batch)
                     self._outage.failed(err)
                     await asyncio.sleep(self._retry_delay)
+                except Exception:  # a bug must not end the publishing of later events
+                    self.dropped += len(batch)
+                    log.exception("push publisher: a batch of %d events failed", len(batch))
                 else:
                     self._outage.ok()
                     self._full_logged = False
             self._idle.set()
 
     async def _send(self, batch: list[DomainEvent]) -> None:
-        """One pipeline: one script call per event of ``batch``, in order."""
+        """One script call (one round trip) numbers and publishes the whole ``batch``."""
         now = utc_now_text()
-        candidate = secrets.token_hex(4)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            sent = 0
-            for event in batch:
-                rendered = pushes.render(event)
-                if rendered is None:
-                    continue
-                owner = pushes.owner_of(event) or ""
-                head, mid, tail = protocol.push_parts(rendered.kind, rendered.data_json, now)
-                stamp = pushes.stamped_at(event)
-                await self._script(
-                    args=(
-                        keys.EPOCH,
-                        candidate,
-                        pushes.audience(event).value,
-                        owner,
-                        keys.seq(owner),
-                        keys.session_pushes(owner),
-                        keys.WATCH_ALL,
-                        keys.watch_cp(event.charge_point_id),
-                        keys.seq(""),
-                        keys.history(""),
-                        self._history,
-                        keys.PUSHES,
-                        head,
-                        mid,
-                        tail,
-                        "1" if rendered.droppable else "0",
-                        rendered.kind,
-                        "" if stamp is None else repr(stamp),
-                    ),
-                    client=pipe,
-                )
-                sent += 1
-            if not sent:
-                return
-            counts = await pipe.execute()
+        args: list[str | bytes] = [
+            keys.EPOCH,
+            secrets.token_hex(4),  # fresh: a Redis that lost the epoch gets a new one
+            keys.seq(""),
+            keys.history(""),
+            keys.session_pushes(""),
+            keys.WATCH_ALL,
+            keys.watch_cp(""),
+            self._history,
+            keys.PUSHES,
+            HEAD,
+        ]
+        for event in batch:
+            rendered = pushes.render(event)
+            if rendered is None:
+                continue
+            _, mid, tail = protocol.push_parts(rendered.kind, rendered.data_json, now)
+            stamp = pushes.stamped_at(event)
+            args += (
+                pushes.audience(event).value,
+                pushes.owner_of(event) or "",
+                event.charge_point_id,
+                rendered.kind,
+                "1" if rendered.droppable else "0",
+                "" if stamp is None else repr(stamp),
+                mid,
+                tail,
+            )
+        if len(args) == 10:  # nothing but the batch-wide arguments
+            return
+        counts = await self._script(args=args)
         self.round_trips += 1
         for count in counts:
             if count:
@@ -520,7 +536,10 @@ class ClusterHub:
                 while True:  # a bounded wait: the client's socket timeout must not fire
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None:
-                        self._deliver(message["data"])
+                        try:
+                            self._deliver(message["data"])
+                        except Exception:  # one bad message must not end the deliveries
+                            log.exception("cluster hub: a push could not be delivered")
             except (RedisError, OSError) as err:
                 self._outage.failed(err)
                 await asyncio.sleep(0.5)
@@ -529,35 +548,38 @@ class ClusterHub:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _deliver(self, payload: bytes) -> None:
-        droppable_flag, kind, stamp, head, mid, tail, users, seqs = orjson.loads(payload)
+        """One published batch: each push to this node's sessions of its recipients."""
+        head_text, batch = orjson.loads(payload)
         local = self._local
-        parts: tuple[bytes, bytes, bytes] | None = None
-        before = self.deliveries
-        droppable = droppable_flag == "1"
-        for user_id, seq in zip(users, seqs, strict=True):
-            sessions = local.get(user_id)
-            if not sessions:
-                continue
-            if parts is None:
-                parts = (head.encode(), mid.encode(), tail.encode())
-            number = b"%d" % seq
-            frame = parts[0] + number + parts[1] + number + parts[2]
-            for session in tuple(sessions):
-                session.deliver(frame, droppable)
-                self.deliveries += 1
-        delivered = self.deliveries - before
-        if delivered:
-            self.pushes_by_type[kind] = self.pushes_by_type.get(kind, 0) + delivered
-            if self.on_delivery_lag is not None and stamp:
-                self.on_delivery_lag(max(0.0, time.time() - float(stamp)))
+        head = head_text.encode()
+        for droppable_flag, kind, stamp, mid_text, tail_text, users, seqs in batch:
+            before = self.deliveries
+            droppable = droppable_flag == "1"
+            mid = tail = b""  # encoded for the first local recipient only
+            for user_id, seq in zip(users, seqs, strict=True):
+                sessions = local.get(user_id)
+                if not sessions:
+                    continue
+                if not mid:
+                    mid, tail = mid_text.encode(), tail_text.encode()
+                number = b"%d" % seq
+                frame = head + number + mid + number + tail
+                for session in tuple(sessions):
+                    session.deliver(frame, droppable)
+                    self.deliveries += 1
+            delivered = self.deliveries - before
+            if delivered:
+                self.pushes_by_type[kind] = self.pushes_by_type.get(kind, 0) + delivered
+                if self.on_delivery_lag is not None and stamp:
+                    self.on_delivery_lag(max(0.0, time.time() - float(stamp)))
 
     # ---------------------------------------------------------------- leases
 
     async def _keep(self) -> None:
-        """Every ``lease / 3`` seconds: renew this node's user-role leases, and notice an epoch
-        Redis lost (so the connected users' pushes are numbered again)."""
+        """Every ``lease / 3`` seconds (2 at most): renew this node's user-role leases, and
+        notice an epoch Redis lost (so the connected users' pushes are numbered again)."""
         while True:
-            await asyncio.sleep(self._lease / 3)
+            await asyncio.sleep(min(self._lease / 3, 2.0))
             try:
                 await self._check_epoch(await self._redis.get(keys.EPOCH))
                 if self._non_admins:
