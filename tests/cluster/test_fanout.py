@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 
 import orjson
 import pytest
 
 from charging_api.api import protocol
+from charging_api.api.hub import Hub, UpdateHub
 from charging_api.bus.memory import MemoryBus
 from charging_api.cluster import keys
 from charging_api.cluster.fanout import ClusterHub, PushPublisher, connect
 from charging_api.domain.events import (
+    ChargePointBooted,
     ChargePointConnectionChanged,
     ConnectorStatusChanged,
+    DataTransferReceived,
+    DeviceStatusChanged,
     MeterValuesReceived,
+    ReservationChanged,
     SessionNotice,
+    SessionUpdated,
+    TransactionStarted,
+    TransactionStopped,
 )
-from charging_api.domain.models import MeterSample
+from charging_api.domain.models import DeviceJob, MeterSample
 from charging_api.errors import Forbidden
 from tests.cluster.redis_scene import Inbox, Relay, cluster, empty_redis
 
@@ -318,3 +327,56 @@ async def test_nodes_ride_out_a_redis_outage_by_themselves(
             await hub.close()
             await publisher.close()
             await relay.cut()
+
+
+async def test_the_cluster_numbers_and_renders_every_event_as_the_in_process_hub() -> None:
+    """Every kind of domain event, through an UpdateHub and through publisher + Redis +
+    ClusterHub with the same users, subscriptions and session-push flags: each user gets the
+    same pushes (type, seq, data, droppable) from both."""
+    everything = [
+        status(),  # alice's
+        dataclasses.replace(status(user="bob", state="Faulted"), owner_only=True),
+        status(cp="CP-2", user=None, state="Available"),
+        meter(),
+        TransactionStarted("CP-1", 1, 7, "alice", "TAG", 1000, WHEN),
+        TransactionStopped("CP-1", 1, 7, "alice", 2000, 1.0, "Local", WHEN),
+        DataTransferReceived("CP-1", "acme", "hello", {"x": 1}, WHEN),
+        DeviceStatusChanged("CP-2", DeviceJob.FIRMWARE, "Installing", WHEN),
+        ReservationChanged("CP-3", 1, 4, "bob", "BOB", "Accepted", WHEN, WHEN),
+        notice("alice"),
+        notice("bob"),  # bob did not ask for session pushes
+        SessionUpdated("CP-1", 1, 7, "alice", {"energyKWh": 1.0}),
+        status(user="carol"),  # carol never connected: watchers only
+        ChargePointConnectionChanged("CP-1", False, WHEN),
+        ChargePointBooted("CP-1", WHEN),
+    ]
+    users = ("alice", "bob", "ops", "root")
+
+    async def prepare(hub: Hub) -> dict[str, Inbox]:
+        inboxes = {user: Inbox() for user in users}
+        for user, inbox in inboxes.items():
+            await hub.attach(user, inbox)
+        await hub.subscribe("ops", ["CP-1"])
+        await hub.subscribe("root", None)
+        await hub.set_session_pushes("alice", True)
+        return inboxes
+
+    def seen(inbox: Inbox) -> list[tuple[object, ...]]:
+        return [
+            (m["type"], m["seq"], m["data"], droppable)
+            for m, droppable in zip(inbox.messages, inbox.droppable, strict=True)
+        ]
+
+    local = UpdateHub()
+    bus = MemoryBus()
+    bus.subscribe(local.on_event)
+    expected = await prepare(local)
+    for event in everything:
+        await bus.publish(event)
+    async with cluster() as scene:
+        got = await prepare(await scene.hub("api-a"))
+        await scene.emit(*everything)
+        for user in users:
+            await got[user].wait_for(len(expected[user].frames))
+        assert {u: seen(got[u]) for u in users} == {u: seen(expected[u]) for u in users}
+    assert [len(expected[u].frames) for u in users] == [6, 2, 6, 9]  # not vacuous
