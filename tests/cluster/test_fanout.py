@@ -25,6 +25,7 @@ from charging_api.domain.events import (
     ConnectorStatusChanged,
     DataTransferReceived,
     DeviceStatusChanged,
+    DomainEvent,
     MeterValuesReceived,
     ReservationChanged,
     SessionNotice,
@@ -333,7 +334,7 @@ async def test_the_cluster_numbers_and_renders_every_event_as_the_in_process_hub
     """Every kind of domain event, through an UpdateHub and through publisher + Redis +
     ClusterHub with the same users, subscriptions and session-push flags: each user gets the
     same pushes (type, seq, data, droppable) from both."""
-    everything = [
+    everything: list[DomainEvent] = [
         status(),  # alice's
         dataclasses.replace(status(user="bob", state="Faulted"), owner_only=True),
         status(cp="CP-2", user=None, state="Available"),
