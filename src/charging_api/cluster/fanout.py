@@ -272,27 +272,59 @@ class PushPublisher:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
-                try:
-                    await self._send(batch)
-                except (RedisError, OSError) as err:
-                    self.dropped += len(batch)
-                    self._outage.failed(err)
-                    await asyncio.sleep(self._retry_delay)
-                except Exception:  # a bug must not end the publishing of later events
-                    self.dropped += len(batch)
-                    log.exception("push publisher: a batch of %d events failed", len(batch))
-                else:
-                    self._outage.ok()
-                    self._full_logged = False
-            self._idle.set()
+        """Render the next batch while Redis runs the previous one. One script call at a time
+        (the next is sent once the previous answered), so Redis numbers in queue order."""
+        in_flight: asyncio.Task[Any] | None = None
+        in_flight_size = 0
+        try:
+            while True:
+                if not self._queue and in_flight is None:
+                    self._idle.set()
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                args: list[str | bytes] | None = None
+                size = min(self._batch, len(self._queue))
+                if size:
+                    batch = [self._queue.popleft() for _ in range(size)]
+                    try:
+                        args = self._arguments(batch)
+                    except Exception:  # a bug must not end the publishing of later events
+                        self.dropped += size
+                        log.exception("push publisher: a batch of %d events failed", size)
+                if in_flight is not None:
+                    await self._finish(in_flight, in_flight_size)
+                    in_flight = None
+                if args is not None:
+                    in_flight = asyncio.ensure_future(self._script(args=args))
+                    in_flight_size = size
+        finally:
+            if in_flight is not None:
+                in_flight.cancel()
 
-    async def _send(self, batch: list[DomainEvent]) -> None:
-        """One script call (one round trip) numbers and publishes the whole ``batch``."""
+    async def _finish(self, call: asyncio.Task[Any], size: int) -> None:
+        """Count what a script call numbered; on Redis failure its events are dropped."""
+        try:
+            counts = await call
+        except (RedisError, OSError) as err:
+            self.dropped += size
+            self._outage.failed(err)
+            await asyncio.sleep(self._retry_delay)
+            return
+        except Exception:
+            self.dropped += size
+            log.exception("push publisher: a batch of %d events failed", size)
+            return
+        self._outage.ok()
+        self._full_logged = False
+        self.round_trips += 1
+        for count in counts:
+            if count:
+                self.published += 1
+                self.pushes += int(count)
+
+    def _arguments(self, batch: list[DomainEvent]) -> list[str | bytes] | None:
+        """The script's arguments for ``batch`` (None: none of its events is pushed)."""
         now = utc_now_text()
         args: list[str | bytes] = [
             keys.EPOCH,
@@ -322,14 +354,7 @@ class PushPublisher:
                 mid,
                 tail,
             )
-        if len(args) == 10:  # nothing but the batch-wide arguments
-            return
-        counts = await self._script(args=args)
-        self.round_trips += 1
-        for count in counts:
-            if count:
-                self.published += 1
-                self.pushes += int(count)
+        return args if len(args) > 10 else None
 
 
 # ------------------------------------------------------------------------------------ hub
