@@ -66,7 +66,8 @@ HEAD = protocol.push_parts("", b"", "")[0]
 #: Numbers a batch of events' pushes and publishes them in one message. ARGV: 1 epoch key,
 #: 2 epoch candidate, 3 seq key prefix, 4 history key prefix, 5 session-push key prefix,
 #: 6 watch:all key, 7 watch:cp key prefix, 8 history size, 9 channel, 10 the frames' head
-#: (``protocol.push_parts``'s first part, the same for every push); then 8 per event:
+#: (``protocol.push_parts``'s first part, the same for every push), 11 the history's time to
+#: live in seconds (0: none; renewed by each push); then 8 per event:
 #: audience (pushes.Audience value), owner ('' none), charge point, kind, droppable '1'/'0',
 #: event time ('' unknown), mid, tail. Returns each event's recipient count. A user is a
 #: recipient as owner only while their ``seq`` key exists (hubs create it at attach): the
@@ -78,10 +79,11 @@ redis.call('SET', ARGV[1], ARGV[2], 'NX')
 local seqp, histp, sessp, cpp = ARGV[3], ARGV[4], ARGV[5], ARGV[7]
 local history = tonumber(ARGV[8])
 local head = ARGV[10]
+local ttl = tonumber(ARGV[11])
 local everything = redis.call('SMEMBERS', ARGV[6])
 local watchers = {}
 local out, counts = {}, {}
-for b = 10, #ARGV - 8, 8 do
+for b = 11, #ARGV - 8, 8 do
   local reach, owner, cp = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local users, seen, n = {}, {}, 0
   if owner ~= '' and redis.call('EXISTS', seqp .. owner) == 1 then
@@ -111,6 +113,7 @@ for b = 10, #ARGV - 8, 8 do
       if history > 0 then
         redis.call('XADD', histp .. u, 'MAXLEN', '~', history, s .. '-1', 'f',
           head .. s .. mid .. s .. tail)
+        if ttl > 0 then redis.call('EXPIRE', histp .. u, ttl) end
       end
     end
     out[#out + 1] = {ARGV[b + 5], ARGV[b + 4], ARGV[b + 6], mid, tail, users, seqs}
@@ -195,6 +198,10 @@ class PushPublisher:
     :meth:`follow`); :meth:`close` stops following and sends what is queued (bounded wait).
     ``published`` counts events numbered for at least one user, ``pushes`` the frames numbered,
     ``dropped`` the events lost (queue full, or their batch failed because Redis was gone).
+
+    Redis memory: a user's history (up to ~``history_size`` frames) lives ``history_ttl``
+    seconds after their last push (then a ``resume`` from before gets RESYNC_REQUIRED); their
+    ``seq`` key (a few bytes) stays, so numbering never restarts under the same epoch.
     """
 
     def __init__(
@@ -202,6 +209,7 @@ class PushPublisher:
         redis_url: str,
         *,
         history_size: int = 200,
+        history_ttl: float = 86_400.0,
         queue_size: int = 10_000,
         batch_size: int = 256,
         retry_delay: float = 0.5,
@@ -209,6 +217,7 @@ class PushPublisher:
         self._redis = connect(redis_url)
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self._history = str(history_size)
+        self._history_ttl = str(int(history_ttl))
         self._queue: deque[DomainEvent] = deque()
         self._queue_size = queue_size
         self._batch = batch_size
@@ -337,6 +346,7 @@ class PushPublisher:
             self._history,
             keys.PUSHES,
             HEAD,
+            self._history_ttl,
         ]
         for event in batch:
             rendered = pushes.render(event)
@@ -354,7 +364,7 @@ class PushPublisher:
                 mid,
                 tail,
             )
-        return args if len(args) > 10 else None
+        return args if len(args) > 11 else None
 
 
 # ------------------------------------------------------------------------------------ hub
