@@ -94,19 +94,19 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(history_size: int = 200) -> AsyncIterator[Cluster]:
+async def cluster(history_size: int = 200, **publisher: Any) -> AsyncIterator[Cluster]:
     async with empty_redis() as url:
         bus = MemoryBus()
-        publisher = PushPublisher(url, history_size=history_size)
-        await publisher.start()
-        publisher.follow(bus)
-        scene = Cluster(url, bus, publisher)
+        pushes = PushPublisher(url, history_size=history_size, **publisher)
+        await pushes.start()
+        pushes.follow(bus)
+        scene = Cluster(url, bus, pushes)
         try:
             yield scene
         finally:
             for hub in scene.hubs:
                 await hub.close()
-            await publisher.close()
+            await pushes.close()
 
 
 class Relay:

@@ -144,6 +144,27 @@ async def test_a_gap_older_than_the_history_needs_a_resync() -> None:
         assert [orjson.loads(f)["seq"] for f in recent] == [248, 249, 250]
 
 
+async def test_a_history_unused_for_its_time_to_live_is_gone() -> None:
+    """history_ttl: a user's history expires that long after their last push (Redis memory
+    stays bounded by the active users); the seq stays, so a resume from before is refused
+    rather than served from a restarted numbering."""
+    async with cluster(history_ttl=0.5) as scene:
+        a = await scene.hub("api-a")
+        await a.attach("alice", Inbox())
+        await scene.emit(status(), meter())
+        assert await a.missed_since("alice", 0) is not None
+        for _ in range(100):  # poll the expiry: bounded, 5 s at most
+            if await a.missed_since("alice", 0) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await a.missed_since("alice", 0) is None
+        assert await a.missed_since("alice", 1) is None
+        assert await a.current_seq("alice") == 2
+        await scene.emit(status(state="SuspendedEV"))
+        again = await a.missed_since("alice", 2)
+        assert again is not None and [orjson.loads(f)["seq"] for f in again] == [3]
+
+
 async def test_no_history_means_any_gap_needs_a_resync() -> None:
     async with cluster(history_size=0) as scene:
         a = await scene.hub("api-a")

@@ -67,7 +67,7 @@ HEAD = protocol.push_parts("", b"", "")[0]
 #: 2 epoch candidate, 3 seq key prefix, 4 history key prefix, 5 session-push key prefix,
 #: 6 watch:all key, 7 watch:cp key prefix, 8 history size, 9 channel, 10 the frames' head
 #: (``protocol.push_parts``'s first part, the same for every push), 11 the history's time to
-#: live in seconds (0: none; renewed by each push); then 8 per event:
+#: live in milliseconds (0: none; renewed by each push); then 8 per event:
 #: audience (pushes.Audience value), owner ('' none), charge point, kind, droppable '1'/'0',
 #: event time ('' unknown), mid, tail. Returns each event's recipient count. A user is a
 #: recipient as owner only while their ``seq`` key exists (hubs create it at attach): the
@@ -113,7 +113,7 @@ for b = 11, #ARGV - 8, 8 do
       if history > 0 then
         redis.call('XADD', histp .. u, 'MAXLEN', '~', history, s .. '-1', 'f',
           head .. s .. mid .. s .. tail)
-        if ttl > 0 then redis.call('EXPIRE', histp .. u, ttl) end
+        if ttl > 0 then redis.call('PEXPIRE', histp .. u, ttl) end
       end
     end
     out[#out + 1] = {ARGV[b + 5], ARGV[b + 4], ARGV[b + 6], mid, tail, users, seqs}
@@ -217,7 +217,7 @@ class PushPublisher:
         self._redis = connect(redis_url)
         self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self._history = str(history_size)
-        self._history_ttl = str(int(history_ttl))
+        self._history_ttl = str(int(history_ttl * 1000))  # PEXPIRE: milliseconds
         self._queue: deque[DomainEvent] = deque()
         self._queue_size = queue_size
         self._batch = batch_size
