@@ -5,11 +5,12 @@ Two halves, joined by one Redis:
 - :class:`PushPublisher` runs on every node that has a core (its local bus). It subscribes to
   the node's :class:`~charging_api.bus.memory.MemoryBus` (which stays in-process for the other
   in-process subscribers), queues each event that may reach someone and, from one task, sends
-  batches of them to Redis in one pipeline. Per event one Lua script (atomic: no other numbering
-  interleaves) finds the recipients exactly as :class:`~charging_api.api.hub.UpdateHub` does
-  (:mod:`charging_api.api.pushes` decides), INCRs each recipient's ``seq``, appends the frame to
-  the recipient's history Stream (entry id ``<seq>-1``, ``MAXLEN ~ history_size``) and PUBLISHes
-  the shared frame parts with the ``(user, seq)`` list on :data:`keys.PUSHES`.
+  them to Redis in batches: one Lua script call per batch (atomic: no other numbering
+  interleaves) finds each event's recipients exactly as :class:`~charging_api.api.hub.UpdateHub`
+  does (:mod:`charging_api.api.pushes` decides), INCRs each recipient's ``seq``, appends the
+  frame to the recipient's history Stream (entry id ``<seq>-1``, ``MAXLEN ~ history_size``) and
+  PUBLISHes, once for the batch, each event's shared frame parts with its ``(user, seq)`` list
+  on :data:`keys.PUSHES`.
 - :class:`ClusterHub` is the app door's hub on api nodes. It keeps the node's sessions per user
   in memory and everything shared in Redis: subscriptions (``watch:*`` sets), the session-push
   flag, ``seq``, the history, the epoch. It listens to :data:`keys.PUSHES` and splices each
@@ -21,7 +22,8 @@ Trade-offs, stated:
 - **Never block the core.** ``PushPublisher.on_event`` only appends to a bounded deque; a full
   queue (Redis slow or gone) drops the event and counts it (``dropped``): the clients see a seq
   gap (``resume`` may still serve what was numbered) rather than the charge points waiting.
-  Events are rendered and sent from the publisher's task, in order, one pipeline per batch.
+  Events are rendered and sent from the publisher's task, in order: the next batch is rendered
+  while Redis runs the previous one, and sent once that answered.
 - **Pub/sub is at-most-once.** An api node whose pub/sub connection drops misses what was
   published meanwhile; its clients see a gap in ``seq`` and ``resume`` from the history, which
   lives in Redis, not on the node.
@@ -30,8 +32,9 @@ Trade-offs, stated:
   so a ``resume`` numbered before gets RESYNC_REQUIRED instead of someone else's frames. Hubs
   re-mark their connected users (so their pushes are numbered again); admin subscriptions must
   be made again by the clients.
-- **Numbering cost**: one script call per event (INCR + XADD per recipient, one PUBLISH),
-  pipelined; bench ``fanout`` measures it against the in-process hub.
+- **Numbering cost**: Redis does an INCR and an XADD (and PEXPIRE) per recipient of each
+  event, a few µs per frame on one Redis thread: that, not the nodes, is the ceiling of the
+  cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
 """
 
 from __future__ import annotations
@@ -232,7 +235,7 @@ class PushPublisher:
         self.published = 0
         self.pushes = 0
         self.dropped = 0
-        #: Pipelines sent to Redis (one round trip each).
+        #: Script calls sent to Redis (one round trip and one batch each).
         self.round_trips = 0
 
     def follow(self, bus: MemoryBus) -> None:
