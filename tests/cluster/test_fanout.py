@@ -274,11 +274,15 @@ async def test_a_dead_nodes_user_role_lease_expires() -> None:
 async def test_redis_losing_its_data_changes_the_epoch_and_resume_resyncs() -> None:
     """FLUSHDB (what a Redis restart without persistence does): the hub gives out a new
     epoch, a resume numbered before is refused, and the connected user's pushes are numbered
-    again from 1 under the new epoch."""
+    again from 1 under the new epoch; subscriptions and session-push flags set through a
+    node are restored by it."""
     async with cluster() as scene:
         a, b = await scene.hub("api-a"), await scene.hub("api-b")
-        phone = Inbox()
+        phone, desk = Inbox(), Inbox()
         await a.attach("alice", phone)
+        await a.set_session_pushes("alice", True)
+        await b.attach("ops", desk)
+        await b.subscribe("ops", ["CP-1"])
         await scene.emit(status(), meter())
         await phone.wait_for(2)
         before = a.epoch
@@ -292,10 +296,16 @@ async def test_redis_losing_its_data_changes_the_epoch_and_resume_resyncs() -> N
         assert b.epoch != before
         assert await a.current_seq("alice") == 0  # A notices too, and re-marks alice
         assert a.epoch == b.epoch
-        await scene.emit(status(state="SuspendedEV"))
-        await phone.wait_for(3)
-        assert phone.seqs == [1, 2, 1]
+        await scene.emit(status(state="SuspendedEV"), notice())
+        await phone.wait_for(4)
+        assert phone.seqs == [1, 2, 1, 2]
+        assert [m["type"] for m in phone.messages][2:] == [
+            "charging_status_update",
+            "session_event",
+        ]
         assert await b.missed_since("alice", 0) == phone.frames[2:]
+        await desk.wait_for(3)  # ops's subscription, restored by node B
+        assert desk.seqs == [1, 2, 1]
         client = connect(scene.url)
         try:
             assert (await client.get(keys.EPOCH)) == b.epoch.encode()

@@ -30,8 +30,9 @@ Trade-offs, stated:
 - **Redis restart without persistence** empties seqs, histories and subscriptions. The epoch key
   goes with them; the first publisher or hub that sees it missing makes a new one (``SET NX``),
   so a ``resume`` numbered before gets RESYNC_REQUIRED instead of someone else's frames. Hubs
-  re-mark their connected users (so their pushes are numbered again); admin subscriptions must
-  be made again by the clients.
+  make their connected users streams again (their pushes are numbered again) and restore the
+  subscriptions and session-push flags last set through them; what only a node that is gone
+  knew (a disconnected admin's subscription) is lost.
 - **Numbering cost**: Redis does an INCR and an XADD (and PEXPIRE) per recipient of each
   event, a few µs per frame on one Redis thread: that, not the nodes, is the ceiling of the
   cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
@@ -395,6 +396,10 @@ class ClusterHub:
         self._lease = lease
         self._local: dict[str, set[Recipient]] = {}
         self._non_admins: dict[str, dict[Recipient, str]] = {}
+        #: Subscriptions and session-push flags of local users, as last set through this
+        #: node: restored when Redis lost them.
+        self._known_watch: dict[str, tuple[bool, list[str]]] = {}
+        self._known_session_pushes: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -438,6 +443,8 @@ class ClusterHub:
         sessions.discard(session)
         if not sessions:
             del self._local[user_id]
+            self._known_watch.pop(user_id, None)
+            self._known_session_pushes.discard(user_id)
         leases = self._non_admins.get(user_id)
         if leases is not None and session in leases:
             member = leases.pop(session)
@@ -504,15 +511,19 @@ class ClusterHub:
                 *charge_points,
             )
         )
-        if answer[0] == b"1":
-            return "*"
-        return sorted(cp.decode() for cp in answer[1:])
+        watching = sorted(cp.decode() for cp in answer[1:])
+        if user_id in self._local:  # what to restore if Redis loses it (see _check_epoch)
+            self._known_watch[user_id] = (answer[0] == b"1", watching)
+        return "*" if answer[0] == b"1" else watching
 
     async def set_session_pushes(self, user_id: str, on: bool) -> None:
         if on:
             await self._redis.set(keys.session_pushes(user_id), 1)
+            if user_id in self._local:
+                self._known_session_pushes.add(user_id)
         else:
             await self._redis.delete(keys.session_pushes(user_id))
+            self._known_session_pushes.discard(user_id)
 
     # ------------------------------------------------------- seq and resume
 
@@ -553,12 +564,24 @@ class ClusterHub:
         if seen is not None and seen.decode() == self.epoch:
             return False
         self.epoch = await _adopt_epoch(self._redis, seen)
-        if self._local:  # Redis lost the streams: number the connected users again
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id in self._local:
-                    pipe.set(keys.seq(user_id), 0, nx=True)
-                await pipe.execute()
+        if self._local:  # a new epoch: Redis lost what it held (a publisher may have noticed first)
+            await self._restore()
         return True
+
+    async def _restore(self) -> None:
+        """Redis lost what it held: make this node's connected users streams again (their
+        pushes are numbered again), with the subscriptions and session-push flags last set
+        through this node. Their clients learn of the gap at their next ``resume``
+        (RESYNC_REQUIRED: the epoch changed)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in self._local:
+                pipe.set(keys.seq(user_id), 0, nx=True)
+            for user_id in self._known_session_pushes:
+                pipe.set(keys.session_pushes(user_id), 1)
+            await pipe.execute()
+        for user_id, (every, watching) in list(self._known_watch.items()):
+            if every or watching:
+                await self._watch_call(user_id, "add", every, watching)
 
     # ------------------------------------------------------------ deliveries
 
