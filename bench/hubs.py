@@ -96,14 +96,16 @@ async def _redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def cluster_path(batch: list[MeterValuesReceived], url: str) -> dict[str, float]:
+async def cluster_path(
+    batch: list[MeterValuesReceived], url: str, history_ttl: float
+) -> dict[str, float]:
     client = connect(url)
     try:
         await client.flushdb()
     finally:
         await client.aclose()
     bus = MemoryBus()
-    publisher = PushPublisher(url, queue_size=len(batch))
+    publisher = PushPublisher(url, queue_size=len(batch), history_ttl=history_ttl)
     hub = ClusterHub(url, "bench-api")
     await publisher.start()
     await hub.start()
@@ -136,12 +138,12 @@ async def cluster_path(batch: list[MeterValuesReceived], url: str) -> dict[str, 
         await publisher.close()
 
 
-async def measure(count: int, repeats: int, url: str) -> dict[str, Any]:
+async def measure(count: int, repeats: int, url: str, history_ttl: float) -> dict[str, Any]:
     batch = events(count)
     runs: dict[str, list[dict[str, float]]] = {"memory": [], "cluster": []}
     for _ in range(repeats):
         runs["memory"].append(await memory_path(batch))
-        runs["cluster"].append(await cluster_path(batch, url))
+        runs["cluster"].append(await cluster_path(batch, url, history_ttl))
     medians = {
         path: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for path, results in runs.items()
@@ -185,13 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument(
+        "--history-ttl", type=float, default=86_400.0, help="PushPublisher's (0: no PEXPIRE)"
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.redis_url.rstrip("/").endswith(("/0", ":6379")):
         parser.error("--redis-url: give the benchmark a database of its own (it empties it)")
     count, repeats = (2_000, 3) if args.quick else (args.events, args.repeats)
-    result = run(measure(count, repeats, args.redis_url))
+    result = run(measure(count, repeats, args.redis_url, args.history_ttl))
     result["redis_url"] = args.redis_url
+    result["history_ttl"] = args.history_ttl
     print(render(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
