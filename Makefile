@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install install-test lint typecheck bench clean
+.PHONY: run test install install-test lint typecheck bench cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ install-test: $(TEST_STAMP)
 
 run: $(STAMP)  ## serve with the embedded defaults (app API :8082, OCPP :8081, SQLite in ./data)
 	$(BIN)/charging-api serve
+
+cluster: $(STAMP)  ## 2 gateways + 2 api nodes behind HAProxy on :8080 (the machine's Redis and PostgreSQL; docs/scaling.md)
+	$(BIN)/python -m charging_api.cluster.local
 
 node_modules/.package-lock.json: package.json
 	npm install --no-audit --no-fund --loglevel=error

@@ -15,11 +15,13 @@ import gc
 import getpass
 import itertools
 import logging
+import os
 import signal
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import websockets
@@ -28,11 +30,11 @@ from charging_api import __version__
 from charging_api.api.asyncapi import asyncapi_document
 from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
 from charging_api.api.handlers import OperatorState
-from charging_api.api.hub import UpdateHub
+from charging_api.api.hub import Hub, UpdateHub
 from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
-from charging_api.config import Settings
+from charging_api.config import NodeRole, Settings
 from charging_api.domain import access, operator_rules
 from charging_api.domain.charging import ChargingPolicy, ChargingService, SystemClock
 from charging_api.domain.local_list import LocalListSync
@@ -50,8 +52,15 @@ from charging_api.http.serving import HttpServer
 from charging_api.http.webhook_client import HttpPoster
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
+from charging_api.storage.schema import MigrationRefused as MigrationRefused
+from charging_api.storage.schema import SchemaNotCurrent as SchemaNotCurrent
+from charging_api.storage.schema import SchemaState as SchemaState
 from charging_api.storage.sql import SqlStore
 from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
+
+if TYPE_CHECKING:  # the one-process default never imports Redis (cluster/ imports it)
+    from charging_api.cluster.fanout import PushPublisher
+    from charging_api.cluster.nodes import NodeHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,18 @@ async def _listen(
         ) from None
 
 
+async def _reach_redis(started: Awaitable[None]) -> None:
+    """A cluster part's ``start``; a Redis that does not answer becomes one line."""
+    try:
+        await started
+    except Exception as exc:  # redis' own errors, or OSError: the cluster's Redis is not there
+        if isinstance(exc, OSError) or type(exc).__module__.startswith("redis"):
+            raise StartupError(
+                f"REDIS_URL: Redis does not answer ({exc}); start it or fix REDIS_URL"
+            ) from None
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class BoundPorts:
     app: int
@@ -99,6 +120,12 @@ class Application:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: ``all`` opens both doors; ``gateway`` only the OCPP door (its port also answers
+        #: /health, /metrics and /api/stats); ``api`` only the app door (docs/scaling.md).
+        self.role = settings.role
+        self.runs_ocpp = self.role is not NodeRole.API
+        self.runs_app = self.role is not NodeRole.GATEWAY
+        self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.store = SqlStore(settings.database_url)
         self.bus = MemoryBus()
         self.gateway = OcppGateway(call_timeout=settings.ocpp_call_timeout)
@@ -154,7 +181,24 @@ class Application:
             public_key=read_key_file(settings.jwt_public_key_file),
             jwks=read_key_file(settings.jwt_jwks_file),
         )
-        self.hub = UpdateHub(history_size=settings.history_size)
+        # Pushes: numbered here in one process; on a cluster numbered once in Redis where the
+        # event happens (every node's publisher follows its bus) and delivered by the api
+        # nodes' ClusterHub from Redis (docs/scaling.md, "Fan-out").
+        self.hub: Hub
+        self.push_publisher: PushPublisher | None = None
+        if self.role is NodeRole.ALL:
+            self.hub = UpdateHub(history_size=settings.history_size)
+        else:
+            from charging_api.cluster.fanout import ClusterHub
+            from charging_api.cluster.fanout import PushPublisher as Publisher
+
+            assert settings.redis_url is not None  # Settings refuses a role without it
+            self.push_publisher = Publisher(settings.redis_url, history_size=settings.history_size)
+            self.push_publisher.follow(self.bus)
+            if self.role is NodeRole.API:
+                self.hub = ClusterHub(settings.redis_url, self.node_id)
+            else:  # a gateway serves no app connection: its hub stays empty
+                self.hub = UpdateHub(history_size=settings.history_size)
         origins = tuple(settings.frontend_url)
         self.app_server = AppServer(
             self.service,
@@ -191,6 +235,7 @@ class Application:
             ping_interval=settings.ocpp_ping_interval or None,
             rate_limit=settings.ocpp_rate_limit,
             open_timeout=settings.ocpp_open_timeout,
+            http_routes=self._gateway_http if self.role is NodeRole.GATEWAY else None,
         )
         # /metrics: histograms observed through hooks, counts read from the parts at scrape.
         self.metrics = Metrics(self._metric_counts)
@@ -198,6 +243,22 @@ class Application:
         self.gateway.on_call_latency = self.metrics.observe_ocpp_call
         self.hub.on_delivery_lag = self.metrics.observe_delivery_lag
         self.store.on_batch = self.metrics.observe_batch
+        # A cluster node: heartbeats in Redis (the cluster view of /api/stats and the Redis
+        # and database checks of /health).
+        self.heartbeat: NodeHeartbeat | None = None
+        if self.role is not NodeRole.ALL:
+            from charging_api.cluster import nodes
+
+            assert settings.redis_url is not None  # Settings refuses a role without REDIS_URL
+            self.redis = nodes.connect(settings.redis_url, settings.node_heartbeat_interval)
+            self.heartbeat = nodes.NodeHeartbeat(
+                self.redis,
+                self.node_id,
+                self.role.value,
+                self._node_counts,
+                settings.node_heartbeat_interval,
+                probe_database=self._probe_database,
+            )
         self.routes = HttpRoutes(
             HttpConfig(__version__, origins, settings.stats_api_key),
             self._websocket_stats,
@@ -205,6 +266,7 @@ class Application:
             self.verifier.verify,
             self.store.failure,
             self.metrics.exposition,
+            node_health=self.heartbeat.health if self.heartbeat is not None else None,
         )
         self.app_server.set_http_handler(self.routes)
         self.rest = build_rest_app(
@@ -225,7 +287,11 @@ class Application:
         )
         self.http_server = HttpServer(self.rest)
         self.app_server.set_http_protocol(self.http_server.protocol)
-        self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe = (
+            self.bus.subscribe(self.hub.on_event)
+            if isinstance(self.hub, UpdateHub) and self.role is NodeRole.ALL
+            else lambda: None
+        )
         self._unsubscribe_profiles = self.bus.subscribe(self.profiles.on_event)
         self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
@@ -234,6 +300,20 @@ class Application:
         self._unsubscribe_webhooks = self.bus.subscribe(self.webhooks.on_event)
         self._webhook_loop: asyncio.Task[None] | None = None
         self._session_ticks: asyncio.Task[None] | None = None
+
+    async def _gateway_http(
+        self, method: str, path: str, headers: Any
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        return await self.routes(method, path, headers)
+
+    def _node_counts(self) -> dict[str, int]:
+        return {
+            "appConnections": len(self.app_server.sessions),
+            "chargePoints": self.gateway.online_count() if self.runs_ocpp else 0,
+        }
+
+    async def _probe_database(self) -> None:
+        await self.store.count_charge_points()
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
@@ -252,57 +332,110 @@ class Application:
             ocpp_errors_sent=dict(self.ocpp_server.call_errors_sent),
             ocpp_errors_received=dict(self.gateway.call_errors_received),
             bus_published=self.bus.published,
+            cluster=self._cluster_counts(),
         )
 
+    def _cluster_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if self.push_publisher is not None:
+            counts["events_published"] = self.push_publisher.published
+            counts["pushes_numbered"] = self.push_publisher.pushes
+            counts["events_dropped"] = self.push_publisher.dropped
+            counts["redis_round_trips"] = self.push_publisher.round_trips
+        if self.heartbeat is not None:
+            counts["heartbeats_failed"] = self.heartbeat.failed_beats
+        return counts
+
     def _system_stats(self) -> dict[str, Any]:
-        return {
+        stats: dict[str, Any] = {
             "ocpp": {
                 "connectedChargePoints": self.gateway.online_count(),
                 "activeTransactions": self.service.live_transaction_count(),
             },
             "bus": {"published": self.bus.published},
         }
+        if self.heartbeat is not None:
+            seen = self.heartbeat.nodes()
+            stats["cluster"] = {
+                "nodeId": self.node_id,
+                "role": self.role.value,
+                "nodes": [node.to_json() for node in seen],
+                "appConnections": sum(n.counts.get("appConnections", 0) for n in seen),
+                "chargePoints": sum(n.counts.get("chargePoints", 0) for n in seen),
+            }
+        return stats
 
     async def start(self) -> BoundPorts:
         await self.store.start()
         await self.bus.start()
+        if self.push_publisher is not None:
+            await _reach_redis(self.push_publisher.start())
+        await _reach_redis(self.hub.start())
         await self.service.load()
         await self.reservations.load()
         await self.sessions.load()
         await self.webhooks.load()
-        self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
-        self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
-        self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
+        if self.runs_ocpp:
+            # The core's clocks run where the charge points are: an api node's core objects
+            # only answer the app door's reads (docs/scaling.md).
+            self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
+            self._timers = asyncio.create_task(self.service.run_timers(), name="core timers")
+            self._session_ticks = asyncio.create_task(self.sessions.run(), name="session ticks")
         s = self.settings
-        ocpp_port = await _listen(
-            "OCPP_HOST",
-            "OCPP_PORT",
-            s.ocpp_host,
-            s.ocpp_port,
-            self.ocpp_server.start(s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)),
-        )
-        app_port = await _listen(
-            "WS_API_HOST",
-            "WS_API_PORT",
-            s.ws_api_host,
-            s.ws_api_port,
-            self.app_server.start(
-                s.ws_api_host, s.ws_api_port, _tls(s.ws_api_tls_cert, s.ws_api_tls_key)
-            ),
-        )
-        log.info(
-            "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
-            s.ws_api_host,
-            app_port,
-            s.ocpp_host,
-            ocpp_port,
-        )
+        ocpp_port = app_port = 0
+        if self.runs_ocpp:
+            ocpp_port = await _listen(
+                "OCPP_HOST",
+                "OCPP_PORT",
+                s.ocpp_host,
+                s.ocpp_port,
+                self.ocpp_server.start(
+                    s.ocpp_host, s.ocpp_port, _tls(s.ocpp_tls_cert, s.ocpp_tls_key)
+                ),
+            )
+        if self.runs_app:
+            app_port = await _listen(
+                "WS_API_HOST",
+                "WS_API_PORT",
+                s.ws_api_host,
+                s.ws_api_port,
+                self.app_server.start(
+                    s.ws_api_host, s.ws_api_port, _tls(s.ws_api_tls_cert, s.ws_api_tls_key)
+                ),
+            )
+        if self.heartbeat is not None:
+            await self.heartbeat.start()
+        if self.role is NodeRole.ALL:
+            log.info(
+                "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) and OCPP 1.6-J on %s:%d (/ocpp/{id})",
+                s.ws_api_host,
+                app_port,
+                s.ocpp_host,
+                ocpp_port,
+            )
+        elif self.role is NodeRole.GATEWAY:
+            log.info(
+                "serving OCPP 1.6-J on %s:%d (/ocpp/{id}, /health, /api/stats, /metrics) as gateway node %s",
+                s.ocpp_host,
+                ocpp_port,
+                self.node_id,
+            )
+        else:
+            log.info(
+                "serving app API on %s:%d (/ws, /health, /api/stats, /metrics, /api/...) as api node %s",
+                s.ws_api_host,
+                app_port,
+                self.node_id,
+            )
         self._serving = True
         return BoundPorts(app_port, ocpp_port)
 
     async def stop(self) -> None:
+        if self.heartbeat is not None:
+            await self.heartbeat.close()  # leave /api/stats at once, not three beats later
         await self.app_server.shutdown()
         await self.http_server.shutdown()
+        await self.hub.close()
         await self.ocpp_server.shutdown()
         for task in (self._timers, self._session_ticks, self._webhook_loop):
             if task is not None:
@@ -317,8 +450,12 @@ class Application:
         self._unsubscribe_sessions()
         self._unsubscribe_webhooks()
         await self.sessions.drain()  # receipts under way are stored before the store closes
+        if self.push_publisher is not None:
+            await self.push_publisher.close()  # what is queued goes out (bounded)
         await self.bus.close()
         await self.store.close()
+        if self.heartbeat is not None:
+            await self.redis.aclose()
         if self._serving:  # a start-up that failed says why in one line, not "stopped"
             log.info("stopped")
 
@@ -370,6 +507,27 @@ async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
         if unavailable is None:
             raise
         raise unavailable from exc
+    finally:
+        await store.close()
+
+
+async def upgrade_database(settings: Settings) -> tuple[SchemaState, SchemaState]:
+    """``charging-api db upgrade``: DATABASE_URL's schema brought to head (an empty database
+    created at head), in one transaction; (before, after). Raises :class:`MigrationRefused`
+    when a revision cannot apply to the data as it is, :class:`SchemaNotCurrent` when the
+    database is ahead of this version, :class:`StorageUnavailable` when it cannot be used."""
+    store = SqlStore(settings.database_url, log_failures=False)
+    try:
+        return await store.upgrade_schema()
+    finally:
+        await store.close()
+
+
+async def database_revision(settings: Settings) -> SchemaState:
+    """``charging-api db current``: where DATABASE_URL's schema stands (changes nothing)."""
+    store = SqlStore(settings.database_url, log_failures=False)
+    try:
+        return await store.schema_state()
     finally:
         await store.close()
 

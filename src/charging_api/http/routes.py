@@ -49,8 +49,12 @@ class HttpRoutes:
         verify_bearer: Callable[[str], Principal],
         storage_failure: Callable[[], str | None] = lambda: None,
         metrics: Callable[[], bytes] | None = None,
+        node_health: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._config = config
+        #: A cluster node's part of /health (its id, role, whether Redis and PostgreSQL
+        #: answer); "failing" there makes /health 503 so a load balancer takes it out.
+        self._node_health = node_health
         self._metrics = metrics
         self._storage_failure = storage_failure
         self._websocket_stats = websocket_stats
@@ -92,7 +96,14 @@ class HttpRoutes:
             }
             if failure is not None:
                 body["storageError"] = failure
-            return _json(200 if failure is None else 503, body, cors)
+            healthy = failure is None
+            if self._node_health is not None:
+                node = self._node_health()
+                body["node"] = node
+                if "failing" in (node.get("redis"), node.get("database")):
+                    healthy = False
+                    body["status"] = "unhealthy"
+            return _json(200 if healthy else 503, body, cors)
         if path == "/api/stats":
             denied = self._require_admin(headers)
             if denied is not None:

@@ -44,7 +44,7 @@ import binascii
 import contextlib
 import http
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -99,6 +99,11 @@ def basic_auth(headers: Headers) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+#: ``(method, path, headers) -> (status, headers, body)`` or None: plain HTTP beside the door.
+HttpHandler = Callable[
+    [str, str, Mapping[str, str]], Awaitable[tuple[int, list[tuple[str, str]], bytes] | None]
+]
+
 #: Bad frames logged at WARNING per session; the rest at DEBUG (a hostile peer cannot flood
 #: the log).
 MAX_LOGGED_BAD_FRAMES = 20
@@ -113,8 +118,12 @@ class OcppServer:
         ping_interval: float | None = None,
         rate_limit: float = 0.0,
         open_timeout: float = 10.0,
+        http_routes: HttpHandler | None = None,
     ) -> None:
         self.service = service
+        #: Answers plain GETs outside ``/ocpp/`` (``/health``, ``/metrics``, ``/api/stats`` of a
+        #: gateway node, whose app port is not open); None: they get 404.
+        self._http = http_routes
         self.gateway = gateway
         self._max_frame_size = max_frame_size
         self._ping_interval = ping_interval
@@ -162,6 +171,13 @@ class OcppServer:
     ) -> Response | None:
         cp_id = charge_point_id_from_path(request.path)
         if cp_id is None:
+            if self._http is not None:
+                reply = await self._http(
+                    request.method, request.path.split("?", 1)[0], request.headers
+                )
+                if reply is not None:
+                    status, headers, body = reply
+                    return Response(status, http.HTTPStatus(status).phrase, Headers(headers), body)
             return _plain(http.HTTPStatus.NOT_FOUND, "Use /ocpp/{chargePointId}\n")
         password: str | None = None
         if "Authorization" in request.headers:
