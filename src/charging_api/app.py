@@ -268,6 +268,7 @@ class Application:
         await self.bus.start()
         await self.service.load()
         await self.reservations.load()
+        await self.profiles.load()
         await self.sessions.load()
         await self.webhooks.load()
         self._webhook_loop = asyncio.create_task(self.webhooks.run(), name="webhooks")
@@ -539,7 +540,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def make_token(
-    settings: Settings, user_id: str, id_tag: str | None, role: str | None, expires_in: float | None
+    settings: Settings,
+    user_id: str,
+    id_tag: str | None,
+    role: str | None,
+    expires_in: float | None,
+    groups: tuple[str, ...] = (),
 ) -> str:
     return issue_token(
         settings.jwt_secret,
@@ -547,6 +553,7 @@ def make_token(
         expires_in=expires_in or settings.jwt_expires_in,
         id_tag=id_tag,
         role=role,
+        groups=groups,
         algorithm=settings.jwt_algorithm,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,

@@ -16,6 +16,7 @@ or ``userId`` for tokens made by the seed's backend). Every failure is an
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,33 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         tags.add(raw_tags)
     elif isinstance(raw_tags, list):
         tags.update(t for t in raw_tags if isinstance(t, str) and t)
-    return Principal(user, role, frozenset(tags), _expiry(claims.get("exp")))
+    return Principal(
+        user, role, frozenset(tags), _expiry(claims.get("exp")), _groups(claims.get("groups"))
+    )
+
+
+#: The longest group name taken from a token, and the most groups.
+MAX_GROUP_LENGTH = 64
+MAX_GROUPS = 32
+
+
+def _groups(raw: Any) -> frozenset[str]:
+    """The ``groups`` claim: a string or a list of strings (1-64 characters, at most 32).
+    Anything else is refused: a token whose groups cannot be read would otherwise be priced
+    as if it had none."""
+    if raw is None:
+        return frozenset()
+    names = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(names, list)
+        or len(names) > MAX_GROUPS
+        or not all(isinstance(g, str) and 1 <= len(g) <= MAX_GROUP_LENGTH for g in names)
+    ):
+        raise AuthenticationFailed(
+            f"Token groups claim must be a list of at most {MAX_GROUPS} strings of "
+            f"1-{MAX_GROUP_LENGTH} characters"
+        )
+    return frozenset(names)
 
 
 def _expiry(exp: Any) -> datetime | None:
@@ -259,6 +286,7 @@ def issue_token(
     audience: str | None = None,
     now: float | None = None,
     kid: str | None = None,
+    groups: Sequence[str] = (),
 ) -> str:
     """A signed token for ``charging-api token`` and the tests (``secret`` is the HMAC secret,
     or the PEM private key for an asymmetric ``algorithm``)."""
@@ -271,6 +299,8 @@ def issue_token(
         claims["idTag"] = id_tag
     if role:
         claims["role"] = role
+    if groups:
+        claims["groups"] = list(groups)
     if issuer:
         claims["iss"] = issuer
     if audience:
