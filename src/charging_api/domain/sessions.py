@@ -96,7 +96,7 @@ class SessionPolicy:
     eta_window: float = 300.0
     taper_soc: float = 80.0
     #: Session records are written this long after a change, in one batch (write-behind).
-    record_write_delay: float = 0.05
+    record_write_delay: float = 0.25
     #: How often :meth:`SessionService.tick` checks whether another process changed tariffs.
     tariff_refresh_interval: float = 2.0
 
@@ -286,6 +286,7 @@ class SessionService:
         self._writing: dict[str, dict[str, Any]] = {}
         self._write_lock = asyncio.Lock()
         self._writer: asyncio.Task[None] | None = None
+        self._writer_waiting = False  # the writer is in its delay (may be cut short)
         # Open sessions whose in-memory readings may be incomplete (a sample came before the
         # session was tracked): their receipts are computed from storage.
         self._partial: set[int] = set()
@@ -550,6 +551,8 @@ class SessionService:
     async def drain(self) -> None:
         """Wait for the work under way (RemoteStops for limits, receipts) and write the
         session records not yet written: tests, shutdown."""
+        if self._writer is not None and self._writer_waiting:
+            self._writer.cancel()  # no need to wait out the delay: written below
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self._write_records()
@@ -844,10 +847,12 @@ class SessionService:
             self._writer = self._spawn(self._write_later())
 
     async def _write_later(self) -> None:
+        self._writer_waiting = True
         try:
             await asyncio.sleep(self.policy.record_write_delay)
         finally:
             self._writer = None
+            self._writer_waiting = False
         await self._write_records()
 
     async def _write_records(self) -> None:
