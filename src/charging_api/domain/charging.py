@@ -747,6 +747,11 @@ class ChargingService:
             if av is not None
         )
 
+    def may_have_scheduled_availability(self, charge_point_id: str) -> bool:
+        """False when it is known (from memory) that nothing waits on this charge point."""
+        known = self._availability.get(charge_point_id)
+        return known is None or any(av.scheduled for av in known.values())
+
     async def scheduled_availability(self, charge_point_id: str) -> list[ConnectorAvailability]:
         """The availability changes a charge point answered ``Scheduled`` (they wait for its
         transactions to end); from memory after the first read per charge point."""

@@ -298,7 +298,9 @@ class OperatorService:
         be sent before the BootNotification is answered)."""
         if isinstance(event, ChargePointBooted):
             self._spawn(self.apply_wanted_configuration(event.charge_point_id))
-        elif isinstance(event, TransactionStopped):
+        elif isinstance(event, TransactionStopped) and (
+            self._charging.may_have_scheduled_availability(event.charge_point_id)
+        ):
             self._spawn(self._scheduled_in_effect(event.charge_point_id, event.connector_id))
 
     def _spawn(self, work: Awaitable[None]) -> None:
