@@ -308,3 +308,78 @@ async def test_bad_limits_and_tariff_admin_rules() -> None:
     listed = await world.sessions.tariffs(ADMIN)
     assert listed["assignments"] == {"chargePoint:CP1": "std"}
     assert (await world.sessions.tariff_for("CP1", "alice")) is not None
+
+
+async def test_tariff_precedence_user_then_group_then_charge_point_then_default() -> None:
+    """A user's own tariff beats their groups' (the first group by name), a group's beats the
+    charge point's, the charge point's beats the default; a deleted tariff is passed over."""
+    world = World()
+    for tariff_id in ("d", "cp", "g-a", "g-b", "u"):
+        await world.sessions.put_tariff(ADMIN, {**TARIFF, "id": tariff_id})
+    for scope, tariff_id in (
+        ("default", "d"),
+        ("chargePoint:CP1", "cp"),
+        ("group:a-team", "g-a"),
+        ("group:b-team", "g-b"),
+        ("user:alice", "u"),
+    ):
+        await world.sessions.assign_tariff(ADMIN, scope, tariff_id)
+
+    async def chosen(cp: str, user: str | None, *groups: str) -> str | None:
+        tariff = await world.sessions.tariff_for(cp, user, frozenset(groups))
+        return None if tariff is None else tariff.id
+
+    assert await chosen("CP2", None) == "d"
+    assert await chosen("CP1", "bob") == "cp"
+    assert await chosen("CP1", "bob", "b-team", "a-team") == "g-a"
+    assert await chosen("CP2", "bob", "b-team", "nobody") == "g-b"
+    assert await chosen("CP1", "alice", "a-team") == "u"
+    await world.sessions.delete_tariff(ADMIN, "u")
+    assert await chosen("CP1", "alice", "a-team") == "g-a"
+    with pytest.raises(ValidationFailed):
+        await world.sessions.assign_tariff(ADMIN, "group:", "d")
+
+
+async def test_a_tariff_stored_by_another_process_is_used_after_the_next_check() -> None:
+    """Tariffs are read from memory at each start; a change another process stored (the CLI)
+    is picked up by the tick's version check once ``tariff_refresh_interval`` has passed."""
+    world = World()
+    await world.load()
+    cli = SessionService(world.store, FakeGateway(), MemoryBus(), ManualClock())
+    await cli.put_tariff(ADMIN, TARIFF)
+    await cli.assign_tariff(ADMIN, "default", "std")
+    assert await world.sessions.tariff_for("CP1", "alice") is None  # not re-read per start
+    await world.sessions.tick()
+    assert await world.sessions.tariff_for("CP1", "alice") is None  # not due yet
+    world.clock.advance(world.sessions.policy.tariff_refresh_interval)
+    await world.sessions.tick()
+    found = await world.sessions.tariff_for("CP1", "alice")
+    assert found is not None and found.id == "std"
+    tx = await world.started()
+    assert world.notices("started")[-1].data["tariff"]["id"] == "std"
+    assert tx > 0
+
+
+async def test_session_records_are_written_behind_the_commands_and_kept_at_shutdown() -> None:
+    """No session record is written on the start's or the stop's own path; the receipt is
+    served at once all the same, and drain (shutdown) stores every record, so a restarted
+    service reads the same receipt."""
+    world = World()
+    # A delay no test outlasts: nothing but drain can write the records here.
+    world.sessions.policy = SessionPolicy(preparing_threshold=60, record_write_delay=3600)
+    await world.store.put_document("tariff", "std", TARIFF)
+    await world.store.put_document("tariff_assignment", "default", {"tariffId": "std"})
+    tx = await world.started()
+    assert await world.store.get_document("session", str(tx)) is None
+    await world.meter(tx, 11.0)
+    await world.service.on_stop_transaction("CP1", tx, 11_500, world.clock.now(), "Local", None)
+    receipt = (await world.sessions.get_receipt(ALICE, tx))["receipt"]
+    assert receipt["energyKWh"] == pytest.approx(1.5)
+    assert receipt["tariff"]["id"] == "std"
+    await world.sessions.drain()
+    stored = await world.store.get_document("session", str(tx))
+    assert stored is not None and stored["receipt"] == receipt
+    again = World(world.store)
+    assert (await again.sessions.get_receipt(ALICE, tx))["receipt"] == receipt
+    history = await again.sessions.history(ALICE)
+    assert history["sessions"][0]["cost"] == receipt["cost"]["total"]

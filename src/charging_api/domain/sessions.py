@@ -298,7 +298,7 @@ class SessionService:
         so far) from storage."""
         await self._load_catalog()
         for tx in await self._store.active_transactions():
-            record = await self._record(str(tx.id)) or {}
+            record = await self._record_with_tariff(tx)
             tracked = self._track(tx, record)
             for stored in await self._store.meter_samples_of(tx.id):
                 tracked.absorb(stored.sample, self.policy.idle_power_kw)
@@ -419,7 +419,7 @@ class SessionService:
             tx = await self._store.get_transaction(event.transaction_id)
             if tx is None:
                 return
-            record = await self._record(key) or {}
+            record = await self._record_with_tariff(tx)
             record["receipt"] = await self._receipt(tx, record)
         self._put_record(key, record)
         await self._notice(
@@ -572,11 +572,8 @@ class SessionService:
                 raise TransactionNotActive(
                     f"Transaction {transaction_id} has ended", {"transactionId": transaction_id}
                 )
-            record = await self._record(str(tx.id)) or {}
-            if "tariff" not in record:
-                groups = principal.groups if principal.user_id == tx.user_id else frozenset()
-                tariff = (await self._tariffs()).for_session(tx.charge_point_id, tx.user_id, groups)
-                record["tariff"] = None if tariff is None else tariff.to_json()
+            groups = principal.groups if principal.user_id == tx.user_id else frozenset()
+            record = await self._record_with_tariff(tx, groups)
             tracked = self._tracked.get(tx.id)
             if tracked is None:
                 tracked = self._track(tx, record)
@@ -609,6 +606,7 @@ class SessionService:
                     f"Transaction {transaction_id} is still running: no receipt yet",
                     {"transactionId": transaction_id},
                 )
+            record = await self._record_with_tariff(tx)
             receipt = await self._receipt(tx, record)
             record["receipt"] = receipt
             self._put_record(str(tx.id), record)
@@ -826,6 +824,19 @@ class SessionService:
         if found is not None:
             return dict(found)
         return await self._store.get_document(SESSION, key)
+
+    async def _record_with_tariff(
+        self, tx: Transaction, groups: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The session record, with a tariff snapshot: a record lost before it was written
+        (a crash within ``record_write_delay`` of the start) gets the tariff the assignments
+        give now (the token's groups are not known then: user, charge point, default)."""
+        record = await self._record(str(tx.id)) or {}
+        if "tariff" not in record:
+            catalog = await self._tariffs()
+            tariff = catalog.for_session(tx.charge_point_id, tx.user_id, groups)
+            record["tariff"] = None if tariff is None else tariff.to_json()
+        return record
 
     def _record_of(self, tracked: _Tracked) -> dict[str, Any]:
         return {

@@ -448,16 +448,17 @@ class TariffOut(TariffIn):
 class TariffsOut(_Model):
     tariffs: list[TariffOut]
     assignments: dict[str, str] = Field(
-        description="scope (default, chargePoint:<id>, user:<id>) -> tariff id"
+        description="scope (default, chargePoint:<id>, group:<name>, user:<id>) -> tariff id"
     )
 
 
 class TariffAssignmentIn(_Model):
-    """Which tariff new sessions get: the user's, else the charge point's, else the default."""
+    """Which tariff new sessions get: the user's, else their group's (the token's ``groups``
+    claim), else the charge point's, else the default."""
 
     scope: StrictStr = _matching(
-        r"^(default|(chargePoint|user):.{1,128})$",
-        description="default, chargePoint:<chargePointId> or user:<userId>",
+        r"^(default|(chargePoint|group|user):.{1,128})$",
+        description="default, chargePoint:<chargePointId>, group:<group> or user:<userId>",
     )
     tariffId: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, description="null: unassign"
