@@ -141,8 +141,11 @@ class Application:
             SessionPolicy(
                 update_interval=settings.session_update_interval,
                 preparing_threshold=settings.preparing_threshold,
+                energy_taper_fraction=settings.energy_limit_taper_percent / 100,
+                energy_taper_power=settings.energy_limit_taper_power_percent / 100,
             ),
         )
+        self.sessions.reduce_power = self.profiles.reduce_session_power
         self.service.sessions = self.sessions
         self.webhooks = WebhookService(self.store, HttpPoster(), SystemClock())
         self.verifier = TokenVerifier(

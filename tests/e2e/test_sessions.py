@@ -457,6 +457,69 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
             await asyncio.wait_for(runner, 10)
 
 
+async def test_the_end_of_an_energy_limit_is_charged_at_reduced_power(tmp_path: Path) -> None:
+    """A simulated charger (smart charging: it caps its current to a TxProfile) with an
+    energyKWh limit: within the last half of the limit (ENERGY_LIMIT_TAPER_PERCENT=50 here)
+    the server asks for half the power, the charger's reported power drops, and the charge
+    still stops at the limit."""
+    halt = asyncio.Event()
+    car = SimConnector(1, energy_wh=1000.0, soc=10.0, max_current_a=1000.0)  # ~230 kW
+    settings = make_settings(
+        tmp_path, energy_limit_taper_percent=50, energy_limit_taper_power_percent=50
+    )
+    async with (
+        running_server(settings) as server,
+        app_client(server, server.token("ops", role="admin")) as ops,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
+    ):
+        await ops.request("subscribe", {"chargePointIds": ["CP-SIM"]})
+        runner = asyncio.create_task(
+            run_charge_point(
+                server.ocpp_url, "CP-SIM", meter_interval=0.2, state={1: car}, stop=halt
+            )
+        )
+        try:
+            await ops.push(
+                "charging_status_update",
+                where=lambda m: (
+                    m["data"]["connectorId"] == 1 and m["data"]["status"] == "Available"
+                ),
+            )
+            reply = await alice.request(
+                "start_charging_request",
+                {"chargePointId": "CP-SIM", "connectorId": 1, "limits": {"energyKWh": 0.2}},
+            )
+            assert reply["data"]["success"] is True, reply
+            tx = reply["data"]["transactionId"]
+            full = await alice.push(
+                "meter_values_update",
+                where=lambda m: (m["data"]["session"]["powerKw"] or 0) > 100,
+                timeout=20,
+            )
+            assert full["data"]["session"]["energyKWh"] < 0.1
+            reduced = await alice.push(
+                "session_event", where=event("power_reduced", tx), timeout=20
+            )
+            assert 100 < reduced["data"]["limitKw"] * 2 < 240
+            lower = await alice.push(
+                "meter_values_update",
+                where=lambda m: (m["data"]["session"]["powerKw"] or 999) < 130,
+                timeout=20,
+            )
+            assert 0.1 <= lower["data"]["session"]["energyKWh"] < 0.2
+            reached = await alice.push(
+                "session_event", where=event("limit_reached", tx), timeout=30
+            )
+            assert reached["data"]["limit"] == "energyKWh"
+            ended = await alice.push("session_event", where=event("ended", tx), timeout=20)
+            receipt = ended["data"]["receipt"]
+            assert receipt["limitReached"] == "energyKWh"
+            assert 0.2 <= receipt["energyKWh"] < 0.26
+        finally:
+            halt.set()
+            await asyncio.wait_for(runner, 10)
+
+
 async def test_session_pushes_only_when_asked_for(tmp_path: Path) -> None:
     """A client that did not ask for sessionEvents gets the seed's push sequence, no session_* pushes."""
     async with (

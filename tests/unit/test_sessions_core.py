@@ -20,6 +20,7 @@ from charging_api.domain.events import (
     SessionUpdated,
 )
 from charging_api.domain.models import IdTag, MeterSample, Principal, Role
+from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.sessions import Limits, SessionPolicy, SessionService, history_csv
 from charging_api.errors import Forbidden, ValidationFailed
 from tests.fakes import FakeGateway, ManualClock, MemoryStore
@@ -383,3 +384,31 @@ async def test_session_records_are_written_behind_the_commands_and_kept_at_shutd
     assert (await again.sessions.get_receipt(ALICE, tx))["receipt"] == receipt
     history = await again.sessions.history(ALICE)
     assert history["sessions"][0]["cost"] == receipt["cost"]["total"]
+
+
+async def test_the_last_tenth_of_an_energy_limit_asks_for_half_the_power_once() -> None:
+    """Within the last 10 % of an energyKWh limit a TxProfile at half the measured power goes
+    to the charge point (once), the owner hears power_reduced; the stop at the limit is as
+    before."""
+    world = World()
+    profiles = ChargingProfiles(world.store, world.store, world.gateway, world.clock)
+    world.sessions.reduce_power = profiles.reduce_session_power
+    tx = await world.started(Limits(energy_kwh=2))
+    await world.meter(tx, 11.0, power_kw=20.0)
+    await world.settled()
+    assert world.notices("power_reduced") == []
+    await world.meter(tx, 11.85, power_kw=20.0)
+    await world.settled()
+    _, action, payload = world.gateway.calls.get_nowait()
+    assert action == "SetChargingProfile"
+    profile: Any = payload["csChargingProfiles"]
+    assert profile["transactionId"] == tx and profile["chargingProfilePurpose"] == "TxProfile"
+    period = profile["chargingSchedule"]["chargingSchedulePeriod"][0]
+    assert (period["limit"], period["numberPhases"]) == (14.5, 3)  # 10 kW on 3 x 230 V
+    assert [n.data for n in world.notices("power_reduced")] == [
+        {"limitKw": 10.0, "reason": "energyKWh"}
+    ]
+    await world.meter(tx, 11.95, power_kw=10.0)
+    assert await world.stops() == []  # no second profile, no stop yet
+    await world.meter(tx, 12.0, power_kw=10.0)
+    assert await world.stops() == [{"transactionId": tx}]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charging_api.domain.events import DomainEvent, TransactionStopped
-from charging_api.domain.models import MeterSample, Principal, StoredChargingProfile
+from charging_api.domain.models import MeterSample, Principal, Role, StoredChargingProfile
 from charging_api.domain.ports import ChargerGateway, Clock, OpsStateStore, Store
 from charging_api.errors import (
     ChargePointRejected,
@@ -55,6 +55,8 @@ POWER_LIMIT_STACK_LEVEL = 1
 #: Lines with less current than this (A) carry no load: a one-phase car on three phases.
 _LOADED_PHASE_A = 0.5
 _LINES = ("L1", "L2", "L3")
+#: Who sets the profiles the server decides on by itself (recorded as ``set_by``).
+SERVER = Principal("server:sessions", Role.ADMIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,12 @@ class ChargingProfiles:
             electrical,
             source,
         )
+
+    async def reduce_session_power(self, transaction_id: int, limit_kw: float) -> PowerLimit:
+        """The server's own power limit for a session (the end of an energy limit, see
+        ``SessionService``): the same TxProfile as :meth:`set_power_limit`, set by
+        :data:`SERVER`."""
+        return await self.set_power_limit(SERVER, transaction_id, limit_kw, "kW")
 
     async def forget_matching(self, charge_point_id: str, criteria: dict[str, Any]) -> None:
         """Forget the stored profiles a ClearChargingProfile with ``criteria`` cleared (OCPP:

@@ -40,7 +40,7 @@ import io
 import logging
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -78,6 +78,10 @@ from charging_api.timefmt import format_utc
 
 log = logging.getLogger(__name__)
 
+#: Below this a reduced power is not asked for (6 A on one 230 V phase: the least current
+#: IEC 61851 lets a charger offer).
+MIN_TAPER_KW = 1.4
+
 SESSION = "session"
 TARIFF = "tariff"
 ASSIGNMENT = "tariff_assignment"
@@ -99,6 +103,10 @@ class SessionPolicy:
     record_write_delay: float = 0.25
     #: How often :meth:`SessionService.tick` checks whether another process changed tariffs.
     tariff_refresh_interval: float = 2.0
+    #: The last part of an energyKWh limit (this fraction of it; 0: off) is charged at
+    #: ``energy_taper_power`` times the power measured when it begins (docs/sessions.md).
+    energy_taper_fraction: float = 0.1
+    energy_taper_power: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +162,7 @@ class _Tracked:
     charging_s: float = 0.0
     idle_s: float = 0.0
     limit_reached: str | None = None
+    tapered: bool = False  # the reduced power for the end of an energy limit was asked for
     last_update: float | None = None
     suspended: str | None = None
     offline_since: datetime | None = None
@@ -290,6 +299,9 @@ class SessionService:
         # Open sessions whose in-memory readings may be incomplete (a sample came before the
         # session was tracked): their receipts are computed from storage.
         self._partial: set[int] = set()
+        #: Set by the composition root: limit a session's power to the given kW (a TxProfile
+        #: through ``ChargingProfiles``); None: energy limits end abruptly.
+        self.reduce_power: Callable[[int, float], Awaitable[object]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -498,7 +510,45 @@ class SessionService:
                 )
             )
         await self._check_limits(tracked, now, snap)
+        if not tracked.tapered and tracked.limits.energy_kwh is not None:
+            self._maybe_taper(tracked, snap)
         return snap
+
+    def _maybe_taper(self, tracked: _Tracked, snap: Snapshot) -> None:
+        """Within the last ``energy_taper_fraction`` of an energy limit, ask once for
+        ``energy_taper_power`` times the power measured now (not below :data:`MIN_TAPER_KW`);
+        the stop at the limit itself is unchanged. A charge point that refuses (no smart
+        charging) just charges on at full power to the stop, as before."""
+        limit = tracked.limits.energy_kwh
+        fraction = self.policy.energy_taper_fraction
+        if (
+            limit is None
+            or self.reduce_power is None
+            or tracked.limit_reached is not None
+            or fraction <= 0
+            or snap.energy_kwh < limit * (1 - fraction)
+        ):
+            return
+        tracked.tapered = True
+        power = tracked.power_kw
+        if power is None or power * self.policy.energy_taper_power < MIN_TAPER_KW:
+            return  # unknown, or already low: nothing to reduce
+        self._spawn(self._taper(tracked, round(power * self.policy.energy_taper_power, 3)))
+
+    async def _taper(self, tracked: _Tracked, limit_kw: float) -> None:
+        assert self.reduce_power is not None
+        try:
+            await self.reduce_power(tracked.transaction_id, limit_kw)
+        except Exception as exc:  # offline, refused, no smart charging: full power to the end
+            log.info(
+                "reduced power for the end of transaction %d's energy limit not set: %s",
+                tracked.transaction_id,
+                exc,
+            )
+            return
+        await self._notice_tracked(
+            tracked, "power_reduced", {"limitKw": limit_kw, "reason": "energyKWh"}
+        )
 
     def on_stop_samples(self, transaction_id: int, samples: Sequence[MeterSample]) -> None:
         """A StopTransaction's ``transactionData``, before the stop is published: folded into
@@ -583,6 +633,7 @@ class SessionService:
             raise _not_found(transaction_id)
         tracked.limits = limits
         tracked.limit_reached = None
+        tracked.tapered = False  # a new energy limit may taper again (from the power then)
         self._save(tracked)
         await self._write_records()
         await self._check_limits(tracked, self._clock.now())
