@@ -601,9 +601,11 @@ class SessionService:
     async def drain(self) -> None:
         """Wait for the work under way (RemoteStops for limits, receipts) and write the
         session records not yet written: tests, shutdown."""
-        if self._writer is not None and self._writer_waiting:
-            self._writer.cancel()  # no need to wait out the delay: written below
-        while self._tasks:
+        while True:
+            if self._writer is not None and self._writer_waiting:
+                self._writer.cancel()  # no need to wait out the delay: written below
+            if not self._tasks:
+                break
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self._write_records()
 
