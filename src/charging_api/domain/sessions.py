@@ -24,12 +24,15 @@ a session are in memory from its start, or from :meth:`load` after a restart).
   session record, so they survive a restart. A SoC limit is accepted even before the charger
   has reported any SoC: it is enforced from the first SoC reading, and the start reply and
   the snapshot say ``socEnforced: false`` until then (refusing would block cars whose SoC
-  comes only after the first minutes of charging).
+  comes only after the first minutes of charging). Within the last ``energy_taper_fraction``
+  of an energy limit the power is reduced once (``reduce_power``, a TxProfile) before the stop.
 * ETA (see docs/sessions.md): seconds to the nearest limit (or to 100 % SoC when only SoC is
   known), from the average power over the last ``eta_window`` seconds; above 80 % SoC the
   energy left is taken at half that power (the taper).
-* Events go to the owner as :class:`SessionNotice`; the receipt is computed from the stored
-  samples at the stop and stored; :func:`cdr_of` gives it the OCPI 2.2.1 CDR shape.
+* Events go to the owner as :class:`SessionNotice`. The receipt of a session followed from its
+  start is its running figures plus the StopTransaction reading (no read); otherwise it is
+  computed from the stored samples. It is stored (written behind); :func:`cdr_of` gives it the
+  OCPI 2.2.1 CDR shape.
 """
 
 from __future__ import annotations
