@@ -367,7 +367,7 @@ async def test_session_records_are_written_behind_the_commands_and_kept_at_shutd
     service reads the same receipt."""
     world = World()
     # A delay no test outlasts: nothing but drain can write the records here.
-    world.sessions.policy = SessionPolicy(preparing_threshold=60, record_write_delay=3600)
+    world.sessions.records.delay = 3600
     await world.store.put_document("tariff", "std", TARIFF)
     await world.store.put_document("tariff_assignment", "default", {"tariffId": "std"})
     tx = await world.started()

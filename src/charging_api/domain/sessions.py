@@ -71,6 +71,7 @@ from charging_api.domain.tariffs import (
     check_scope,
     tariff_from_json,
 )
+from charging_api.domain.writebehind import WriteBehind
 from charging_api.errors import (
     Forbidden,
     TransactionNotActive,
@@ -292,13 +293,8 @@ class SessionService:
         self._catalog: TariffCatalog | None = None
         self._catalog_version: str | None = None
         self._catalog_checked = float("-inf")
-        # Write-behind of session records: the newest body of each record not yet written,
-        # the batch being written, and the one writer task.
-        self._unwritten: dict[str, dict[str, Any]] = {}
-        self._writing: dict[str, dict[str, Any]] = {}
-        self._write_lock = asyncio.Lock()
-        self._writer: asyncio.Task[None] | None = None
-        self._writer_waiting = False  # the writer is in its delay (may be cut short)
+        #: The session records not yet written (docs/sessions.md, "Durability").
+        self.records = WriteBehind(store, SESSION, self.policy.record_write_delay)
         # Open sessions whose in-memory readings may be incomplete (a sample came before the
         # session was tracked): their receipts are computed from storage.
         self._partial: set[int] = set()
@@ -360,8 +356,7 @@ class SessionService:
                     "not_started",
                     {"waitedSeconds": round(mono - since)},
                 )
-        if self._unwritten:
-            self._write_soon()  # a batch that failed is tried again
+        self.records.kick()  # a batch that failed is tried again
         if mono - self._catalog_checked >= self.policy.tariff_refresh_interval:
             self._catalog_checked = mono
             try:
@@ -580,11 +575,10 @@ class SessionService:
         # the CALLRESULT of our RemoteStop only after the MeterValues has been answered.
         self._spawn(self._remote_stop(tracked, reached))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
-        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -604,13 +598,9 @@ class SessionService:
     async def drain(self) -> None:
         """Wait for the work under way (RemoteStops for limits, receipts) and write the
         session records not yet written: tests, shutdown."""
-        while True:
-            if self._writer is not None and self._writer_waiting:
-                self._writer.cancel()  # no need to wait out the delay: written below
-            if not self._tasks:
-                break
+        while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        await self._write_records()
+        await self.records.flush()
 
     async def set_limits(
         self, principal: Principal, transaction_id: int, limits: Limits
@@ -640,7 +630,7 @@ class SessionService:
         tracked.limit_reached = None
         tracked.tapered = False  # a new energy limit may taper again (from the power then)
         self._save(tracked)
-        await self._write_records()
+        await self.records.write(strict=True)
         await self._check_limits(tracked, self._clock.now())
         return {
             "transactionId": transaction_id,
@@ -767,9 +757,7 @@ class SessionService:
             and (since is None or tx.started_at >= since)
             and (until is None or tx.started_at < until)
         ]
-        records = await self._store.documents(SESSION)
-        records.update(self._writing)
-        records.update(self._unwritten)
+        records = self.records.overlay(await self._store.documents(SESSION))
         rows = [_history_row(tx, records.get(str(tx.id), {})) for tx in chosen]
         months: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -876,10 +864,8 @@ class SessionService:
 
     async def _record(self, key: str) -> dict[str, Any] | None:
         """A session record: the newest body not yet written, else the stored one."""
-        found = self._unwritten.get(key) or self._writing.get(key)
-        if found is not None:
-            return dict(found)
-        return await self._store.get_document(SESSION, key)
+        found = self.records.get(key)
+        return found if found is not None else await self._store.get_document(SESSION, key)
 
     async def _record_with_tariff(
         self, tx: Transaction, groups: frozenset[str] = frozenset()
@@ -906,40 +892,7 @@ class SessionService:
 
     def _put_record(self, key: str, record: dict[str, Any]) -> None:
         """Write ``record`` behind: within ``record_write_delay``, batched with others."""
-        self._unwritten[key] = record
-        self._write_soon()
-
-    def _write_soon(self) -> None:
-        if self._writer is None:
-            self._writer = self._spawn(self._write_later())
-
-    async def _write_later(self) -> None:
-        self._writer_waiting = True
-        try:
-            await asyncio.sleep(self.policy.record_write_delay)
-        finally:
-            self._writer = None
-            self._writer_waiting = False
-        await self._write_records()
-
-    async def _write_records(self) -> None:
-        """Write every record changed so far, one transaction per batch; a batch that fails
-        stays unwritten (newer bodies win) and the next tick tries it again."""
-        async with self._write_lock:
-            while self._unwritten:
-                self._writing, self._unwritten = self._unwritten, {}
-                try:
-                    await self._store.put_documents(SESSION, self._writing)
-                except Exception as exc:
-                    log.warning(
-                        "writing %d session record(s) failed (kept for the next try): %s",
-                        len(self._writing),
-                        exc,
-                    )
-                    self._unwritten = {**self._writing, **self._unwritten}
-                    return
-                finally:
-                    self._writing = {}
+        self.records.put(key, record)
 
     # ------------------------------------------------------------ internals
 
