@@ -202,9 +202,12 @@ class Application:
             SessionPolicy(
                 update_interval=settings.session_update_interval,
                 preparing_threshold=settings.preparing_threshold,
+                energy_taper_fraction=settings.energy_limit_taper_percent / 100,
+                energy_taper_power=settings.energy_limit_taper_power_percent / 100,
             ),
             **routed,
         )
+        self.sessions.reduce_power = self.profiles.reduce_session_power
         self.service.sessions = self.sessions
         self.webhooks = WebhookService(self.store, HttpPoster(), SystemClock())
         if self.role is NodeRole.GATEWAY:
@@ -427,6 +430,7 @@ class Application:
             await _reach_redis(self.gateway_routing.start())
         await self.service.load()
         await self.reservations.load()
+        await self.profiles.load()
         await self.sessions.load()
         await self.webhooks.load()
         if self.runs_ocpp:
@@ -755,7 +759,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def make_token(
-    settings: Settings, user_id: str, id_tag: str | None, role: str | None, expires_in: float | None
+    settings: Settings,
+    user_id: str,
+    id_tag: str | None,
+    role: str | None,
+    expires_in: float | None,
+    groups: tuple[str, ...] = (),
 ) -> str:
     return issue_token(
         settings.jwt_secret,
@@ -763,6 +772,7 @@ def make_token(
         expires_in=expires_in or settings.jwt_expires_in,
         id_tag=id_tag,
         role=role,
+        groups=groups,
         algorithm=settings.jwt_algorithm,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
