@@ -73,23 +73,33 @@ async def redis_db() -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, redis_db: aioredis.Redis) -> AsyncIterator[LocalCluster]:
+def cluster_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """Every node's settings: quick heartbeats and owner refreshes, so tests wait less."""
+    return _inherited_env() | {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": SECRET,
+        "APP_ENV": "test",
+        "LOG_LEVEL": "INFO",
+        "NODE_HEARTBEAT_INTERVAL": "0.5",
+        "OWNER_TTL": "3",
+        "FRONTEND_URL": "http://localhost:3000",
+    }
+
+
+def need_haproxy() -> None:
     if shutil.which("haproxy", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
         missing("HAProxy (Debian's haproxy package)", "apt-get install haproxy (.ci/run does)")
-    async with fresh_database() as database_url:
-        env = _inherited_env() | {
-            "REDIS_URL": REDIS_URL,
-            "DATABASE_URL": database_url,
-            "JWT_SECRET": SECRET,
-            "APP_ENV": "test",
-            "LOG_LEVEL": "INFO",
-            "NODE_HEARTBEAT_INTERVAL": "0.5",
-            "OWNER_TTL": "3",
-            "FRONTEND_URL": "http://localhost:3000",
-        }
-        async with LocalCluster(tmp_path, env) as running:
-            yield running
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, redis_db: aioredis.Redis) -> AsyncIterator[LocalCluster]:
+    need_haproxy()
+    async with (
+        fresh_database() as database_url,
+        LocalCluster(tmp_path, cluster_env(database_url, REDIS_URL)) as running,
+    ):
+        yield running
 
 
 class PrivateRedis:
@@ -153,3 +163,15 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
         yield redis
     finally:
         await redis.stop()
+
+
+@pytest.fixture
+async def cluster_on_private_redis(
+    tmp_path: Path, private_redis: PrivateRedis
+) -> AsyncIterator[tuple[LocalCluster, PrivateRedis]]:
+    """The same cluster on a Redis of the test's own, which the test may stop and restart."""
+    need_haproxy()
+    async with fresh_database() as database_url:
+        env = cluster_env(database_url, private_redis.url)
+        async with LocalCluster(tmp_path, env) as running:
+            yield running, private_redis
