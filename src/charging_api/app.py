@@ -288,7 +288,9 @@ class Application:
             ping_interval=settings.ocpp_ping_interval or None,
             rate_limit=settings.ocpp_rate_limit,
             open_timeout=settings.ocpp_open_timeout,
-            http_routes=self._gateway_http if self.role is NodeRole.GATEWAY else None,
+            # /health, /metrics and /api/stats on the OCPP port too, so a load balancer checks
+            # each door on the port it serves (a gateway has no app port).
+            http_routes=self._gateway_http,
         )
         # /metrics: histograms observed through hooks, counts read from the parts at scrape.
         self.metrics = Metrics(self._metric_counts)
