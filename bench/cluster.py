@@ -1,0 +1,492 @@
+"""Scenario 5, the cluster (issue 12): what the bus between nodes costs, measured.
+
+The same two loads run through two arms, in the same run, alternated (A, B, A, B while the time
+budget allows) because the machine is shared and noisy; the medians over the runs of each arm
+count:
+
+* arm A: one ``charging-api serve`` (``ROLE=all``: both doors, in-process bus) on PostgreSQL;
+* arm B: ``charging_api.cluster.local.LocalCluster``, 2 gateways + 2 api nodes behind Debian's
+  HAProxy, on the same PostgreSQL server and on Redis (a dedicated database index, flushed).
+
+Each arm gets a fresh PostgreSQL database, so only the bus (Redis, the extra hops, HAProxy)
+differs. The loads are scenario 2's fan-out (charge points starting their sessions with their
+owners' registered id tags, owners and admins reading the pushes) and scenario 1's ingest
+(closed-loop MeterValues, owners connected), both without remote starts, so they need no routing.
+
+CPU per message sums every process the arm needs to serve it: the node(s), and in arm B HAProxy
+and the Redis server (its pid from ``INFO server``; it is the machine's shared Redis, so other
+users' commands land in its figure too: arm A reads it as well, as that background). PostgreSQL's
+backends for the arm's database are read too and reported beside (both arms pay them).
+
+A part that fails is reported as such (an ``error`` for the load, ``problems`` for what the
+figures show: e.g. pushes that do not reach the api nodes), never as a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bench.procs import BenchError, base_env, http_get
+from bench.scenarios import (
+    SECRET,
+    STATS_KEY,
+    Context,
+    LoadTarget,
+    fanout_load,
+    fanout_pairs,
+    ingest_figures,
+    ingest_load,
+    our_server,
+    owner_tags,
+    register_id_tags,
+)
+
+ARMS = {
+    "A": "1 process (ROLE=all), PostgreSQL",
+    "B": "2 gateways + 2 api nodes + HAProxy, PostgreSQL + Redis",
+}
+#: The figures whose medians are compared, per load: (key path, label, lower is better).
+HEADLINES: dict[str, list[tuple[tuple[str, ...], str]]] = {
+    "fanout": [
+        (("deliveriesPerSecond",), "deliveries/s"),
+        (("latency", "p50"), "latency p50 ms"),
+        (("latency", "p99"), "latency p99 ms"),
+        (("lost",), "lost"),
+        (("cpuUsPerUpdate",), "CPU µs/update"),
+        (("cpuUsPerDelivery",), "CPU µs/delivery"),
+        (("cpuUsPerUpdateWithPostgres",), "CPU µs/update incl. PG"),
+    ],
+    "ingest": [
+        (("messagesPerSecond",), "MeterValues/s"),
+        (("rtt", "p50"), "RTT p50 ms"),
+        (("rtt", "p99"), "RTT p99 ms"),
+        (("pushLatency", "p99"), "push p99 ms"),
+        (("cpuUsPerMessage",), "CPU µs/MeterValues"),
+        (("cpuUsPerMessageWithPostgres",), "CPU µs/MV incl. PG"),
+    ],
+}
+
+
+# ----------------------------------------------------------------------- services
+
+
+def _local(pid: int) -> bool:
+    """A process of this machine (whose /proc the CPU figures read)."""
+    return Path(f"/proc/{pid}/stat").exists()
+
+
+def _database_url(admin_dsn: str, name: str) -> str:
+    parts = urlsplit(admin_dsn)
+    return urlunsplit(("postgresql+asyncpg", parts.netloc, f"/{name}", parts.query, ""))
+
+
+def _asyncpg_dsn(admin_dsn: str) -> str:
+    parts = urlsplit(admin_dsn)
+    return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, ""))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str, label: str) -> AsyncIterator[tuple[str, str]]:
+    """A new PostgreSQL database (dropped afterwards): its name and SQLAlchemy URL."""
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError:
+        raise BenchError(
+            "asyncpg is missing: pip install -e '.[postgres]' (make bench does)"
+        ) from None
+    try:
+        admin = await asyncpg.connect(_asyncpg_dsn(admin_dsn), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise BenchError(f"PostgreSQL at {admin_dsn} does not answer ({exc})") from None
+    name = f"bench_cluster_{label.lower()}_{secrets.token_hex(3)}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield name, _database_url(admin_dsn, name)
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def postgres_backends(admin_dsn: str, database: str) -> list[int]:
+    """Pids of the server processes (backends) connected to ``database``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(_asyncpg_dsn(admin_dsn), timeout=5)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    return [int(r["pid"]) for r in rows if _local(int(r["pid"]))]
+
+
+async def _redis(url: str) -> Any:
+    from redis import asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        await client.ping()
+    except (OSError, RedisError) as exc:
+        await client.aclose()
+        raise BenchError(f"Redis at {url} does not answer ({exc})") from None
+    return client
+
+
+async def redis_pid(url: str) -> int | None:
+    """The Redis server's pid when it runs on this machine (``INFO server``), else None."""
+    client = await _redis(url)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    pid = int(info.get("process_id") or 0)
+    return pid if pid and _local(pid) else None
+
+
+async def flush_redis(url: str) -> None:
+    """Empty the scenario's own Redis database (refused for index 0, the usual shared one)."""
+    if urlsplit(url).path.strip("/") in ("", "0"):
+        raise BenchError(f"{url}: give the cluster scenario a dedicated Redis database index")
+    client = await _redis(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
+# --------------------------------------------------------------------------- arms
+
+
+@dataclass
+class Running:
+    """An arm's servers, up: where the loads go and what to read."""
+
+    ocpp_url: str
+    app_url: str
+    workdir: Path
+    server: dict[str, list[int]]
+    stats_port: int
+    extra: dict[str, list[int]]  # HAProxy
+    alive: Callable[[], list[str]]  # server processes that exited
+
+
+@contextlib.asynccontextmanager
+async def single_process(ctx: Context, database_url: str) -> AsyncIterator[Running]:
+    server = our_server(ctx, "cluster-A", database_url=database_url, LOG_LEVEL="INFO")
+    await server.start()
+    try:
+        yield Running(
+            f"ws://127.0.0.1:{server.ports['ocpp']}/ocpp",
+            f"ws://127.0.0.1:{server.ports['app']}/ws",
+            server.log_path.parent,
+            {"server": [server.pid]},
+            server.ports["app"],
+            {},
+            lambda: [] if server.proc and server.proc.poll() is None else ["server"],
+        )
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def local_cluster(ctx: Context, database_url: str) -> AsyncIterator[Running]:
+    from charging_api.cluster.local import LocalCluster
+
+    directory = ctx.fresh_dir("cluster-B")
+    await flush_redis(ctx.redis_url)
+    env = base_env(
+        APP_ENV="development",
+        DATABASE_URL=database_url,
+        REDIS_URL=ctx.redis_url,
+        JWT_SECRET=SECRET,
+        # INFO: LocalCluster waits for each node's "serving ..." line (arm A logs at INFO too).
+        LOG_LEVEL="INFO",
+        MAX_CONNECTIONS="20000",
+        STATS_API_KEY=STATS_KEY,
+    )
+    # --server-cmd "<cmd> serve": the nodes run "<cmd> serve --role ...".
+    argv = ctx.server_argv
+    program = argv[:-1] if argv and argv[-1] == "serve" else argv
+    cluster = LocalCluster(directory, env, gateways=2, apis=2, program=program)
+    try:
+        try:
+            await cluster.start()
+        except RuntimeError as exc:
+            raise BenchError(f"the cluster did not start: {exc}") from None
+        assert cluster.haproxy is not None
+        nodes = {n.node_id: [n.proc.pid] for n in cluster.nodes if n.proc is not None}
+        yield Running(
+            cluster.ocpp_url,
+            cluster.app_url,
+            directory,
+            nodes,
+            cluster.port,
+            {"haproxy": [cluster.haproxy.pid]},
+            lambda: [
+                n.node_id for n in cluster.nodes if n.proc is None or n.proc.returncode is not None
+            ],
+        )
+    finally:
+        await cluster.close()
+        for node in cluster.nodes:
+            with contextlib.suppress(OSError):
+                (directory / f"{node.node_id}.log").write_text("\n".join(node.lines) + "\n")
+        with contextlib.suppress(BenchError):
+            await flush_redis(ctx.redis_url)
+
+
+def _per_message(
+    cpu: Mapping[str, float], seconds: float, count: float, arm: str
+) -> dict[str, Any]:
+    """CPU-µs per message: the servers (+ HAProxy and Redis in arm B), and with PostgreSQL."""
+    own = cpu["server"] + cpu.get("haproxy", 0.0) + (cpu.get("redis", 0.0) if arm == "B" else 0.0)
+    with_pg = own + cpu.get("postgres", 0.0)
+    if not count:
+        return {"own": None, "withPostgres": None}
+    return {
+        "own": round(own * seconds / count * 1e6, 1),
+        "withPostgres": round(with_pg * seconds / count * 1e6, 1),
+    }
+
+
+def _breakdown(cpu: Mapping[str, float], running: Running) -> dict[str, Any]:
+    return {
+        "servers": round(cpu["server"], 3),
+        "perServer": {name: round(cpu[name], 3) for name in running.server},
+        "haproxy": round(cpu.get("haproxy", 0.0), 3),
+        "redis": round(cpu.get("redis", 0.0), 3),
+        "postgres": round(cpu.get("postgres", 0.0), 3),
+    }
+
+
+async def run_arm(ctx: Context, arm: str, round_no: int) -> dict[str, Any]:
+    """One arm: fresh database, servers up, the fan-out load then the ingest load, down."""
+    p = ctx.profile
+    out: dict[str, Any] = {"arm": arm, "round": round_no, "topology": ARMS[arm], "problems": []}
+    fan_pairs = fanout_pairs(p.cluster_fanout_cps, prefix="CFAN", tag="CF")
+    ing_pairs = fanout_pairs(p.cluster_ingest_cps, prefix="CING", tag="CI")
+    redis = await redis_pid(ctx.redis_url)
+    if redis is None:
+        out["problems"].append("the Redis server is not on this machine: its CPU is not counted")
+    started = time.monotonic()
+    async with fresh_database(ctx.postgres_admin_dsn, arm) as (database, url):
+        await register_id_tags(url, owner_tags(fan_pairs) + owner_tags(ing_pairs))
+        opened = single_process if arm == "A" else local_cluster
+        async with opened(ctx, url) as running:
+            out["startSeconds"] = round(time.monotonic() - started, 1)
+
+            async def beside() -> Mapping[str, Sequence[int]]:
+                return {
+                    **running.extra,
+                    "redis": [redis] if redis else [],
+                    "postgres": await postgres_backends(ctx.postgres_admin_dsn, database),
+                }
+
+            target = LoadTarget(
+                running.ocpp_url, running.app_url, running.workdir, running.server, beside
+            )
+            out["fanout"] = await _guarded(
+                "fan-out", _fanout(ctx, arm, target, fan_pairs, running), out
+            )
+            out["ingest"] = await _guarded(
+                "ingest", _ingest(ctx, arm, target, ing_pairs, running), out
+            )
+            out["serverStats"] = await _stats(running.stats_port)
+            dead = running.alive()
+            if dead:
+                out["problems"].append(f"exited during the run: {', '.join(dead)}")
+    out["seconds"] = round(time.monotonic() - started, 1)
+    return out
+
+
+async def _guarded(
+    what: str, load: Awaitable[dict[str, Any]], out: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        return await load
+    except BenchError as exc:
+        out["problems"].append(f"{what} load failed: {str(exc).splitlines()[0][:200]}")
+        return {"error": str(exc)[:2000]}
+
+
+async def _fanout(
+    ctx: Context,
+    arm: str,
+    target: LoadTarget,
+    pairs: list[dict[str, Any]],
+    running: Running,
+) -> dict[str, Any]:
+    p = ctx.profile
+    row = await fanout_load(
+        ctx,
+        target,
+        pairs,
+        label=f"cluster-{arm}-fanout",
+        admins=p.cluster_fanout_admins,
+        workers=p.fanout_workers,
+        seconds=p.cluster_fanout_seconds,
+    )
+    cpu = row["cpuWindow"]
+    per_update = _per_message(cpu, row["seconds"], row["updates"], arm)
+    per_delivery = _per_message(
+        cpu, row["seconds"], row["deliveriesPerSecond"] * row["seconds"], arm
+    )
+    row.update(
+        cpuUsPerUpdate=per_update["own"],
+        cpuUsPerUpdateWithPostgres=per_update["withPostgres"],
+        cpuUsPerDelivery=per_delivery["own"],
+        cpu=_breakdown(cpu, running),
+    )
+    return row
+
+
+async def _ingest(
+    ctx: Context,
+    arm: str,
+    target: LoadTarget,
+    pairs: list[dict[str, Any]],
+    running: Running,
+) -> dict[str, Any]:
+    p = ctx.profile
+    results, cpu = await ingest_load(
+        ctx,
+        target,
+        pairs,
+        label=f"cluster-{arm}",
+        workers=p.ingest_workers,
+        warmup_s=p.cluster_ingest_warmup_s,
+        seconds=p.cluster_ingest_seconds,
+        start_by="cp",
+    )
+    row = {
+        "chargePoints": len(pairs),
+        **ingest_figures(results, cpu, p.cluster_ingest_seconds, True),
+    }
+    per = _per_message(cpu, row["seconds"], row["messagesPerSecond"] * row["seconds"], arm)
+    row.update(
+        cpuUsPerMessage=per["own"],
+        cpuUsPerMessageWithPostgres=per["withPostgres"],
+        cpu=_breakdown(cpu, running),
+    )
+    return row
+
+
+async def _stats(port: int) -> dict[str, Any]:
+    try:
+        body = await http_get(port, "/api/stats", {"Authorization": f"Bearer {STATS_KEY}"})
+    except (OSError, TimeoutError, ValueError) as exc:
+        return {"error": str(exc)}
+    data: dict[str, Any] = body.get("data", {})
+    return data
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _pick(row: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    node: Any = row
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def _problems(runs: Sequence[Mapping[str, Any]]) -> None:
+    """What arm B's figures say about parts of the cluster that do not work (yet)."""
+    for run in runs:
+        if run.get("arm") != "B":
+            continue
+        fan = run.get("fanout") or {}
+        if "error" not in fan and fan.get("deliveriesExpected"):
+            received = fan.get("deliveriesReceived") or 0
+            if received == 0:
+                run["problems"].append(
+                    "fan-out: no push reached an app client: pushes do not cross from the "
+                    "gateways to the api nodes in this build (the fan-out of issue 12)"
+                )
+            elif fan.get("lost"):
+                run["problems"].append(
+                    f"fan-out: {fan['lost']} of {fan['deliveriesExpected']} deliveries lost"
+                )
+        ing = run.get("ingest") or {}
+        if "error" not in ing and ing.get("messagesPerSecond") and not ing.get("pushesPerSecond"):
+            run["problems"].append(
+                "ingest: MeterValues answered, but the owners got no push (fan-out missing)"
+            )
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of each arm's headline figures over its runs, and B / A."""
+    _problems(runs)
+    medians: dict[str, dict[str, dict[str, float | None]]] = {}
+    for arm in ARMS:
+        arm_runs = [r for r in runs if r.get("arm") == arm]
+        medians[arm] = {}
+        for load, figures in HEADLINES.items():
+            medians[arm][load] = {}
+            for path, _label in figures:
+                values = [v for r in arm_runs if (v := _pick(r.get(load) or {}, path)) is not None]
+                key = ".".join(path)
+                medians[arm][load][key] = round(statistics.median(values), 3) if values else None
+    ratios: dict[str, dict[str, float | None]] = {}
+    for load, figures in HEADLINES.items():
+        ratios[load] = {}
+        for path, _label in figures:
+            key = ".".join(path)
+            a, b = medians["A"][load][key], medians["B"][load][key]
+            ratios[load][key] = round(b / a, 3) if a and b is not None else None
+    return {
+        "arms": ARMS,
+        "order": [f"{r['arm']}{r['round']}" for r in runs],
+        "medians": medians,
+        "ratiosBOverA": ratios,
+        "problems": sorted({p for r in runs for p in r.get("problems", [])}),
+        "runs": runs,
+    }
+
+
+async def cluster(ctx: Context) -> dict[str, Any]:
+    """A, B, A, B, ... while rounds and the time budget allow (a round is started only if the
+    last one's duration fits in what is left)."""
+    p = ctx.profile
+    deadline = time.monotonic() + p.cluster_budget_s
+    runs: list[dict[str, Any]] = []
+    longest = 0.0
+    for round_no in range(1, p.cluster_rounds + 1):
+        if round_no > 1 and time.monotonic() + longest * 1.2 > deadline:
+            ctx.notes.append(f"cluster: round {round_no} skipped (time budget)")
+            break
+        t0 = time.monotonic()
+        for arm in ARMS:
+            try:
+                runs.append(await run_arm(ctx, arm, round_no))
+            except BenchError as exc:
+                runs.append(
+                    {
+                        "arm": arm,
+                        "round": round_no,
+                        "topology": ARMS[arm],
+                        "error": str(exc)[:2000],
+                        "problems": [f"arm {arm} failed: {str(exc).splitlines()[0][:200]}"],
+                    }
+                )
+        longest = max(longest, time.monotonic() - t0)
+    out = summarize(runs)
+    out["profile"] = {
+        "fanoutChargePoints": p.cluster_fanout_cps,
+        "fanoutAdmins": p.cluster_fanout_admins,
+        "fanoutSeconds": p.cluster_fanout_seconds,
+        "ingestChargePoints": p.cluster_ingest_cps,
+        "ingestSeconds": p.cluster_ingest_seconds,
+    }
+    return out
