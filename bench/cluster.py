@@ -295,15 +295,15 @@ async def run_arm(ctx: Context, arm: str, round_no: int) -> dict[str, Any]:
                 running.ocpp_url, running.app_url, running.workdir, running.server, beside
             )
             out["fanout"] = await _guarded(
-                "fan-out", _fanout(ctx, arm, target, fan_pairs, running), out
+                f"arm {arm} fan-out", _fanout(ctx, arm, target, fan_pairs, running), out
             )
             out["ingest"] = await _guarded(
-                "ingest", _ingest(ctx, arm, target, ing_pairs, running), out
+                f"arm {arm} ingest", _ingest(ctx, arm, target, ing_pairs, running), out
             )
             out["serverStats"] = await _stats(running.stats_port)
             dead = running.alive()
             if dead:
-                out["problems"].append(f"exited during the run: {', '.join(dead)}")
+                out["problems"].append(f"arm {arm}: exited during the run: {', '.join(dead)}")
     out["seconds"] = round(time.monotonic() - started, 1)
     return out
 
@@ -401,33 +401,48 @@ def _pick(row: Mapping[str, Any], path: Sequence[str]) -> float | None:
     return float(node) if isinstance(node, int | float) else None
 
 
-def _problems(runs: Sequence[Mapping[str, Any]]) -> None:
-    """What arm B's figures say about parts of the cluster that do not work (yet)."""
+NO_FANOUT = (
+    "no push reached an app client: pushes do not cross from the gateways to the api nodes "
+    "in this build (issue 12's fan-out)"
+)
+
+
+def _problems(runs: Sequence[dict[str, Any]]) -> dict[str, str | None]:
+    """Adds to each run what its figures say about parts that do not work (yet); returns, per
+    load, why B / A does not compare like with like (None: it does)."""
+    incomparable: dict[str, str | None] = {"fanout": None, "ingest": None}
     for run in runs:
-        if run.get("arm") != "B":
+        arm = run.get("arm")
+        problems: list[str] = run.setdefault("problems", [])
+        if "error" in run:
+            incomparable = {load: f"arm {arm} failed" for load in incomparable}
             continue
         fan = run.get("fanout") or {}
-        if "error" not in fan and fan.get("deliveriesExpected"):
-            received = fan.get("deliveriesReceived") or 0
-            if received == 0:
-                run["problems"].append(
-                    "fan-out: no push reached an app client: pushes do not cross from the "
-                    "gateways to the api nodes in this build (the fan-out of issue 12)"
-                )
-            elif fan.get("lost"):
-                run["problems"].append(
-                    f"fan-out: {fan['lost']} of {fan['deliveriesExpected']} deliveries lost"
-                )
         ing = run.get("ingest") or {}
+        for load, row in (("fanout", fan), ("ingest", ing)):
+            if "error" in row:
+                incomparable[load] = f"the {load} load failed in arm {arm}"
+        if "error" not in fan and fan.get("deliveriesExpected"):
+            if not fan.get("deliveriesReceived"):
+                problems.append(f"arm {arm} fan-out: {NO_FANOUT}")
+                incomparable["fanout"] = f"arm {arm} delivered no push"
+            elif fan.get("lost"):
+                problems.append(
+                    f"arm {arm} fan-out: {fan['lost']} of {fan['deliveriesExpected']} "
+                    "deliveries lost"
+                )
         if "error" not in ing and ing.get("messagesPerSecond") and not ing.get("pushesPerSecond"):
-            run["problems"].append(
-                "ingest: MeterValues answered, but the owners got no push (fan-out missing)"
+            problems.append(
+                f"arm {arm} ingest: MeterValues answered, but the owners got no push, so this "
+                "arm's CPU per message leaves out the push path"
             )
+            incomparable["ingest"] = f"arm {arm} delivered no push (its CPU omits the push path)"
+    return incomparable
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians of each arm's headline figures over its runs, and B / A."""
-    _problems(runs)
+    incomparable = _problems(runs)
     medians: dict[str, dict[str, dict[str, float | None]]] = {}
     for arm in ARMS:
         arm_runs = [r for r in runs if r.get("arm") == arm]
@@ -450,6 +465,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "order": [f"{r['arm']}{r['round']}" for r in runs],
         "medians": medians,
         "ratiosBOverA": ratios,
+        "notComparable": incomparable,
         "problems": sorted({p for r in runs for p in r.get("problems", [])}),
         "runs": runs,
     }
