@@ -7,6 +7,7 @@ index, flushed before and after, so the cluster starts empty and leaves nothing 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from charging_api.cluster.local import LocalCluster
+from charging_api.cluster.local import LocalCluster, free_port
 from tests.external import missing
 from tests.serverproc import SECRET, _inherited_env
 
@@ -89,3 +90,66 @@ async def cluster(tmp_path: Path, redis_db: aioredis.Redis) -> AsyncIterator[Loc
         }
         async with LocalCluster(tmp_path, env) as running:
             yield running
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free loopback port, so a test can stop and restart
+    it (as an outage) without touching the machine's Redis that other tests use."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server", path="/usr/bin:/usr/sbin:/usr/local/bin")
+        if binary is None:
+            missing("redis-server (Debian's redis-server package)", "apt-get install redis-server")
+        self.proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        client: aioredis.Redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        try:
+            while True:
+                try:
+                    await client.ping()  # type: ignore[misc]
+                    return
+                except (OSError, RedisError):
+                    assert loop.time() < deadline, "the private redis-server did not answer"
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        await redis.stop()
