@@ -24,6 +24,7 @@ figures show: e.g. pushes that do not reach the api nodes), never as a number.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import statistics
@@ -40,6 +41,7 @@ from bench.scenarios import (
     STATS_KEY,
     Context,
     LoadTarget,
+    Measurement,
     fanout_load,
     fanout_pairs,
     ingest_figures,
@@ -53,7 +55,7 @@ ARMS = {
     "A": "1 process (ROLE=all), PostgreSQL",
     "B": "2 gateways + 2 api nodes + HAProxy, PostgreSQL + Redis",
 }
-#: The figures whose medians are compared, per load: (key path, label, lower is better).
+#: The figures whose medians are compared, per load: (key path, label).
 HEADLINES: dict[str, list[tuple[tuple[str, ...], str]]] = {
     "fanout": [
         (("deliveriesPerSecond",), "deliveries/s"),
@@ -61,8 +63,12 @@ HEADLINES: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (("latency", "p99"), "latency p99 ms"),
         (("lost",), "lost"),
         (("cpuUsPerUpdate",), "CPU µs/update"),
+        (("cpuUsPerUpdateAboveIdle",), "  above idle"),
+        (("cpuUsPerUpdateWithPostgres",), "  with PostgreSQL"),
         (("cpuUsPerDelivery",), "CPU µs/delivery"),
-        (("cpuUsPerUpdateWithPostgres",), "CPU µs/update incl. PG"),
+        (("redisCommandsPerUpdate",), "Redis cmds/update"),
+        (("pgTransactionsPerUpdate",), "PG commits/update"),
+        (("pgRowsWrittenPerUpdate",), "PG rows/update"),
     ],
     "ingest": [
         (("messagesPerSecond",), "MeterValues/s"),
@@ -70,7 +76,11 @@ HEADLINES: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (("rtt", "p99"), "RTT p99 ms"),
         (("pushLatency", "p99"), "push p99 ms"),
         (("cpuUsPerMessage",), "CPU µs/MeterValues"),
-        (("cpuUsPerMessageWithPostgres",), "CPU µs/MV incl. PG"),
+        (("cpuUsPerMessageAboveIdle",), "  above idle"),
+        (("cpuUsPerMessageWithPostgres",), "  with PostgreSQL"),
+        (("redisCommandsPerMessage",), "Redis cmds/MV"),
+        (("pgTransactionsPerMessage",), "PG commits/MV"),
+        (("pgRowsWrittenPerMessage",), "PG rows/MV"),
     ],
 }
 
@@ -244,17 +254,39 @@ async def local_cluster(ctx: Context, database_url: str) -> AsyncIterator[Runnin
             await flush_redis(ctx.redis_url)
 
 
-def _per_message(
-    cpu: Mapping[str, float], seconds: float, count: float, arm: str
-) -> dict[str, Any]:
-    """CPU-µs per message: the servers (+ HAProxy and Redis in arm B), and with PostgreSQL."""
-    own = cpu["server"] + cpu.get("haproxy", 0.0) + (cpu.get("redis", 0.0) if arm == "B" else 0.0)
-    with_pg = own + cpu.get("postgres", 0.0)
+def _own(cpu: Mapping[str, float], arm: str) -> float:
+    """Cores the arm needs: its servers, plus HAProxy and the Redis server in arm B."""
+    return cpu["server"] + cpu.get("haproxy", 0.0) + (cpu.get("redis", 0.0) if arm == "B" else 0.0)
+
+
+def _costs(
+    cpu: Mapping[str, float],
+    counters: Mapping[str, float],
+    idle: Mapping[str, float] | None,
+    seconds: float,
+    count: float,
+    arm: str,
+) -> dict[str, float | None]:
+    """Per message: CPU-µs (own; above the idle servers; with PostgreSQL's backends), Redis
+    commands (the whole Redis server's), PostgreSQL transactions and rows written (the arm's
+    database)."""
     if not count:
-        return {"own": None, "withPostgres": None}
+        return dict.fromkeys(
+            ("cpuUs", "cpuUsAboveIdle", "cpuUsWithPostgres", "redis", "pgTx", "pgRows")
+        )
+    own = _own(cpu, arm)
+    above = own - _own(idle, arm) if idle else None
+
+    def per(value: float | None, scale: float = 1.0) -> float | None:
+        return None if value is None else float(f"{value / count * scale:.4g}")
+
     return {
-        "own": round(own * seconds / count * 1e6, 1),
-        "withPostgres": round(with_pg * seconds / count * 1e6, 1),
+        "cpuUs": per(own * seconds, 1e6),
+        "cpuUsAboveIdle": per(above * seconds if above is not None else None, 1e6),
+        "cpuUsWithPostgres": per((own + cpu.get("postgres", 0.0)) * seconds, 1e6),
+        "redis": per(counters.get("redisCommands")),
+        "pgTx": per(counters.get("pgTransactions")),
+        "pgRows": per(counters.get("pgRowsWritten")),
     }
 
 
@@ -268,8 +300,53 @@ def _breakdown(cpu: Mapping[str, float], running: Running) -> dict[str, Any]:
     }
 
 
+async def service_counters(redis_url: str, admin_dsn: str, database: str) -> dict[str, float]:
+    """The Redis server's commands processed (all databases, all clients) and the arm's
+    database's committed transactions and rows written (PostgreSQL's statistics, which a backend
+    reports at most about once a second: approximate over a short window)."""
+    import asyncpg
+
+    async def pg() -> dict[str, float]:
+        conn = await asyncpg.connect(_asyncpg_dsn(admin_dsn), timeout=5)
+        try:
+            row = await conn.fetchrow(
+                "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written "
+                "FROM pg_stat_database WHERE datname = $1",
+                database,
+            )
+        finally:
+            await conn.close()
+        return {"pgTransactions": float(row["xact_commit"]), "pgRowsWritten": float(row["written"])}
+
+    async def redis() -> dict[str, float]:
+        client = await _redis(redis_url)
+        try:
+            info = await client.info("stats")
+        finally:
+            await client.aclose()
+        return {"redisCommands": float(info.get("total_commands_processed", 0))}
+
+    first, second = await asyncio.gather(pg(), redis())
+    return {**first, **second}
+
+
+async def _idle(ctx: Context, target: LoadTarget, running: Running) -> dict[str, Any]:
+    """The servers with nothing connected (timers, heartbeats, HAProxy's health checks)."""
+    window = await Measurement.prepare(target, [])
+    await window.start()
+    await asyncio.sleep(ctx.profile.cluster_idle_s)  # the measured window itself
+    cpu = await window.stop()
+    seconds = ctx.profile.cluster_idle_s
+    return {
+        "seconds": seconds,
+        "cpu": _breakdown(cpu, running),
+        "cpuWindow": {k: round(v, 4) for k, v in cpu.items()},
+        "countersPerSecond": {k: round(v / seconds, 1) for k, v in window.counters.items()},
+    }
+
+
 async def run_arm(ctx: Context, arm: str, round_no: int) -> dict[str, Any]:
-    """One arm: fresh database, servers up, the fan-out load then the ingest load, down."""
+    """One arm: fresh database, servers up, idle, the fan-out load, the ingest load, down."""
     p = ctx.profile
     out: dict[str, Any] = {"arm": arm, "round": round_no, "topology": ARMS[arm], "problems": []}
     fan_pairs = fanout_pairs(p.cluster_fanout_cps, prefix="CFAN", tag="CF")
@@ -291,14 +368,24 @@ async def run_arm(ctx: Context, arm: str, round_no: int) -> dict[str, Any]:
                     "postgres": await postgres_backends(ctx.postgres_admin_dsn, database),
                 }
 
+            async def counters() -> Mapping[str, float]:
+                return await service_counters(ctx.redis_url, ctx.postgres_admin_dsn, database)
+
             target = LoadTarget(
-                running.ocpp_url, running.app_url, running.workdir, running.server, beside
+                running.ocpp_url,
+                running.app_url,
+                running.workdir,
+                running.server,
+                beside,
+                counters=counters,
             )
+            out["idle"] = await _idle(ctx, target, running)
+            idle_cpu = out["idle"]["cpuWindow"]
             out["fanout"] = await _guarded(
-                f"arm {arm} fan-out", _fanout(ctx, arm, target, fan_pairs, running), out
+                f"arm {arm} fan-out", _fanout(ctx, arm, target, fan_pairs, running, idle_cpu), out
             )
             out["ingest"] = await _guarded(
-                f"arm {arm} ingest", _ingest(ctx, arm, target, ing_pairs, running), out
+                f"arm {arm} ingest", _ingest(ctx, arm, target, ing_pairs, running, idle_cpu), out
             )
             out["serverStats"] = await _stats(running.stats_port)
             dead = running.alive()
@@ -324,6 +411,7 @@ async def _fanout(
     target: LoadTarget,
     pairs: list[dict[str, Any]],
     running: Running,
+    idle: Mapping[str, float],
 ) -> dict[str, Any]:
     p = ctx.profile
     row = await fanout_load(
@@ -335,15 +423,18 @@ async def _fanout(
         workers=p.fanout_workers,
         seconds=p.cluster_fanout_seconds,
     )
-    cpu = row["cpuWindow"]
-    per_update = _per_message(cpu, row["seconds"], row["updates"], arm)
-    per_delivery = _per_message(
-        cpu, row["seconds"], row["deliveriesPerSecond"] * row["seconds"], arm
-    )
+    cpu, seconds = row["cpuWindow"], row["seconds"]
+    per_update = _costs(cpu, row["counters"], idle, seconds, row["updates"], arm)
+    deliveries = row["deliveriesPerSecond"] * seconds
+    per_delivery = _costs(cpu, row["counters"], idle, seconds, deliveries, arm)
     row.update(
-        cpuUsPerUpdate=per_update["own"],
-        cpuUsPerUpdateWithPostgres=per_update["withPostgres"],
-        cpuUsPerDelivery=per_delivery["own"],
+        cpuUsPerUpdate=per_update["cpuUs"],
+        cpuUsPerUpdateAboveIdle=per_update["cpuUsAboveIdle"],
+        cpuUsPerUpdateWithPostgres=per_update["cpuUsWithPostgres"],
+        cpuUsPerDelivery=per_delivery["cpuUs"],
+        redisCommandsPerUpdate=per_update["redis"],
+        pgTransactionsPerUpdate=per_update["pgTx"],
+        pgRowsWrittenPerUpdate=per_update["pgRows"],
         cpu=_breakdown(cpu, running),
     )
     return row
@@ -355,9 +446,10 @@ async def _ingest(
     target: LoadTarget,
     pairs: list[dict[str, Any]],
     running: Running,
+    idle: Mapping[str, float],
 ) -> dict[str, Any]:
     p = ctx.profile
-    results, cpu = await ingest_load(
+    results, measured = await ingest_load(
         ctx,
         target,
         pairs,
@@ -367,14 +459,18 @@ async def _ingest(
         seconds=p.cluster_ingest_seconds,
         start_by="cp",
     )
-    row = {
-        "chargePoints": len(pairs),
-        **ingest_figures(results, cpu, p.cluster_ingest_seconds, True),
-    }
-    per = _per_message(cpu, row["seconds"], row["messagesPerSecond"] * row["seconds"], arm)
+    cpu, seconds = measured.cpu, p.cluster_ingest_seconds
+    row = {"chargePoints": len(pairs), **ingest_figures(results, cpu, seconds, True)}
+    per = _costs(cpu, measured.counters, idle, seconds, row["messagesPerSecond"] * seconds, arm)
     row.update(
-        cpuUsPerMessage=per["own"],
-        cpuUsPerMessageWithPostgres=per["withPostgres"],
+        cpuUsPerMessage=per["cpuUs"],
+        cpuUsPerMessageAboveIdle=per["cpuUsAboveIdle"],
+        cpuUsPerMessageWithPostgres=per["cpuUsWithPostgres"],
+        redisCommandsPerMessage=per["redis"],
+        pgTransactionsPerMessage=per["pgTx"],
+        pgRowsWrittenPerMessage=per["pgRows"],
+        cpuWindow={k: round(v, 4) for k, v in cpu.items()},
+        counters=measured.counters,
         cpu=_breakdown(cpu, running),
     )
     return row

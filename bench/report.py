@@ -443,6 +443,20 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fig(value: Any) -> str:
+    """A figure with the digits that matter: 12,345 / 123.4 / 1.23 / 0.0123."""
+    if not isinstance(value, int | float):
+        return "-"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:.1f}"
+    if size >= 1 or size == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
 def _cluster_lines(cl: dict[str, Any]) -> list[str]:
     """Scenario 5: medians per arm, B / A, the CPU of every process per run, the problems."""
     if "error" in cl:
@@ -470,8 +484,8 @@ def _cluster_lines(cl: dict[str, Any]) -> list[str]:
             ratio = ratios[load][key]
             mark = "*" if why and ratio is not None else ""
             lines.append(
-                f"   {load:<8} {label:<24} {_n(medians['A'][load][key], 2):>10} "
-                f"{_n(medians['B'][load][key], 2):>10} {_n(ratio, 2) + mark:>7}"
+                f"   {load:<8} {label:<24} {_fig(medians['A'][load][key]):>10} "
+                f"{_fig(medians['B'][load][key]):>10} {_n(ratio, 2) + mark:>7}"
             )
         if why:
             lines.append(f"   {'':<8} * {load}: B / A is not like for like: {why}")

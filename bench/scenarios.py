@@ -83,6 +83,7 @@ class Profile:
     cluster_ingest_cps: int = 200
     cluster_ingest_warmup_s: float = 2.0
     cluster_ingest_seconds: float = 10.0
+    cluster_idle_s: float = 2.0
     cluster_rounds: int = 2
     cluster_budget_s: float = 480.0
 
@@ -325,19 +326,42 @@ class LoadTarget:
     beside: Callable[[], Awaitable[Mapping[str, Sequence[int]]]] | None = None
     #: The process py-spy records (``--py-spy``); None records nothing.
     profile_pid: int | None = None
+    #: Counters read at both ends of the window (e.g. Redis commands, database transactions).
+    counters: Callable[[], Awaitable[Mapping[str, float]]] | None = None
 
 
-async def _window(target: LoadTarget, generators: Sequence[int]) -> CpuWindow:
-    beside = await target.beside() if target.beside is not None else {}
-    groups = {name: list(pids) for name, pids in {**target.server, **beside}.items()}
-    return CpuWindow({**groups, "generators": list(generators)})
+@dataclass
+class Measurement:
+    """One measured window: the CPU of every group (cores) and the deltas of the target's
+    counters (``LoadTarget.counters``) over it."""
 
+    target: LoadTarget
+    window: CpuWindow
+    cpu: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    _before: Mapping[str, float] = field(default_factory=dict)
 
-def _server_sum(target: LoadTarget, cpu: dict[str, float]) -> dict[str, float]:
-    """``server``/``serverWait`` as the sums over the server groups (a cluster has several)."""
-    cpu["server"] = sum(cpu[name] for name in target.server)
-    cpu["serverWait"] = sum(cpu[f"{name}Wait"] for name in target.server)
-    return cpu
+    @classmethod
+    async def prepare(cls, target: LoadTarget, generators: Sequence[int]) -> Measurement:
+        beside = await target.beside() if target.beside is not None else {}
+        groups = {name: list(pids) for name, pids in {**target.server, **beside}.items()}
+        return cls(target, CpuWindow({**groups, "generators": list(generators)}))
+
+    async def start(self) -> None:
+        self.window.start()
+        if self.target.counters is not None:
+            self._before = await self.target.counters()
+
+    async def stop(self) -> dict[str, float]:
+        """Cores per group, with ``server``/``serverWait`` summed over the server groups."""
+        cpu = self.window.stop()
+        cpu["server"] = sum(cpu[name] for name in self.target.server)
+        cpu["serverWait"] = sum(cpu[f"{name}Wait"] for name in self.target.server)
+        self.cpu = cpu
+        if self.target.counters is not None:
+            after = await self.target.counters()
+            self.counters = {k: v - self._before[k] for k, v in after.items() if k in self._before}
+        return cpu
 
 
 def server_target(ctx: Context, server: ServerProcess) -> LoadTarget:
@@ -357,9 +381,9 @@ async def ingest_load(
     warmup_s: float,
     seconds: float,
     start_by: str | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
+) -> tuple[list[dict[str, Any]], Measurement]:
     """Closed-loop MeterValues from ``pairs``' charge points (owners reading pushes when the pairs
-    carry tokens); the workers' results and the CPU of every group over the measured window."""
+    carry tokens); the workers' results and the measured window."""
     group = WorkerGroup(target.workdir, f"ingest-{label}")
     try:
         await group.start(
@@ -377,19 +401,19 @@ async def ingest_load(
         await group.all("ready", 150)
         warmup, duration = int(warmup_s * 1e6), int(seconds * 1e6)
         at = now_us() + 300_000
-        window = await _window(target, group.pids)
+        window = await Measurement.prepare(target, group.pids)
         await group.broadcast({"cmd": "go", "atUs": at, "warmupUs": warmup, "durationUs": duration})
         await _sleep_until(at + warmup)
-        window.start()
+        await window.start()
         if target.profile_pid is not None and "token" in pairs[0]:
             await start_profile(ctx, target.profile_pid, "ingest", duration / 1e6)
         await _sleep_until(at + warmup + duration)
-        cpu = _server_sum(target, window.stop())
+        await window.stop()
         results = await group.all("result", 60)
         await finish_profiles(ctx)
     finally:
         await group.close()
-    return results, cpu
+    return results, window
 
 
 def ingest_figures(
@@ -438,7 +462,7 @@ async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
             if ours:
                 pair["token"] = token(pair["user"], id_tag=f"IT{i:05d}")
             pairs.append(pair)
-        results, cpu = await ingest_load(
+        results, measured = await ingest_load(
             ctx,
             server_target(ctx, server),
             pairs,
@@ -454,7 +478,7 @@ async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "server": kind,
         "chargePoints": p.ingest_cps,
-        **ingest_figures(results, cpu, p.ingest_seconds, ours),
+        **ingest_figures(results, measured.cpu, p.ingest_seconds, ours),
         "serverRssKiB": rss,
     }
     if ours:
@@ -609,14 +633,14 @@ async def fanout_load(
         setup_seconds = (now_us() - setup_started) / 1e6
         duration = int(seconds * 1e6)
         at = now_us() + 500_000
-        window = await _window(target, group.pids)
+        window = await Measurement.prepare(target, group.pids)
         await group.broadcast({"cmd": "go", "atUs": at, "durationUs": duration})
         await _sleep_until(at)
-        window.start()
+        await window.start()
         if target.profile_pid is not None:
             await start_profile(ctx, target.profile_pid, "fanout", duration / 1e6)
         await _sleep_until(at + duration)
-        cpu = _server_sum(target, window.stop())
+        cpu = await window.stop()
         results = await group.all("result", 90)
         await finish_profiles(ctx)
     finally:
@@ -673,6 +697,7 @@ async def fanout_load(
         **_cpu(cpu),
         **_generator_facts(results),
         "cpuWindow": {k: round(v, 4) for k, v in cpu.items()},
+        "counters": window.counters,
     }
 
 
