@@ -83,6 +83,13 @@ HEADLINES: dict[str, list[tuple[tuple[str, ...], str]]] = {
         (("pgRowsWrittenPerMessage",), "PG rows/MV"),
     ],
 }
+#: Figures of the machine's shared Redis: A (which uses no Redis) measures the background, so
+#: B - A is ours and B / A means nothing.
+DIFFERENCES = frozenset({"redisCommandsPerUpdate", "redisCommandsPerMessage"})
+
+
+def _sig(value: float) -> float:
+    return float(f"{value:.4g}")
 
 
 # ----------------------------------------------------------------------- services
@@ -537,7 +544,8 @@ def _problems(runs: Sequence[dict[str, Any]]) -> dict[str, str | None]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of each arm's headline figures over its runs, and B / A."""
+    """Medians of each arm's headline figures over its runs, and B / A (B - A for the shared
+    Redis's figures)."""
     incomparable = _problems(runs)
     medians: dict[str, dict[str, dict[str, float | None]]] = {}
     for arm in ARMS:
@@ -548,19 +556,24 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for path, _label in figures:
                 values = [v for r in arm_runs if (v := _pick(r.get(load) or {}, path)) is not None]
                 key = ".".join(path)
-                medians[arm][load][key] = round(statistics.median(values), 3) if values else None
+                medians[arm][load][key] = _sig(statistics.median(values)) if values else None
     ratios: dict[str, dict[str, float | None]] = {}
+    differences: dict[str, dict[str, float | None]] = {}
     for load, figures in HEADLINES.items():
-        ratios[load] = {}
+        ratios[load], differences[load] = {}, {}
         for path, _label in figures:
             key = ".".join(path)
             a, b = medians["A"][load][key], medians["B"][load][key]
-            ratios[load][key] = round(b / a, 3) if a and b is not None else None
+            if key in DIFFERENCES:
+                differences[load][key] = _sig(b - a) if a is not None and b is not None else None
+            else:
+                ratios[load][key] = round(b / a, 3) if a and b is not None else None
     return {
         "arms": ARMS,
         "order": [f"{r['arm']}{r['round']}" for r in runs],
         "medians": medians,
         "ratiosBOverA": ratios,
+        "differencesBMinusA": differences,
         "notComparable": incomparable,
         "problems": sorted({p for r in runs for p in r.get("problems", [])}),
         "runs": runs,

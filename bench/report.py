@@ -474,18 +474,21 @@ def _cluster_lines(cl: dict[str, Any]) -> list[str]:
         f"their owners connected, {p['ingestSeconds']:.0f} s",
         "   CPU µs per message = CPU-seconds of the servers (+ HAProxy + the Redis server in B) "
         "over the window / messages (updates in for the fan-out, MeterValues for the ingest)",
-        f"   {'load':<8} {'figure':<24} {'A':>10} {'B':>10} {'B/A':>7}",
+        f"   {'load':<8} {'figure':<24} {'A':>10} {'B':>10} {'B/A':>7}"
+        "  (Δ = B - A: the shared Redis's background is in both)",
     ]
     medians, ratios = cl["medians"], cl["ratiosBOverA"]
     for load, figures in HEADLINES.items():
         why = (cl.get("notComparable") or {}).get(load)
         for path, label in figures:
             key = ".".join(path)
-            ratio = ratios[load][key]
-            mark = "*" if why and ratio is not None else ""
+            ratio = ratios[load].get(key)
+            difference = (cl.get("differencesBMinusA") or {}).get(load, {}).get(key)
+            mark = "*" if why and (ratio is not None or difference is not None) else ""
+            compared = _n(ratio, 2) if difference is None else "Δ" + _fig(difference)
             lines.append(
                 f"   {load:<8} {label:<24} {_fig(medians['A'][load][key]):>10} "
-                f"{_fig(medians['B'][load][key]):>10} {_n(ratio, 2) + mark:>7}"
+                f"{_fig(medians['B'][load][key]):>10} {compared + mark:>7}"
             )
         if why:
             lines.append(f"   {'':<8} * {load}: B / A is not like for like: {why}")
