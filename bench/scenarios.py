@@ -134,7 +134,7 @@ class Context:
     server_argv: list[str] | None = None
     #: The cluster scenario's Redis (a dedicated database index: it is flushed) and the
     #: PostgreSQL server it creates a fresh database on for each arm (as its superuser).
-    redis_url: str = "redis://127.0.0.1:6379/14"
+    redis_url: str = "redis://127.0.0.1:6379/12"
     postgres_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     _profilers: list[asyncio.subprocess.Process] = field(default_factory=list)
 

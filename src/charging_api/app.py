@@ -52,6 +52,9 @@ from charging_api.http.serving import HttpServer
 from charging_api.http.webhook_client import HttpPoster
 from charging_api.ocpp.gateway import OcppGateway
 from charging_api.ocpp.server import OcppServer
+from charging_api.storage.schema import MigrationRefused as MigrationRefused
+from charging_api.storage.schema import SchemaNotCurrent as SchemaNotCurrent
+from charging_api.storage.schema import SchemaState as SchemaState
 from charging_api.storage.sql import SqlStore
 from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
 
@@ -452,6 +455,27 @@ async def _opened_store(settings: Settings) -> AsyncIterator[SqlStore]:
         if unavailable is None:
             raise
         raise unavailable from exc
+    finally:
+        await store.close()
+
+
+async def upgrade_database(settings: Settings) -> tuple[SchemaState, SchemaState]:
+    """``charging-api db upgrade``: DATABASE_URL's schema brought to head (an empty database
+    created at head), in one transaction; (before, after). Raises :class:`MigrationRefused`
+    when a revision cannot apply to the data as it is, :class:`SchemaNotCurrent` when the
+    database is ahead of this version, :class:`StorageUnavailable` when it cannot be used."""
+    store = SqlStore(settings.database_url, log_failures=False)
+    try:
+        return await store.upgrade_schema()
+    finally:
+        await store.close()
+
+
+async def database_revision(settings: Settings) -> SchemaState:
+    """``charging-api db current``: where DATABASE_URL's schema stands (changes nothing)."""
+    store = SqlStore(settings.database_url, log_failures=False)
+    try:
+        return await store.schema_state()
     finally:
         await store.close()
 

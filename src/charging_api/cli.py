@@ -1,4 +1,4 @@
-"""``charging-api``: serve | simulate | demo | token | idtags | chargepoints | transactions | tariffs.
+"""``charging-api``: serve | db | simulate | demo | token | idtags | chargepoints | transactions | tariffs.
 
 Builds Settings (one clear line and exit code 2 on a bad value) and hands over to ``app``.
 Defaults that depend on the configuration (the URLs ``simulate`` and ``demo`` connect to) are
@@ -79,6 +79,23 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         choices=[role.value for role in NodeRole],
         help="all: both doors (default, or ROLE); gateway: the OCPP door only; api: the app "
         "door, REST and console",
+    )
+
+    db = sub.add_parser(
+        "db",
+        help="the database schema: upgrade it, or show its revision",
+        description="Alembic revisions shipped with this version, run on DATABASE_URL. The "
+        "server creates an empty database itself, and refuses to start on an older schema "
+        "until `charging-api db upgrade` has run.",
+        epilog=CONFIGURATION_HELP,
+    ).add_subparsers(dest="action", required=True)
+    db.add_parser(
+        "upgrade",
+        help="bring the schema to this version's head, in one transaction (a no-op at head)",
+    )
+    db.add_parser(
+        "current",
+        help="print the schema's revision and whether it is at head (exit 0 at head, 1 if not)",
     )
 
     sim = sub.add_parser(
@@ -189,9 +206,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_file, secrets)
     try:
         return _run(args, settings)
+    except app.SchemaNotCurrent as exc:  # behind: run `db upgrade`; ahead: a newer release's
+        print(f"charging-api: {exc}", file=sys.stderr)
+        return 2
     except app.StorageUnavailable as exc:  # a database we cannot use: one line, not a trace
         print(f"charging-api: {exc}", file=sys.stderr)
         return 1
+
+
+def _db(action: str, settings: Settings) -> int:
+    """``db upgrade`` / ``db current``: one line on standard output."""
+    if action == "upgrade":
+        try:
+            before, after = app.run(app.upgrade_database(settings))
+        except app.MigrationRefused as exc:
+            print(f"charging-api: db upgrade refused, nothing changed: {exc}", file=sys.stderr)
+            return 1
+        if before.at_head:
+            print(f"database schema already at head ({after.describe()}); nothing to do")
+        else:
+            print(f"database schema upgraded: {before.describe()} -> {after.describe()} (head)")
+        return 0
+    found = app.run(app.database_revision(settings))
+    if found.at_head:
+        print(f"{found.describe()} (head)")
+        return 0
+    print(f"{found.describe()}; head is {found.head}: run charging-api db upgrade")
+    return 1
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
@@ -215,6 +256,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"charging-api: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "db":
+        return _db(args.action, settings)
     if args.command == "simulate":
         app.run(
             app.simulate(args.url, args.count, args.prefix, args.meter_interval, args.connectors)

@@ -574,7 +574,7 @@ async def test_a_client_that_stops_reading_loses_meter_updates_and_blocks_nobody
         stalled_scene(server) as (_, bob, stuck),
     ):
         assert (await bob.request("get_state", timeout=5))["type"] == "state"
-        last = server.app.hub.current_seq("root")
+        last = await server.app.hub.current_seq("root")
         seqs: list[int] = []
         async with asyncio.timeout(60):
             while not seqs or seqs[-1] < last:

@@ -1,5 +1,5 @@
 """What only ``SqlStore`` promises, on SQLite and PostgreSQL: batched meter writes, rows the
-database refuses, a bounded buffer, the recorded schema version and its migrations.
+database refuses, a bounded buffer, the schema's revision and its upgrades (see also test_schema_migration.py).
 
 "Written" here means in the table, read with SQL: ``meter_samples_of`` may answer from the
 buffer too.
@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, inspect, select, text
 
 from charging_api.domain.models import IdTag, MeterSample, StoredMeterSample
-from charging_api.storage import SqlStore
-from charging_api.storage.tables import SCHEMA_VERSION, meter_samples, schema_version
+from charging_api.storage import SqlStore, schema
+from charging_api.storage.schema import alembic_version
+from charging_api.storage.tables import meter_samples
 
 OpenSqlStore = Callable[..., Awaitable[SqlStore]]  # the conftest fixture
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -141,17 +142,33 @@ async def test_meter_buffer_is_bounded(
     assert await written_times(store, 7) == [T0 + timedelta(seconds=i) for i in range(3, 8)]
 
 
-async def test_schema_version_is_recorded_once(open_sql_store: OpenSqlStore) -> None:
-    """start() records the schema version once, and a restart does not add another row."""
+async def alembic_versions(store: SqlStore) -> list[str]:
+    return await store._db.read(
+        lambda c: list(c.execute(select(alembic_version.c.version_num)).scalars())
+    )
+
+
+async def test_a_new_database_is_created_at_head_once(open_sql_store: OpenSqlStore) -> None:
+    """start() on an empty database creates it at the head revision; a restart changes
+    nothing (one version row, no table emptied)."""
     await (await open_sql_store()).close()
     store = await open_sql_store()
-    versions = await store._db.read(
-        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
-    )
     count = await store._db.read(
         lambda c: c.execute(select(func.count()).select_from(meter_samples)).scalar_one()
     )
-    assert versions == [SCHEMA_VERSION] and count == 0
+    assert await alembic_versions(store) == [schema.head()] and count == 0
+    assert (await store.schema_state()).at_head
+
+
+def _as_legacy(version: int) -> Callable[[Connection], None]:
+    """A unit of work that records ``version`` as the releases before Alembic did."""
+
+    def run(conn: Connection) -> None:
+        conn.exec_driver_sql("DROP TABLE alembic_version")
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(f"INSERT INTO schema_version (version) VALUES ({version})")
+
+    return run
 
 
 def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
@@ -168,36 +185,41 @@ def _back_to_v1(*tags: str) -> Callable[[Connection], None]:
                 text("INSERT INTO id_tags (tag, user_id, status) VALUES (:t, 'u1', 'Accepted')"),
                 {"t": tag},
             )
-        conn.execute(update(schema_version).values(version=1))
+        _as_legacy(1)(conn)
 
     return run
 
 
-async def test_a_v1_database_gets_case_insensitive_id_tags(open_sql_store: OpenSqlStore) -> None:
-    """Opening a v1 database keys its id tags case-insensitively, spellings kept."""
+async def test_a_v1_database_is_refused_then_upgraded_to_case_insensitive_id_tags(
+    open_sql_store: OpenSqlStore,
+) -> None:
+    """A v1 database is refused at start (naming `db upgrade`); upgraded, its id tags are
+    keyed case-insensitively, spellings kept."""
     store = await open_sql_store()
     await store._db.write(_back_to_v1("Old-Tag", "other"))
+    with pytest.raises(schema.SchemaBehind, match=r"run: charging-api db upgrade$"):
+        await open_sql_store()
+    before, after = await store.upgrade_schema()
+    assert (before.legacy, after.revision, after.at_head) == (1, schema.head(), True)
     await store.close()
     store = await open_sql_store()
     assert await store.get_id_tag("OLD-TAG") == IdTag("Old-Tag", "u1")
     assert await store.get_id_tag("OTHER") == IdTag("other", "u1")
     await store.put_id_tag(IdTag("old-tag", "u2"))  # the same tag: updated, not a second row
     assert [t.tag for t in await store.id_tags_of("u2")] == ["Old-Tag"]
-    versions = await store._db.read(
-        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
-    )
-    assert versions == [SCHEMA_VERSION]
+    assert await alembic_versions(store) == [schema.head()]
 
 
 async def test_a_v3_database_gets_parent_id_tags_and_operator_tables(
     open_sql_store: OpenSqlStore,
 ) -> None:
-    """Opening a v3 database adds parentIdTag to id tags and the operator-state tables."""
+    """Upgrading a v3 database adds parentIdTag to id tags and the operator-state tables,
+    and retires the old version record."""
     store = await open_sql_store()
 
     def back_to_v3(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE id_tags DROP COLUMN parent_id_tag")
-        for table in ("reservations", "local_lists", "charging_profiles"):
+        for table in ("reservations", "local_lists", "charging_profiles", "documents"):
             conn.exec_driver_sql(f"DROP TABLE {table}")
         conn.execute(
             text(
@@ -205,9 +227,11 @@ async def test_a_v3_database_gets_parent_id_tags_and_operator_tables(
                 "VALUES ('Kept', 'u1', 'Accepted', 'kept')"
             )
         )
-        conn.execute(update(schema_version).values(version=3))
+        _as_legacy(3)(conn)
 
     await store._db.write(back_to_v3)
+    before, _ = await store.upgrade_schema()
+    assert before.describe() == "0003 (schema v3, before Alembic)"
     await store.close()
     store = await open_sql_store()
     assert await store.get_id_tag("kept") == IdTag("Kept", "u1")
@@ -215,16 +239,14 @@ async def test_a_v3_database_gets_parent_id_tags_and_operator_tables(
     assert (await store.get_id_tag("child")) == IdTag("Child", "u1", parent_id_tag="Kept")
     assert await store.active_reservations() == []
     assert await store.charging_profiles() == []
-    versions = await store._db.read(
-        lambda c: c.execute(select(schema_version.c.version)).scalars().all()
-    )
-    assert versions == [SCHEMA_VERSION]
+    tables = await store._db.read(lambda c: set(inspect(c).get_table_names()))
+    assert "documents" in tables and "schema_version" not in tables
 
 
 async def test_a_v1_database_with_one_tag_in_two_cases_is_refused_unchanged(
     tmp_path: Path,
 ) -> None:
-    """v1 tags differing only in case: start-up names them and leaves the database at v1."""
+    """v1 tags differing only in case: the upgrade names them and leaves the database at v1."""
     url = f"sqlite:///{tmp_path / 'v1.db'}"
     store = SqlStore(url)
     await store.start()
@@ -232,12 +254,10 @@ async def test_a_v1_database_with_one_tag_in_two_cases_is_refused_unchanged(
     await store.close()
     store = SqlStore(url)
     try:
-        with pytest.raises(RuntimeError, match=r"TAG-A / tag-a"):
-            await store.start()
-        versions = await store._db.read(
-            lambda c: c.execute(select(schema_version.c.version)).scalars().all()
-        )
-        assert versions == [1]
+        with pytest.raises(schema.MigrationRefused, match=r"TAG-A / tag-a"):
+            await store.upgrade_schema()
+        state = await store.schema_state()
+        assert (state.legacy, state.at_head) == (1, False)
         columns = await store._db.read(
             lambda c: [r[1] for r in c.exec_driver_sql("PRAGMA table_info(id_tags)")]
         )

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from charging_api.api import messages as m
 from charging_api.api import protocol
 from charging_api.api.auth import TokenVerifier
-from charging_api.api.hub import UpdateHub
+from charging_api.api.hub import Hub
 from charging_api.api.session import AppSession
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.local_list import LocalListSync
@@ -59,9 +59,8 @@ class Door:
 
     service: ChargingService
     verifier: TokenVerifier
-    hub: UpdateHub
-    #: Names this server process's push numbering (``auth_response.epoch``).
-    epoch: str
+    #: The push fan-out; its ``epoch`` names the push numbering (``auth_response.epoch``).
+    hub: Hub
     #: The operator side (``operation_request``); None where no charge point door runs.
     operator: OperatorService | None = None
     #: Operator state (reservations, local lists, charging profiles); None in a door built
@@ -137,20 +136,20 @@ async def auth(door: Door, conn: Connection, request: protocol.Request, now: flo
         now,
         claimed_user=data.userId,
         open_sessions=hub.session_count_of(principal.user_id),
-        seq=hub.current_seq(principal.user_id),
+        seq=await hub.current_seq(principal.user_id),
     )
     if login.first:
-        hub.attach(principal.user_id, conn)
-    hub.set_role(principal.user_id, conn, admin=principal.is_admin)
+        await hub.attach(principal.user_id, conn)
+    await hub.set_role(principal.user_id, conn, admin=principal.is_admin)
     if data.sessionEvents is not None:
-        hub.set_session_pushes(principal.user_id, data.sessionEvents)
+        await hub.set_session_pushes(principal.user_id, data.sessionEvents)
     assert session.session_id is not None and session.expires_at is not None
     return protocol.auth_reply(
         principal,
         session.session_id,
         session.expires_at,
-        hub.current_seq(principal.user_id),
-        door.epoch,
+        await hub.current_seq(principal.user_id),
+        hub.epoch,
     )
 
 
@@ -284,14 +283,14 @@ async def resume(door: Door, conn: Connection, request: protocol.Request, now: f
     user = _principal(conn).user_id
     hub = door.hub
     trusted = (
-        data.epoch == door.epoch if data.epoch is not None else conn.session.covers(data.lastSeq)
+        data.epoch == hub.epoch if data.epoch is not None else conn.session.covers(data.lastSeq)
     )
-    frames = hub.missed_since(user, data.lastSeq) if trusted else None
-    current = hub.current_seq(user)
+    frames = await hub.missed_since(user, data.lastSeq) if trusted else None
+    current = await hub.current_seq(user)
     if frames is None:
         raise ResyncRequired(
             "Missed updates are no longer available; send get_state",
-            {"currentSeq": current, "epoch": door.epoch},
+            {"currentSeq": current, "epoch": hub.epoch},
         )
     conn.replay(frames)
     return protocol.resume_reply(len(frames), current)
@@ -300,7 +299,7 @@ async def resume(door: Door, conn: Connection, request: protocol.Request, now: f
 async def get_state(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
     principal = _principal(conn)
     state = await door.service.state_of(principal)
-    return protocol.state_reply(door.hub.current_seq(principal.user_id), state)
+    return protocol.state_reply(await door.hub.current_seq(principal.user_id), state)
 
 
 async def subscribe(door: Door, conn: Connection, request: protocol.Request, now: float) -> Data:
@@ -312,9 +311,9 @@ async def subscribe(door: Door, conn: Connection, request: protocol.Request, now
         raise Forbidden("Only admin tokens may watch charge points")
     cps = None if data.chargePointIds == "*" else list(data.chargePointIds)
     if isinstance(data, m.SubscribeRequest):
-        watching = door.hub.subscribe(principal.user_id, cps)
+        watching = await door.hub.subscribe(principal.user_id, cps)
     else:
-        watching = door.hub.unsubscribe(principal.user_id, cps)
+        watching = await door.hub.unsubscribe(principal.user_id, cps)
     return protocol.watching_reply(watching)
 
 

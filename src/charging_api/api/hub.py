@@ -18,6 +18,7 @@ No I/O here: a session is anything with ``deliver(frame, droppable)``.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
@@ -25,29 +26,47 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
 
-import orjson
-
-from charging_api.api import protocol
-from charging_api.domain.events import (
-    ChargePointBooted,
-    ChargePointConnectionChanged,
-    ConnectorStatusChanged,
-    DataTransferReceived,
-    DeviceStatusChanged,
-    DomainEvent,
-    MeterValuesReceived,
-    ReservationChanged,
-    SessionNotice,
-    SessionUpdated,
-    TransactionStarted,
-    TransactionStopped,
-)
+from charging_api.api import protocol, pushes
+from charging_api.api.pushes import Audience
+from charging_api.domain.events import DomainEvent
 from charging_api.errors import Forbidden
 from charging_api.timefmt import utc_now_text
 
 
 class Recipient(Protocol):
     def deliver(self, frame: bytes, droppable: bool) -> None: ...
+
+
+class Hub(Protocol):
+    """What the app door asks of a hub: :class:`UpdateHub` in one process,
+    :class:`~charging_api.cluster.fanout.ClusterHub` on api nodes of a cluster.
+
+    The coroutines are the calls that may need Redis (in :class:`UpdateHub` they just return);
+    ``detach`` and the counts stay local and synchronous (a connection's ``finally``, a scrape).
+    """
+
+    epoch: str
+    deliveries: int
+    pushes_by_type: dict[str, int]
+    on_delivery_lag: Callable[[float], None] | None
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def attach(self, user_id: str, session: Recipient) -> None: ...
+    def detach(self, user_id: str, session: Recipient) -> None: ...
+    async def set_role(self, user_id: str, session: Recipient, *, admin: bool) -> None: ...
+    def session_count(self) -> int: ...
+    def session_count_of(self, user_id: str) -> int: ...
+    def user_count(self) -> int: ...
+    async def subscribe(
+        self, user_id: str, charge_points: Iterable[str] | None
+    ) -> list[str] | str: ...
+    async def unsubscribe(
+        self, user_id: str, charge_points: Iterable[str] | None
+    ) -> list[str] | str: ...
+    async def missed_since(self, user_id: str, last_seq: int) -> list[bytes] | None: ...
+    async def set_session_pushes(self, user_id: str, on: bool) -> None: ...
+    async def current_seq(self, user_id: str) -> int: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -88,16 +107,24 @@ class UpdateHub:
         self.on_delivery_lag: Callable[[float], None] | None = None
         self._now_millis = -1
         self._now_cached = ""
+        #: Names this hub's push numbering (``auth_response.epoch``): a new one per process,
+        #: so a ``resume`` numbered by another process gets RESYNC_REQUIRED.
+        self.epoch = secrets.token_hex(4)
+
+    async def start(self) -> None:
+        """Nothing to start: the hub lives in this process (see ClusterHub for the other)."""
+
+    async def close(self) -> None:
+        return None
 
     # ------------------------------------------------------------- sessions
 
-    def attach(self, user_id: str, session: Recipient) -> UserStream:
+    async def attach(self, user_id: str, session: Recipient) -> None:
         stream = self._streams.get(user_id)
         if stream is None:
             stream = self._streams[user_id] = UserStream(user_id)
         self._idle.pop(user_id, None)
         stream.sessions.add(session)
-        return stream
 
     def detach(self, user_id: str, session: Recipient) -> None:
         """The stream outlives its last session (so a reconnect can resume), up to a bound."""
@@ -120,7 +147,7 @@ class UpdateHub:
         if stream is not None:
             self._set_watch(stream, all_=False, cps=())
 
-    def set_role(self, user_id: str, session: Recipient, *, admin: bool) -> None:
+    async def set_role(self, user_id: str, session: Recipient, *, admin: bool) -> None:
         """The attached ``session`` now holds an admin or a user principal (at login and at
         every re-auth). A user-role session ends what only admins may see: the stream's
         subscriptions, and a history that holds pushes about other users (a ``resume`` from
@@ -154,7 +181,7 @@ class UpdateHub:
 
     # -------------------------------------------------------- subscriptions
 
-    def subscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
+    async def subscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
         """Admin watching: ``None`` means every charge point. Refused (Forbidden) while one
         of the user's connections holds a user-role token: the stream's pushes reach them all."""
         stream = self._streams[user_id]
@@ -170,7 +197,9 @@ class UpdateHub:
             self._set_watch(stream, all_=stream.watch_all, cps=stream.watching | set(charge_points))
         return "*" if stream.watch_all else sorted(stream.watching)
 
-    def unsubscribe(self, user_id: str, charge_points: Iterable[str] | None) -> list[str] | str:
+    async def unsubscribe(
+        self, user_id: str, charge_points: Iterable[str] | None
+    ) -> list[str] | str:
         stream = self._streams[user_id]
         if charge_points is None:
             self._set_watch(stream, all_=False, cps=())
@@ -198,49 +227,28 @@ class UpdateHub:
     # ---------------------------------------------------------------- events
 
     def on_event(self, event: DomainEvent) -> None:
-        """Bus handler: one event in, one frame per entitled stream out (the owner first)."""
-        if isinstance(event, ChargePointConnectionChanged | ChargePointBooted):
-            return  # Offline reaches apps as a status update; a boot is the core's business
-        owner = self._streams.get(event.user_id) if event.user_id is not None else None
+        """Bus handler: one event in, one frame per entitled stream out (the owner first).
+        Who is entitled and what the frame says: :mod:`charging_api.api.pushes`."""
+        reach = pushes.audience(event)
+        if reach is Audience.NOBODY:
+            return
+        user_id = pushes.owner_of(event)
+        owner = self._streams.get(user_id) if user_id is not None else None
         watchers: set[UserStream] | None = None
         everything: tuple[UserStream, ...] = ()
-        if isinstance(event, SessionNotice | SessionUpdated):
+        if reach is Audience.OWNER_IF_SESSION_PUSHES:
             if owner is None or not owner.session_pushes:
-                return  # the owner's alone, and only when asked for
-        elif isinstance(event, ConnectorStatusChanged) and event.owner_only:
-            pass  # a copy for the owner: subscribers got the charge point's original
-        else:
+                return
+        elif reach is Audience.OWNER_AND_WATCHERS:
             watchers = self._watch_cp.get(event.charge_point_id)
             everything = self._watch_all_now
         if owner is None and not watchers and not everything:
             return
-        if isinstance(event, MeterValuesReceived):
-            kind, data, droppable = "meter_values_update", protocol.meter_update(event), True
-        elif isinstance(event, ConnectorStatusChanged):
-            kind, data, droppable = "charging_status_update", protocol.status_update(event), False
-        elif isinstance(event, TransactionStarted | TransactionStopped):
-            kind, data, droppable = "transaction_update", protocol.transaction_update(event), False
-        elif isinstance(event, DataTransferReceived):  # to watching admins (no owner)
-            kind, data, droppable = (
-                "data_transfer_received",
-                protocol.data_transfer_push(event),
-                False,
-            )
-        elif isinstance(event, DeviceStatusChanged):
-            kind, data, droppable = (
-                "device_status_update",
-                protocol.device_status_push(event),
-                False,
-            )
-        elif isinstance(event, ReservationChanged):
-            kind, data, droppable = "reservation_update", protocol.reservation_update(event), False
-        elif isinstance(event, SessionNotice):
-            kind, data, droppable = "session_event", protocol.session_event(event), False
-        elif isinstance(event, SessionUpdated):
-            kind, data, droppable = "session_update", protocol.session_update(event), True
-        else:  # pragma: no cover - the union is closed
+        rendered = pushes.render(event)
+        if rendered is None:  # pragma: no cover - the union is closed
             return
-        parts = protocol.push_parts(kind, orjson.dumps(data), self._now_text())
+        kind, droppable = rendered.kind, rendered.droppable
+        parts = protocol.push_parts(kind, rendered.data_json, self._now_text())
         before = self.deliveries
         if owner is not None:
             self._push(owner, parts, droppable)
@@ -255,13 +263,9 @@ class UpdateHub:
         if delivered:
             self.pushes_by_type[kind] = self.pushes_by_type.get(kind, 0) + delivered
             if self.on_delivery_lag is not None:
-                stamped = (
-                    event.sample.timestamp
-                    if isinstance(event, MeterValuesReceived)
-                    else getattr(event, "timestamp", None)
-                )
+                stamped = pushes.stamped_at(event)
                 if stamped is not None:
-                    self.on_delivery_lag(max(0.0, time.time() - stamped.timestamp()))
+                    self.on_delivery_lag(max(0.0, time.time() - stamped))
 
     def _push(self, stream: UserStream, parts: tuple[bytes, bytes, bytes], droppable: bool) -> None:
         stream.seq += 1
@@ -283,7 +287,7 @@ class UpdateHub:
             self._now_cached = utc_now_text()
         return self._now_cached
 
-    def missed_since(self, user_id: str, last_seq: int) -> list[bytes] | None:
+    async def missed_since(self, user_id: str, last_seq: int) -> list[bytes] | None:
         """Frames after ``last_seq`` in order, or None when the gap is older than the history
         (or the server restarted): the client must then fetch the state (``get_state``)."""
         stream = self._streams.get(user_id)
@@ -301,12 +305,12 @@ class UpdateHub:
             return None
         return list(islice(history, last_seq + 1 - first_kept, None))
 
-    def set_session_pushes(self, user_id: str, on: bool) -> None:
+    async def set_session_pushes(self, user_id: str, on: bool) -> None:
         """Turn the user's ``session_event``/``session_update`` pushes on or off."""
         stream = self._streams.get(user_id)
         if stream is not None:
             stream.session_pushes = on
 
-    def current_seq(self, user_id: str) -> int:
+    async def current_seq(self, user_id: str) -> int:
         stream = self._streams.get(user_id)
         return stream.seq if stream is not None else 0

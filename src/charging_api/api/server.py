@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import http
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,7 +46,7 @@ from charging_api.api.handlers import (
     Route,
     failure_extra,
 )
-from charging_api.api.hub import UpdateHub
+from charging_api.api.hub import Hub
 from charging_api.api.session import AppLimits, AppSession, Close
 from charging_api.domain.charging import ChargingService
 from charging_api.domain.operations import OperatorService
@@ -186,7 +185,7 @@ class AppServer:
         self,
         service: ChargingService,
         verifier: TokenVerifier,
-        hub: UpdateHub,
+        hub: Hub,
         limits: AppLimits,
         http_handler: HttpHandler | None = None,
         debug: bool = False,
@@ -215,17 +214,21 @@ class AppServer:
         #: Called with (request type, seconds from receipt to reply) for the commands in
         #: :data:`TIMED_REQUESTS` (None: not measured).
         self.on_command_latency: Callable[[str, float], None] | None = None
-        self.epoch = secrets.token_hex(4)
         self.door = Door(
             service,
             verifier,
             hub,
-            self.epoch,
             operator=operator,
             ops=ops,
             sessions=sessions,
             webhooks=webhooks,
         )
+
+    @property
+    def epoch(self) -> str:
+        """The hub's push numbering epoch (``auth_response.epoch``): read at each use, since a
+        cluster hub's changes when Redis lost it."""
+        return self.hub.epoch
 
     def set_http_handler(self, handler: HttpHandler) -> None:
         self._http = handler

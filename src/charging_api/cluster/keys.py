@@ -52,3 +52,20 @@ def commands(node_id: str) -> str:
 def replies(node_id: str) -> str:
     """Pub/sub channel of the answers to the commands one node sent."""
     return f"{PREFIX}reply:{node_id}"
+
+
+def watching(user_id: str) -> str:
+    """Set of the charge points a user's admin stream watches one by one."""
+    return f"{PREFIX}watching:{user_id}"
+
+
+def privileged(user_id: str) -> str:
+    """Present once the user's stream subscribed: its history may hold other users' pushes."""
+    return f"{PREFIX}privileged:{user_id}"
+
+
+def non_admins(user_id: str) -> str:
+    """Sorted set of the user's connections holding a user-role token, on any api node:
+    member ``<node>:<connection>``, score the lease's expiry (epoch seconds). While one is
+    live, the user's stream may not subscribe (its pushes reach every connection)."""
+    return f"{PREFIX}nonadmin:{user_id}"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects import postgresql
 
-from charging_api.storage.engines import Work
-from charging_api.storage.statements import SqlStatements, ensure_schema
+from charging_api.storage.statements import SqlStatements
 
 #: Advisory lock key serialising schema creation between processes that start together.
 SCHEMA_LOCK_KEY = 0x43484152
@@ -18,12 +17,8 @@ class PostgresStatements(SqlStatements):
     def _insert(self, table: Table) -> postgresql.Insert:
         return postgresql.insert(table)
 
-    def create_schema(self) -> Work[None]:
-        """As everywhere, under a transaction-scoped advisory lock: several processes (API
-        nodes, a CLI command) may start at once, and ``CREATE TABLE`` races otherwise."""
-
-        def run(conn: Connection) -> None:
-            conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
-            ensure_schema(conn)
-
-        return run
+    def _lock_schema(self, conn: Connection) -> None:
+        """A transaction-scoped advisory lock: several processes (nodes starting on an empty
+        database, ``db upgrade``) may reach the schema at once, and ``CREATE TABLE`` races
+        otherwise; the second one finds the first one's work done."""
+        conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))

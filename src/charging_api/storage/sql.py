@@ -50,6 +50,7 @@ from charging_api.domain.models import (
 from charging_api.storage import opsstate
 from charging_api.storage.engines import Database, Work, failure_kind, open_database
 from charging_api.storage.postgresql import PostgresStatements
+from charging_api.storage.schema import SchemaState
 from charging_api.storage.sqlite import SqliteStatements
 from charging_api.storage.statements import SqlStatements
 
@@ -112,24 +113,45 @@ class SqlStore:
     # lifecycle
 
     async def start(self) -> None:
-        """Create the schema if needed, check that the database takes writes, and start the
-        meter sample flusher.
+        """Create the schema if the database is empty, check that the database takes writes,
+        and start the meter sample flusher.
 
         Raises :class:`StorageUnavailable` (one line naming the database) when it cannot be
-        used: missing and not creatable, read-only, locked past the lock timeout, unreachable.
+        used: missing and not creatable, read-only, locked past the lock timeout, unreachable;
+        :class:`~.schema.SchemaBehind` (one line naming ``charging-api db upgrade``) when it
+        holds an older schema, :class:`~.schema.SchemaUnknown` when a newer one.
         """
         try:
             await self._db.write(self._sql.create_schema())
             # An existing read-only file wrote nothing above: prove it takes a write.
             await self._db.write(self._sql.probe())
         except Exception as exc:
+            await self._db.dispose()  # a store that did not start holds nothing open
             unavailable = self.unavailable(exc)
             if unavailable is None:
                 raise
-            await self._db.dispose()
             raise unavailable from exc
         self._closing = False
         self._flusher = asyncio.create_task(self._flush_loop(), name="meter flusher")
+
+    async def upgrade_schema(self) -> tuple[SchemaState, SchemaState]:
+        """Bring the database to this version's head (``charging-api db upgrade``), without
+        starting the store; returns where it stood before and after. Close the store after."""
+        return await self._guarded(self._sql.upgrade_schema())
+
+    async def schema_state(self) -> SchemaState:
+        """Where the database's schema stands (``charging-api db current``); reads only."""
+        return await self._guarded(self._sql.schema_state())
+
+    async def _guarded(self, work: Work[T]) -> T:
+        """``work`` as a write; a storage failure becomes :class:`StorageUnavailable`."""
+        try:
+            return await self._db.write(work)
+        except Exception as exc:
+            unavailable = self.unavailable(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
 
     async def close(self) -> None:
         """Stop the flusher, write what is still buffered, release connections."""

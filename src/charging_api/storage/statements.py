@@ -16,7 +16,7 @@ starting processes need. Rows become domain values by column name (:mod:`.rows`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -28,7 +28,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    inspect,
     select,
     update,
 )
@@ -52,10 +51,9 @@ from charging_api.domain.models import (
     TransactionQuery,
     id_tag_key,
 )
-from charging_api.storage import rows
+from charging_api.storage import rows, schema
 from charging_api.storage.engines import Work
 from charging_api.storage.tables import (
-    SCHEMA_VERSION,
     charge_points,
     configuration_keys,
     connector_availability,
@@ -63,10 +61,8 @@ from charging_api.storage.tables import (
     device_statuses,
     documents,
     id_tags,
-    metadata,
     meter_samples,
     operations,
-    schema_version,
     transactions,
 )
 
@@ -207,8 +203,29 @@ class SqlStatements:
     # schema
 
     def create_schema(self) -> Work[None]:
-        """Create missing tables and record (or check) the schema version."""
-        return ensure_schema
+        """At start: create an empty database at head; refuse one that is not at head
+        (:func:`.schema.ensure_current`)."""
+
+        def run(conn: Connection) -> None:
+            self._lock_schema(conn)
+            schema.ensure_current(conn)
+
+        return run
+
+    def upgrade_schema(self) -> Work[tuple[schema.SchemaState, schema.SchemaState]]:
+        """``charging-api db upgrade``: (before, after), see :func:`.schema.upgrade`."""
+
+        def run(conn: Connection) -> tuple[schema.SchemaState, schema.SchemaState]:
+            self._lock_schema(conn)
+            return schema.upgrade(conn)
+
+        return run
+
+    def schema_state(self) -> Work[schema.SchemaState]:
+        return schema.state
+
+    def _lock_schema(self, conn: Connection) -> None:
+        """Serialise schema changes between processes (SQLite's write lock already does)."""
 
     def probe(self) -> Work[None]:
         """A write that changes nothing a reader could see: proves the database takes writes
@@ -604,92 +621,9 @@ def _probe(conn: Connection) -> None:
 
 
 _PROBE: Work[None] = _probe
-_TOUCH_SCHEMA_VERSION = update(schema_version).values(version=schema_version.c.version)
-
-
-def ensure_schema(conn: Connection) -> None:
-    """Create what is missing; bring an older schema up to :data:`SCHEMA_VERSION`, one
-    step of :data:`MIGRATIONS` at a time, in the same transaction.
-
-    The steps run before the missing tables are created: a step changes a table that an older
-    version made, and a table that did not exist yet is created whole, at the current version.
-    """
-    if not inspect(conn).has_table(schema_version.name):
-        metadata.create_all(conn)
-        conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
-        return
-    found = conn.execute(select(func.max(schema_version.c.version))).scalar()
-    if found is not None and found > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema v{found} is newer than this code")
-    for version in range((found or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
-        MIGRATIONS[version](conn)
-    metadata.create_all(conn)
-    if found is None:
-        conn.execute(insert(schema_version), {"version": SCHEMA_VERSION})
-    elif found < SCHEMA_VERSION:
-        conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
-
-
-def _id_tag_keys(conn: Connection) -> None:
-    """v2: ``id_tags.tag_key``, the case-insensitive key, filled in for every tag.
-
-    Tags registered under v1 that differ only in case are one card to OCPP (CiString20) and
-    cannot both keep their registration: the migration refuses, naming them, and the
-    database stays at v1 until the operator removes all but one of each. (A migrated table
-    carries ``DEFAULT ''`` on the column, which SQLite needs to add a NOT NULL column; the
-    store writes the key with every row, so the default never applies.)
-    """
-    if not inspect(conn).has_table(id_tags.name):
-        return  # created whole by create_all
-    conn.exec_driver_sql("ALTER TABLE id_tags ADD COLUMN tag_key VARCHAR NOT NULL DEFAULT ''")
-    by_key: dict[str, list[str]] = {}
-    for tag in conn.execute(select(id_tags.c.tag).order_by(id_tags.c.tag)).scalars():
-        by_key.setdefault(id_tag_key(tag), []).append(tag)
-    clashes = [spellings for spellings in by_key.values() if len(spellings) > 1]
-    if clashes:
-        named = "; ".join(" / ".join(spellings) for spellings in clashes)
-        raise RuntimeError(
-            f"id tags registered in several cases ({named}) are one tag to OCPP: delete all "
-            "but one spelling of each from the id_tags table, then start again"
-        )
-    if by_key:
-        conn.execute(
-            update(id_tags)
-            .where(id_tags.c.tag == bindparam("b_tag"))
-            .values(tag_key=bindparam("b_key")),
-            [{"b_tag": t, "b_key": key} for key, (t,) in by_key.items()],
-        )
-    next(i for i in id_tags.indexes if i.name == "ux_id_tags_tag_key").create(conn)
-
-
-def _who_closed(conn: Connection) -> None:
-    """v3: ``transactions.closed_by`` (who closed it first, see ``ClosedBy``) and
-    ``transactions.app_stop_reason`` (the reason the app gave with its stop). Every transaction
-    stopped before v3 was stopped by its charge point."""
-    if not inspect(conn).has_table(transactions.name):
-        return  # created whole by create_all
-    conn.exec_driver_sql("ALTER TABLE transactions ADD COLUMN closed_by VARCHAR")
-    conn.exec_driver_sql("ALTER TABLE transactions ADD COLUMN app_stop_reason VARCHAR")
-    conn.exec_driver_sql(
-        "UPDATE transactions SET closed_by = 'ChargePoint' WHERE stopped_at IS NOT NULL"
-    )
-
-
-def _parent_id_tags(conn: Connection) -> None:
-    """v4: ``id_tags.parent_id_tag`` (OCPP parentIdTag), empty for every tag registered before.
-    The operator-state tables (reservations, local lists, charging profiles) are new and are
-    created whole by ``create_all``."""
-    if not inspect(conn).has_table(id_tags.name):
-        return  # created whole by create_all
-    conn.exec_driver_sql("ALTER TABLE id_tags ADD COLUMN parent_id_tag VARCHAR")
-
-
-#: version -> the step that brings the schema from the version before to it.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    2: _id_tag_keys,
-    3: _who_closed,
-    4: _parent_id_tags,
-}
+_TOUCH_SCHEMA_VERSION = update(schema.alembic_version).values(
+    version_num=schema.alembic_version.c.version_num
+)
 
 
 def _execute(stmt: Any, params: Any) -> Work[None]:

@@ -29,8 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-#: Bump together with a migration step (``statements.MIGRATIONS``) when the schema changes.
-SCHEMA_VERSION = 4
+#: A change to these tables comes with an Alembic revision in ``storage/migrations/versions``
+#: (see :mod:`charging_api.storage.schema` and CONTRIBUTING.md).
 
 #: ``Column.info`` key of a column computed from others by the store: written with every row,
 #: never read back into a domain value (the domain type has no field of that name).
@@ -70,12 +70,6 @@ class UtcDateTime(TypeDecorator[datetime]):
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 metadata = MetaData()
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True, autoincrement=False),
-)
 
 charge_points = Table(
     "charge_points",
@@ -201,7 +195,7 @@ charging_profiles = Table(
     Column("transaction_id", Integer),
 )
 
-# The operator side (new tables: created on existing databases by ``ensure_schema``).
+# The operator side (revision 0005 created these on existing databases).
 
 operations = Table(
     "operations",
@@ -256,8 +250,7 @@ device_statuses = Table(
 #: Small JSON documents of the session features (issue 13), by kind and key: tariffs
 #: (``tariff``/id), tariff assignments (``tariff_assignment``/``chargePoint:ID``,
 #: ``user:ID``, ``group:ID``) and session records (``session``/transaction id: limits, the
-#: tariff snapshot frozen at the start, the receipt). A new table: ``create_all`` adds it to
-#: existing databases, no migration step.
+#: tariff snapshot frozen at the start, the receipt).
 documents = Table(
     "documents",
     metadata,
