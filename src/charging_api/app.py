@@ -30,7 +30,7 @@ from charging_api import __version__
 from charging_api.api.asyncapi import asyncapi_document
 from charging_api.api.auth import TokenVerifier, issue_token, read_key_file
 from charging_api.api.handlers import OperatorState
-from charging_api.api.hub import UpdateHub
+from charging_api.api.hub import Hub, UpdateHub
 from charging_api.api.protocol import transaction_to_wire
 from charging_api.api.server import AppLimits, AppServer
 from charging_api.bus.memory import MemoryBus
@@ -59,6 +59,7 @@ from charging_api.storage.sql import SqlStore
 from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
 
 if TYPE_CHECKING:  # the one-process default never imports Redis (cluster/ imports it)
+    from charging_api.cluster.fanout import PushPublisher
     from charging_api.cluster.nodes import NodeHeartbeat
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ async def _listen(
             f"{host_key}={host} {port_key}={port}: cannot listen there ({reason}); "
             f"check {host_key} and {port_key}"
         ) from None
+
+
+async def _reach_redis(started: Awaitable[None]) -> None:
+    """A cluster part's ``start``; a Redis that does not answer becomes one line."""
+    try:
+        await started
+    except Exception as exc:  # redis' own errors, or OSError: the cluster's Redis is not there
+        if isinstance(exc, OSError) or type(exc).__module__.startswith("redis"):
+            raise StartupError(
+                f"REDIS_URL: Redis does not answer ({exc}); start it or fix REDIS_URL"
+            ) from None
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +181,24 @@ class Application:
             public_key=read_key_file(settings.jwt_public_key_file),
             jwks=read_key_file(settings.jwt_jwks_file),
         )
-        self.hub = UpdateHub(history_size=settings.history_size)
+        # Pushes: numbered here in one process; on a cluster numbered once in Redis where the
+        # event happens (every node's publisher follows its bus) and delivered by the api
+        # nodes' ClusterHub from Redis (docs/scaling.md, "Fan-out").
+        self.hub: Hub
+        self.push_publisher: PushPublisher | None = None
+        if self.role is NodeRole.ALL:
+            self.hub = UpdateHub(history_size=settings.history_size)
+        else:
+            from charging_api.cluster.fanout import ClusterHub
+            from charging_api.cluster.fanout import PushPublisher as Publisher
+
+            assert settings.redis_url is not None  # Settings refuses a role without it
+            self.push_publisher = Publisher(settings.redis_url, history_size=settings.history_size)
+            self.push_publisher.follow(self.bus)
+            if self.role is NodeRole.API:
+                self.hub = ClusterHub(settings.redis_url, self.node_id)
+            else:  # a gateway serves no app connection: its hub stays empty
+                self.hub = UpdateHub(history_size=settings.history_size)
         origins = tuple(settings.frontend_url)
         self.app_server = AppServer(
             self.service,
@@ -257,7 +287,11 @@ class Application:
         )
         self.http_server = HttpServer(self.rest)
         self.app_server.set_http_protocol(self.http_server.protocol)
-        self._unsubscribe = self.bus.subscribe(self.hub.on_event)
+        self._unsubscribe = (
+            self.bus.subscribe(self.hub.on_event)
+            if isinstance(self.hub, UpdateHub) and self.role is NodeRole.ALL
+            else lambda: None
+        )
         self._unsubscribe_profiles = self.bus.subscribe(self.profiles.on_event)
         self._unsubscribe_operator = self.bus.subscribe(self.operator.on_event)
         self._timers: asyncio.Task[None] | None = None
@@ -298,7 +332,19 @@ class Application:
             ocpp_errors_sent=dict(self.ocpp_server.call_errors_sent),
             ocpp_errors_received=dict(self.gateway.call_errors_received),
             bus_published=self.bus.published,
+            cluster=self._cluster_counts(),
         )
+
+    def _cluster_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if self.push_publisher is not None:
+            counts["events_published"] = self.push_publisher.published
+            counts["pushes_numbered"] = self.push_publisher.pushes
+            counts["events_dropped"] = self.push_publisher.dropped
+            counts["redis_round_trips"] = self.push_publisher.round_trips
+        if self.heartbeat is not None:
+            counts["heartbeats_failed"] = self.heartbeat.failed_beats
+        return counts
 
     def _system_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -322,6 +368,9 @@ class Application:
     async def start(self) -> BoundPorts:
         await self.store.start()
         await self.bus.start()
+        if self.push_publisher is not None:
+            await _reach_redis(self.push_publisher.start())
+        await _reach_redis(self.hub.start())
         await self.service.load()
         await self.reservations.load()
         await self.sessions.load()
@@ -386,6 +435,7 @@ class Application:
             await self.heartbeat.close()  # leave /api/stats at once, not three beats later
         await self.app_server.shutdown()
         await self.http_server.shutdown()
+        await self.hub.close()
         await self.ocpp_server.shutdown()
         for task in (self._timers, self._session_ticks, self._webhook_loop):
             if task is not None:
@@ -400,6 +450,8 @@ class Application:
         self._unsubscribe_sessions()
         self._unsubscribe_webhooks()
         await self.sessions.drain()  # receipts under way are stored before the store closes
+        if self.push_publisher is not None:
+            await self.push_publisher.close()  # what is queued goes out (bounded)
         await self.bus.close()
         await self.store.close()
         if self.heartbeat is not None:

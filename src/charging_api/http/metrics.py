@@ -19,7 +19,7 @@ global registry: several servers in one process (the tests) keep their own figur
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -48,6 +48,11 @@ class Counts:
     ocpp_errors_sent: Mapping[str, int]  # CALLERRORs, by OCPP error code
     ocpp_errors_received: Mapping[str, int]  # CALLERRORs, by OCPP error code
     bus_published: int
+    #: A cluster node's Redis work (empty in one process): ``events_published`` (events the
+    #: node's publisher numbered in Redis), ``pushes_numbered`` (frames, one per recipient),
+    #: ``events_dropped`` (Redis unreachable), ``redis_round_trips`` (publisher and command
+    #: client), ``commands_sent``/``commands_served`` (routed to and run for other nodes).
+    cluster: Mapping[str, int] = field(default_factory=dict)
 
 
 class _CountsCollector(Collector):
@@ -102,6 +107,14 @@ class _CountsCollector(Collector):
         yield CounterMetricFamily(
             "charging_bus_published", "Domain events published on the bus", value=c.bus_published
         )
+        if c.cluster:
+            yield _by_label(
+                "charging_cluster",
+                "A cluster node's Redis work, by kind (events published and dropped, frames "
+                "numbered, Redis round trips, commands sent and served)",
+                "kind",
+                c.cluster,
+            )
 
 
 def _by_label(name: str, doc: str, label: str, values: Mapping[str, int]) -> CounterMetricFamily:
