@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -194,6 +195,8 @@ class Running:
     stats_port: int
     extra: dict[str, list[int]]  # HAProxy
     alive: Callable[[], list[str]]  # server processes that exited
+    #: Each node's port that answers /metrics (arm B; empty for the single process).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -251,6 +254,7 @@ async def local_cluster(ctx: Context, database_url: str) -> AsyncIterator[Runnin
             lambda: [
                 n.node_id for n in cluster.nodes if n.proc is None or n.proc.returncode is not None
             ],
+            {n.node_id: n.port for n in cluster.nodes},
         )
     finally:
         await cluster.close()
@@ -399,12 +403,18 @@ async def run_arm(ctx: Context, arm: str, round_no: int) -> dict[str, Any]:
             )
             out["idle"] = await _idle(ctx, target, running)
             idle_cpu = out["idle"]["cpuWindow"]
+            before = await node_counters(running.metrics_ports)
             out["fanout"] = await _guarded(
                 f"arm {arm} fan-out", _fanout(ctx, arm, target, fan_pairs, running, idle_cpu), out
             )
+            between = await node_counters(running.metrics_ports)
             out["ingest"] = await _guarded(
                 f"arm {arm} ingest", _ingest(ctx, arm, target, ing_pairs, running, idle_cpu), out
             )
+            after = await node_counters(running.metrics_ports)
+            for load, (start, end) in (("fanout", (before, between)), ("ingest", (between, after))):
+                if running.metrics_ports and "error" not in out[load]:
+                    out[load]["publishers"] = _publishers(start, end)
             out["serverStats"] = await _stats(running.stats_port)
             dead = running.alive()
             if dead:
@@ -492,6 +502,65 @@ async def _ingest(
         cpu=_breakdown(cpu, running),
     )
     return row
+
+
+_CLUSTER_METRIC = re.compile(r'^charging_cluster_total\{kind="(?P<kind>[a-z_]+)"\} (?P<value>\S+)$')
+
+
+async def node_counters(ports: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Each node's ``charging_cluster_total`` counters from its /metrics (its Redis work:
+    events published and dropped, frames numbered, round trips); a node that does not answer
+    is left out."""
+    found: dict[str, dict[str, float]] = {}
+    for node, port in ports.items():
+        with contextlib.suppress(OSError, TimeoutError, ValueError):
+            text = await _get_text(port, "/metrics")
+            found[node] = {
+                m["kind"]: float(m["value"])
+                for line in text.splitlines()
+                if (m := _CLUSTER_METRIC.match(line))
+            }
+    return found
+
+
+def _publishers(
+    start: Mapping[str, Mapping[str, float]], end: Mapping[str, Mapping[str, float]]
+) -> dict[str, Any]:
+    """Per gateway over one load: events its push publisher numbered and dropped, round trips,
+    events per round trip (the batches it managed)."""
+    out: dict[str, Any] = {}
+    for node, counts in end.items():
+        delta = {k: v - start.get(node, {}).get(k, 0.0) for k, v in counts.items()}
+        if "events_published" not in delta:
+            continue
+        trips = delta.get("redis_round_trips", 0.0)
+        out[node] = {
+            "eventsPublished": int(delta["events_published"]),
+            "pushesNumbered": int(delta.get("pushes_numbered", 0)),
+            "eventsDropped": int(delta.get("events_dropped", 0)),
+            "roundTrips": int(trips),
+            "eventsPerRoundTrip": round(delta["events_published"] / trips, 1) if trips else None,
+        }
+    return out
+
+
+async def _get_text(port: int, path: str) -> str:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            f"Authorization: Bearer {STATS_KEY}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise ValueError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+    return body.decode(errors="replace")
 
 
 async def _stats(port: int) -> dict[str, Any]:

@@ -514,6 +514,19 @@ def _cluster_lines(cl: dict[str, Any]) -> list[str]:
                 f"other {row.get('otherCpu', 0):.2f}"
             )
         lines.append(f"     {tag}: " + "; ".join(parts))
+        for load in ("fanout", "ingest"):
+            publishers = (run.get(load) or {}).get("publishers") or {}
+            if publishers:
+                lines.append(
+                    f"         {load} push publishers: "
+                    + "; ".join(
+                        f"{node} {_n(p['eventsPublished'])} events in {_n(p['roundTrips'])} "
+                        f"round trips ({_n(p['eventsPerRoundTrip'], 1)}/trip), "
+                        f"{_n(p['eventsDropped'])} dropped"
+                        for node, p in publishers.items()
+                        if p["eventsPublished"] or p["eventsDropped"]
+                    )
+                )
     for problem in cl.get("problems", []):
         lines.append(f"   problem: {problem}")
     return lines
