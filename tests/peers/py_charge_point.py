@@ -114,13 +114,18 @@ class LibraryChargePoint(ChargePoint):  # type: ignore[misc]
 
 @contextlib.asynccontextmanager
 async def connected_charge_point(
-    ocpp_url: str, cp_id: str, *, boot: bool = True, **connect_kwargs: Any
+    ocpp_url: str,
+    cp_id: str,
+    *,
+    boot: bool = True,
+    cls: type[LibraryChargePoint] = LibraryChargePoint,
+    **connect_kwargs: Any,
 ) -> AsyncIterator[LibraryChargePoint]:
     """Connect, start the library's read loop as an owned task, boot, and clean up after."""
     async with websockets.connect(
         f"{ocpp_url}/{cp_id}", subprotocols=[Subprotocol("ocpp1.6")], **connect_kwargs
     ) as ws:
-        cp = LibraryChargePoint(cp_id, ws)
+        cp = cls(cp_id, ws)
         reader = asyncio.create_task(cp.start())
         try:
             if boot:

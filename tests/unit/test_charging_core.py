@@ -314,6 +314,71 @@ async def test_restart_rebuilds_the_live_picture_from_storage() -> None:
     assert (event.transaction_id, event.user_id) == (tx_id, "alice")
 
 
+async def test_a_reconnecting_charge_point_brings_its_open_transactions_from_storage() -> None:
+    """Another process opened the transaction (a gateway that died): the process the charge
+    point connects to now adopts it on connection, so its meter values reach the owner, the
+    owner can stop it, and the charge point's StopTransaction closes it and tells them."""
+    world = World()
+    gateway, bus = FakeGateway(), RecordingBus()
+    adopting = ChargingPolicy(adopt_on_connect=True)
+    here = ChargingService(world.store, gateway, bus, world.clock, adopting)
+    await here.load()  # before the other process opened anything
+    await world.online("CP1")
+    tx_id = await world.started()
+    assert here.live_transactions_on("CP1") == {}
+
+    await here.on_connected("CP1")
+    assert here.live_transactions_on("CP1") == {1: tx_id}
+    await here.on_meter_values("CP1", 1, None, [MeterSample(world.clock.now(), 2.0)])
+    metered = [e for e in bus.events if isinstance(e, MeterValuesReceived)]
+    assert [(e.transaction_id, e.user_id) for e in metered] == [(tx_id, "alice")]
+
+    gateway.online.add("CP1")
+    outcome = await here.stop(ALICE, None, tx_id)
+    assert outcome.status == "Accepted"
+    assert (await gateway.calls.get())[1] == "RemoteStopTransaction"
+    await here.on_stop_transaction("CP1", tx_id, 2000, world.clock.now(), "Remote", None)
+    stopped = [e for e in bus.events if isinstance(e, TransactionStopped)]
+    assert [(e.transaction_id, e.user_id, e.meter_stop_wh) for e in stopped] == [
+        (tx_id, "alice", 2000)
+    ]
+    assert here.live_transactions_on("CP1") == {}
+
+
+async def test_a_reconnection_forgets_transactions_closed_elsewhere_without_telling_twice() -> None:
+    """A transaction this process still pictures as open was closed by another (an admin's
+    close there): on the charge point's next connection it is dropped silently, and the
+    charge point's next session on that connector is not taken for a ghost of it."""
+    world = World(adopt_on_connect=True)
+    await world.online("CP1")
+    tx_id = await world.started()
+    other = ChargingService(world.store, FakeGateway(), RecordingBus(), world.clock)
+    await other.load()
+    await other.close_transaction(ADMIN, tx_id)
+    told = len(world.bus.events)
+
+    await world.service.on_connected("CP1")
+    assert world.service.live_transactions_on("CP1") == {}
+    new_id, _ = await world.service.on_start_transaction(
+        "CP1", 1, "TAG-A", 5000, world.clock.now() + timedelta(seconds=1)
+    )
+    after = world.bus.events[told:]
+    assert not [e for e in after if isinstance(e, TransactionStopped)]
+    assert world.service.live_transactions_on("CP1") == {1: new_id}
+    closed = await world.store.get_transaction(tx_id)
+    assert closed is not None and closed.closed_by is ClosedBy.ADMIN
+
+
+async def test_without_adoption_a_connection_reads_nothing_of_storage() -> None:
+    """The one-process default: the live picture is storage's, a connection changes nothing."""
+    world = World()
+    here = ChargingService(world.store, FakeGateway(), RecordingBus(), world.clock)
+    await world.online("CP1")
+    await world.started()
+    await here.on_connected("CP1")
+    assert here.live_transactions_on("CP1") == {}
+
+
 async def test_admission_rules() -> None:
     """Development admits unknown ids; production only registered ones; passwords are checked."""
     from charging_api.domain.access import hash_password

@@ -17,6 +17,10 @@ PUSHES = PREFIX + "pushes"
 NODES = PREFIX + "nodes"
 #: Set of users whose admin stream watches every charge point.
 WATCH_ALL = PREFIX + "watch:all"
+#: Pub/sub channel of ownership changes: JSON ``["claim"|"release", charge point id, node id]``.
+OWNERS = PREFIX + "owners"
+#: ``SCAN`` pattern of every owner key (the api nodes' periodic refresh of their mirror).
+OWNER_PATTERN = PREFIX + "owner:*"
 
 
 def seq(user_id: str) -> str:

@@ -45,6 +45,7 @@ from charging_api.domain.models import (
     Principal,
     StoredMeterSample,
     Transaction,
+    TransactionQuery,
     same_id_tag,
 )
 from charging_api.domain.ports import ChargerGateway, Clock, EventBus, SessionHooks, Store
@@ -103,6 +104,12 @@ class ChargingPolicy:
     #: DataTransfer vendor ids (compared case-insensitively) answered Accepted and published
     #: to admins; every other vendor gets UnknownVendorId.
     data_transfer_vendors: frozenset[str] = frozenset()
+    #: On each connection, read the charge point's open transactions from storage and adopt
+    #: those the live picture lacks (another process may have opened them: a gateway that
+    #: died). See :meth:`ChargingService.on_connected`. Costs one read per connection (about
+    #: 0.6 ms on SQLite), so it is off where one process owns the database (``ROLE=all``: its
+    #: picture is storage's) and on for cluster gateways.
+    adopt_on_connect: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -776,8 +783,60 @@ class ChargingService:
         return True
 
     async def on_connected(self, charge_point_id: str) -> None:
+        """The charge point's session is live: bring its part of the live picture in line
+        with storage (:meth:`_adopt_open_transactions`), then tell whoever listens."""
+        if self.policy.adopt_on_connect:
+            await self._adopt_open_transactions(charge_point_id)
         await self._bus.publish(
             ChargePointConnectionChanged(charge_point_id, True, self._clock.now())
+        )
+
+    async def _adopt_open_transactions(self, charge_point_id: str) -> None:
+        """Storage is the truth about which transactions of this charge point are open.
+
+        Another process may have opened some since this one loaded its picture (the charge
+        point was connected to another gateway, which died) or closed some (an admin's close
+        there): the open ones the picture lacks are adopted, so their meter values, stops,
+        app stops and ghost rules work here; the ones storage has closed are dropped without
+        a push (whoever closed them told their owner). Each connector points at its newest
+        open transaction, as after :meth:`load`. Runs before the charge point's first
+        message is handled. Storage down: logged, and the connection goes on with the
+        picture as it is.
+        """
+        try:
+            stored = await self._store.find_transactions(
+                TransactionQuery(charge_point_id=charge_point_id, active=True, limit=100)
+            )
+        except Exception:
+            log.exception("reading the open transactions of %s failed", charge_point_id)
+            return
+        open_ids = {tx.id for tx in stored}
+        for tx_id, live in list(self._live.items()):
+            if live.charge_point_id == charge_point_id and tx_id not in open_ids:
+                self._forget_live(tx_id)
+        adopted = [tx for tx in stored if tx.id not in self._live]
+        for tx in adopted:
+            self._live[tx.id] = _live_of(tx)
+        if not adopted:
+            return
+        newest: dict[ConnectorKey, _LiveTransaction] = {}
+        for live in self._live.values():
+            if live.charge_point_id != charge_point_id:
+                continue
+            key = (charge_point_id, live.connector_id)
+            known = newest.get(key)
+            if known is None or (live.started_at, live.transaction_id) > (
+                known.started_at,
+                known.transaction_id,
+            ):
+                newest[key] = live
+        for key, live in newest.items():
+            self._live_on_connector[key] = live.transaction_id
+        log.info(
+            "adopted %d open transaction(s) of %s from storage: %s",
+            len(adopted),
+            charge_point_id,
+            ", ".join(str(tx.id) for tx in adopted),
         )
 
     async def on_disconnected(self, charge_point_id: str) -> None:
@@ -859,7 +918,8 @@ class ChargingService:
         if not created:  # a replay: the first answer again, nobody told twice
             return tx.id, IdTagVerdict(tx.id_tag_status)
         ghost_id = self._live_on_connector.get(key)
-        ghost = None if ghost_id is None else self._live.get(ghost_id)
+        # (A new connection's adoption may have read this very transaction already.)
+        ghost = None if ghost_id in (None, tx.id) else self._live.get(ghost_id)
         if ghost is not None and ghost.started_at > timestamp:
             # An offline replay of an older session: it does not end the newer one.
             self._remember_live(tx, on_connector=False)

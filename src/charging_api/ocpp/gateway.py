@@ -163,6 +163,11 @@ class OcppGateway:
         #: Called with (action, seconds from sending to the outcome) for each CALL sent,
         #: whatever its outcome (result, CALLERROR, timeout, disconnect); None: not measured.
         self.on_call_latency: Callable[[str, float], None] | None = None
+        #: Called with the charge point id when a session becomes its live one (a replacement
+        #: included) and when its live session ends: a cluster gateway claims and releases
+        #: ownership here (``cluster.owners.OwnerRegistry``). Synchronous: they must not block.
+        self.on_online: Callable[[str], None] | None = None
+        self.on_offline: Callable[[str], None] | None = None
 
     def register(self, session: OcppSession) -> OcppSession | None:
         """Make ``session`` the charge point's live one; returns the one it replaced (its CALL
@@ -171,6 +176,8 @@ class OcppGateway:
         self._sessions[session.charge_point_id] = session
         if old is not None:
             old.close("was replaced by a new connection")
+        if self.on_online is not None:
+            self.on_online(session.charge_point_id)
         return old
 
     def unregister(self, session: OcppSession) -> bool:
@@ -178,6 +185,8 @@ class OcppGateway:
         session.close("disconnected")
         if self._sessions.get(session.charge_point_id) is session:
             del self._sessions[session.charge_point_id]
+            if self.on_offline is not None:
+                self.on_offline(session.charge_point_id)
             return True
         return False
 
