@@ -34,10 +34,13 @@ class RunningServer:
         id_tag: str | None = None,
         role: str | None = None,
         expires_in: float = 3600,
+        groups: tuple[str, ...] = (),
     ) -> str:
         from charging_api.api.auth import issue_token
 
-        return issue_token(SECRET, user, expires_in=expires_in, id_tag=id_tag, role=role)
+        return issue_token(
+            SECRET, user, expires_in=expires_in, id_tag=id_tag, role=role, groups=groups
+        )
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +88,10 @@ class MemoryStore:
             self.docs.pop((kind, key), None)
         else:
             self.docs[(kind, key)] = copy.deepcopy(body)
+
+    async def put_documents(self, kind: str, bodies: Mapping[str, dict[str, Any] | None]) -> None:
+        for key, body in bodies.items():
+            await self.put_document(kind, key, body)
 
     async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
         found = self.docs.get((kind, key))

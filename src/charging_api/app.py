@@ -40,6 +40,7 @@ from charging_api.domain.charging import ChargingPolicy, ChargingService, System
 from charging_api.domain.local_list import LocalListSync
 from charging_api.domain.models import IdTag, IdTagStatus, Principal, Role
 from charging_api.domain.operations import OperatorService
+from charging_api.domain.ports import ChargerGateway
 from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.reservations import ReservationBook
 from charging_api.domain.sessions import SessionPolicy, SessionService
@@ -61,6 +62,7 @@ from charging_api.storage.sql import StorageUnavailable as StorageUnavailable
 if TYPE_CHECKING:  # the one-process default never imports Redis (cluster/ imports it)
     from charging_api.cluster.fanout import PushPublisher
     from charging_api.cluster.nodes import NodeHeartbeat
+    from charging_api.cluster.routing import ApiRouting, GatewayRouting
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +131,42 @@ class Application:
         self.store = SqlStore(settings.database_url)
         self.bus = MemoryBus()
         self.gateway = OcppGateway(call_timeout=settings.ocpp_call_timeout)
-        self.service = ChargingService(
+        # What the core talks to charge points through: the OCPP door here, or, on an api node,
+        # the gateway that owns the charge point (over Redis). On an api node the commands that
+        # need the live picture (start, stop, close, operations, reservations, limits) run whole
+        # on that gateway (docs/scaling.md, "Routing").
+        self.charger: ChargerGateway = self.gateway
+        self.api_routing: ApiRouting | None = None
+        self.gateway_routing: GatewayRouting | None = None
+        charging_cls: type[ChargingService] = ChargingService
+        reservations_cls: type[ReservationBook] = ReservationBook
+        operator_cls: type[OperatorService] = OperatorService
+        sessions_cls: type[SessionService] = SessionService
+        routed: dict[str, Any] = {}
+        if self.role is NodeRole.API:
+            from charging_api.cluster import routing
+
+            assert settings.redis_url is not None  # Settings refuses a role without it
+            self.api_routing = routing.ApiRouting(
+                settings.redis_url,
+                self.node_id,
+                routing.Budgets(settings.ocpp_call_timeout, settings.start_transaction_timeout),
+                mirror_refresh=max(1.0, settings.owner_ttl / 3),
+            )
+            self.charger = self.api_routing.gateway
+            routed = dict(self.api_routing.routed)
+            charging_cls = routing.RoutedChargingService
+            reservations_cls = routing.RoutedReservationBook
+            operator_cls = routing.RoutedOperatorService
+            sessions_cls = routing.RoutedSessionService
+        self.service = charging_cls(
             self.store,
-            self.gateway,
+            self.charger,
             self.bus,
+            **routed,
             policy=ChargingPolicy(
+                # A gateway may get a charge point whose transactions another node opened.
+                adopt_on_connect=self.role is NodeRole.GATEWAY,
                 start_transaction_timeout=settings.start_transaction_timeout,
                 stale_transaction_grace=settings.stale_transaction_grace,
                 meter_live_window=settings.meter_live_window,
@@ -145,33 +178,53 @@ class Application:
         # Operator state: reservations (a start rule and a timer source of the core),
         # charging profiles (cleared when their session ends: a bus subscriber), local lists.
         clock = self.service.clock
-        self.reservations = ReservationBook(
+        self.reservations = reservations_cls(
             self.store,
             self.store,
-            self.gateway,
+            self.charger,
             self.bus,
             clock,
             max_minutes=settings.max_reservation_minutes,
+            **routed,
         )
         self.reservations.wake = self.service.wake_timers
         self.service.add_start_rule(self.reservations)
         self.service.add_timer_source(self.reservations)
-        self.profiles = ChargingProfiles(self.store, self.store, self.gateway, clock)
-        self.local_list = LocalListSync(self.store, self.gateway, clock)
-        self.operator = OperatorService(self.store, self.gateway, self.service)
+        self.profiles = ChargingProfiles(self.store, self.store, self.charger, clock)
+        self.local_list = LocalListSync(self.store, self.charger, clock)
+        self.operator = operator_cls(self.store, self.charger, self.service, **routed)
         operator_rules.install(self.operator, self.reservations, self.profiles, self.local_list)
-        self.sessions = SessionService(
+        self.sessions = sessions_cls(
             self.store,
-            self.gateway,
+            self.charger,
             self.bus,
             SystemClock(),
             SessionPolicy(
                 update_interval=settings.session_update_interval,
                 preparing_threshold=settings.preparing_threshold,
+                energy_taper_fraction=settings.energy_limit_taper_percent / 100,
+                energy_taper_power=settings.energy_limit_taper_power_percent / 100,
             ),
+            **routed,
         )
+        self.sessions.reduce_power = self.profiles.reduce_session_power
         self.service.sessions = self.sessions
         self.webhooks = WebhookService(self.store, HttpPoster(), SystemClock())
+        if self.role is NodeRole.GATEWAY:
+            from charging_api.cluster import routing
+
+            assert settings.redis_url is not None
+            # Claims the charge points connected here (gateway.on_online/on_offline) and runs
+            # the commands api nodes send them.
+            self.gateway_routing = routing.GatewayRouting(
+                settings.redis_url,
+                self.node_id,
+                settings.owner_ttl,
+                self.gateway,
+                routing.gateway_handlers(
+                    self.gateway, self.service, self.operator, self.reservations, self.sessions
+                ),
+            )
         self.verifier = TokenVerifier(
             settings.jwt_secret,
             settings.jwt_algorithm,
@@ -274,7 +327,7 @@ class Application:
             RestDependencies(
                 store=self.store,
                 service=self.service,
-                is_online=self.gateway.is_online,
+                is_online=self.charger.is_online,
                 verify_bearer=self.verifier.verify,
                 asyncapi=asyncapi_document(__version__),
                 plain_routes=self.routes,
@@ -317,7 +370,7 @@ class Application:
 
     def _websocket_stats(self) -> dict[str, int]:
         stats = self.app_server.stats()
-        stats["gatewayConnections"] = self.gateway.online_count()
+        stats["gatewayConnections"] = self.charger.online_count()
         return stats
 
     def _metric_counts(self) -> Counts:
@@ -349,7 +402,7 @@ class Application:
     def _system_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
             "ocpp": {
-                "connectedChargePoints": self.gateway.online_count(),
+                "connectedChargePoints": self.charger.online_count(),
                 "activeTransactions": self.service.live_transaction_count(),
             },
             "bus": {"published": self.bus.published},
@@ -371,8 +424,13 @@ class Application:
         if self.push_publisher is not None:
             await _reach_redis(self.push_publisher.start())
         await _reach_redis(self.hub.start())
+        if self.api_routing is not None:
+            await _reach_redis(self.api_routing.start())
+        if self.gateway_routing is not None:
+            await _reach_redis(self.gateway_routing.start())
         await self.service.load()
         await self.reservations.load()
+        await self.profiles.load()
         await self.sessions.load()
         await self.webhooks.load()
         if self.runs_ocpp:
@@ -437,6 +495,10 @@ class Application:
         await self.http_server.shutdown()
         await self.hub.close()
         await self.ocpp_server.shutdown()
+        if self.gateway_routing is not None:
+            await self.gateway_routing.close()  # releases written, running commands answered
+        if self.api_routing is not None:
+            await self.api_routing.close()
         for task in (self._timers, self._session_ticks, self._webhook_loop):
             if task is not None:
                 task.cancel()
@@ -697,7 +759,12 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 def make_token(
-    settings: Settings, user_id: str, id_tag: str | None, role: str | None, expires_in: float | None
+    settings: Settings,
+    user_id: str,
+    id_tag: str | None,
+    role: str | None,
+    expires_in: float | None,
+    groups: tuple[str, ...] = (),
 ) -> str:
     return issue_token(
         settings.jwt_secret,
@@ -705,6 +772,7 @@ def make_token(
         expires_in=expires_in or settings.jwt_expires_in,
         id_tag=id_tag,
         role=role,
+        groups=groups,
         algorithm=settings.jwt_algorithm,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,

@@ -136,6 +136,12 @@ def _parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     tok.add_argument("--id-tag", help="id tag the user charges with (claim idTag)")
     tok.add_argument("--role", choices=["user", "admin"], help="role claim")
     tok.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="a group the user belongs to (claim groups; repeat for several)",
+    )
+    tok.add_argument(
         "--expires-in",
         type=_expiry,
         help="lifetime: seconds or 30m, 24h, 7d (default JWT_EXPIRES_IN)",
@@ -275,7 +281,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 2
         try:
-            token = app.make_token(settings, args.user, args.id_tag, args.role, args.expires_in)
+            token = app.make_token(
+                settings, args.user, args.id_tag, args.role, args.expires_in, tuple(args.group)
+            )
         except ValueError as exc:
             print(f"charging-api: --expires-in: {exc}", file=sys.stderr)
             return 2

@@ -195,6 +195,10 @@ class Settings(BaseSettings):
     data_transfer_vendors: Annotated[list[str], NoDecode] = []
     session_update_interval: float = Field(5.0, gt=0)
     preparing_threshold: float = Field(120.0, gt=0)
+    # The last part of an energyKWh limit (percent of it; 0 = off) is charged at a reduced
+    # power (percent of the power when it begins) by a TxProfile, then stopped at the limit.
+    energy_limit_taper_percent: float = Field(10.0, ge=0, lt=100)
+    energy_limit_taper_power_percent: float = Field(50.0, gt=0, lt=100)
     ocpp_max_frame_size: int = Field(65536, ge=1024)
     ocpp_ping_interval: float = Field(60.0, ge=0)  # WebSocket ping to charge points; 0 = off
     ocpp_rate_limit: float = Field(0.0, ge=0)  # messages/s per charge point; 0 = off

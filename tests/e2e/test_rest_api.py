@@ -112,6 +112,7 @@ async def test_id_tags_are_case_insensitive(
         "userId": "u2",
         "status": "Blocked",
         "expiry": "2030-01-01T00:00:00.000Z",
+        "parentIdTag": None,
     }
     assert [t["idTag"] for t in (await client.get("/api/id-tags")).json()] == ["TAG-A"]
     assert (await client.delete("/api/id-tags/Tag-A")).status_code == 204
@@ -119,6 +120,38 @@ async def test_id_tags_are_case_insensitive(
     invalid = await client.post("/api/id-tags", json={"idTag": "x" * 21})
     assert invalid.status_code == 422
     assert invalid.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+async def test_patch_sets_and_clears_the_parent_id_tag(
+    rest: tuple[RunningServer, httpx.AsyncClient],
+) -> None:
+    """PATCH parentIdTag sets a card's group (a charge point's Authorize then names it), null
+    clears it; a tag cannot be its own parent; the OpenAPI shows the field."""
+    server, client = rest
+    made = await client.post("/api/id-tags", json={"idTag": "CARD-1", "userId": "u1"})
+    assert made.status_code == 201 and made.json()["parentIdTag"] is None
+    changed = await client.patch("/api/id-tags/card-1", json={"parentIdTag": "FLEET-7"})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["parentIdTag"] == "FLEET-7"
+    assert changed.json()["userId"] == "u1"  # untouched: not in the body
+    assert (await client.get("/api/id-tags/CARD-1")).json()["parentIdTag"] == "FLEET-7"
+    async with connected_charge_point(server.ocpp_url, "CP-PARENT") as cp:
+        authorized = await cp.authorize("CARD-1")
+        assert authorized.id_tag_info["parent_id_tag"] == "FLEET-7"
+        cleared = await client.patch("/api/id-tags/CARD-1", json={"parentIdTag": None})
+        assert cleared.status_code == 200 and cleared.json()["parentIdTag"] is None
+        authorized = await cp.authorize("CARD-1")
+        assert authorized.id_tag_info.get("parent_id_tag") is None
+    itself = await client.patch("/api/id-tags/CARD-1", json={"parentIdTag": "card-1"})
+    assert itself.status_code == 422
+    assert itself.json()["error"]["details"]["field"] == "parentIdTag"
+    too_long = await client.patch("/api/id-tags/CARD-1", json={"parentIdTag": "x" * 21})
+    assert too_long.status_code == 422
+    created = await client.post("/api/id-tags", json={"idTag": "CARD-2", "parentIdTag": "FLEET-7"})
+    assert created.status_code == 201 and created.json()["parentIdTag"] == "FLEET-7"
+    schemas = (await client.get("/api/openapi.json")).json()["components"]["schemas"]
+    assert "parentIdTag" in schemas["IdTagChange"]["properties"]
+    assert "parentIdTag" in schemas["IdTagOut"]["properties"]
 
 
 async def test_transactions_filter_page_detail_and_close(

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import itertools
+import json
 import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -262,6 +263,123 @@ async def test_a_limit_survives_a_server_restart(tmp_path: Path) -> None:
             assert ended["data"]["receipt"]["energyKWh"] == 2.1
 
 
+async def test_a_groups_tariff_prices_its_members_and_a_users_own_tariff_wins(
+    tmp_path: Path,
+) -> None:
+    """Tariff precedence on the wire: a token without groups gets the default; a token whose
+    ``groups`` claim names a group with a tariff gets the group's (start notice, receipt
+    cost); a tariff assigned to the user beats the group's."""
+
+    def priced(tariff_id: str, energy_price: str) -> dict[str, Any]:
+        elements = [{"priceComponents": [{"type": "ENERGY", "price": energy_price}]}]
+        return {**TARIFF, "id": tariff_id, "elements": elements}
+
+    async with (
+        running_server(make_settings(tmp_path)) as server,
+        app_client(server, server.token("ops", role="admin")) as ops,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+    ):
+        for tariff in (TARIFF, priced("fleet", "0.20"), priced("vip", "0.10")):
+            put = await ops.request("tariffs_request", {"action": "put", "tariff": tariff})
+            assert "error" not in put, put
+        for scope, tariff_id in (("default", "std"), ("group:fleet", "fleet")):
+            assigned = await ops.request(
+                "tariffs_request", {"action": "assign", "scope": scope, "tariffId": tariff_id}
+            )
+        assert assigned["data"]["assignments"] == {"default": "std", "group:fleet": "fleet"}
+        await cp.status(1, "Available")
+
+        async def charge_2_kwh(user: str, tag: str, groups: tuple[str, ...]) -> dict[str, Any]:
+            async with driver(server.app_url, server.token(user, id_tag=tag, groups=groups)) as app:
+                asked = asyncio.create_task(
+                    app.request("start_charging_request", {"chargePointId": CP, "connectorId": 1})
+                )
+                await asyncio.wait_for(cp.remote_starts.get(), 10)
+                tx = int((await cp.start_tx(1, tag, 1000)).transaction_id)
+                assert (await asked)["data"]["success"] is True
+                started = await app.push("session_event", where=event("started", tx))
+                await cp.meter(1, tx, energy(3000))
+                await cp.stop_tx(tx, 3000)
+                ended = await app.push("session_event", where=event("ended", tx))
+                assert ended["data"]["receipt"]["tariff"] == started["data"]["tariff"]
+                return dict(ended["data"]["receipt"])
+
+        plain = await charge_2_kwh("bob", "TAG-BOB", ())
+        assert plain["tariff"]["id"] == "std"
+        assert plain["cost"]["total"] == "2.14"  # (2 x 0.40 + 1.00 flat) + 19 % VAT
+        member = await charge_2_kwh("carol", "TAG-CAROL", ("drivers", "fleet"))
+        assert member["tariff"]["id"] == "fleet"
+        assert member["cost"]["total"] == "0.48"  # 2 x 0.20 + 19 % VAT
+        await ops.request(
+            "tariffs_request", {"action": "assign", "scope": "user:alice", "tariffId": "vip"}
+        )
+        own = await charge_2_kwh("alice", TAG, ("fleet",))
+        assert own["tariff"]["id"] == "vip"
+        assert own["cost"]["total"] == "0.24"  # 2 x 0.10 + 19 % VAT
+
+
+async def test_a_tariff_the_cli_assigns_reaches_a_running_server(tmp_path: Path) -> None:
+    """``charging-api tariffs`` writes the database while a server runs; the server notices
+    (its version check, every 2 s) and prices the next session with it, read from memory."""
+    settings = make_settings(tmp_path)
+    loop = asyncio.get_running_loop()
+    path = tmp_path / "std.json"
+    path.write_text(json.dumps(TARIFF))
+    async with (
+        running_server(settings) as server,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
+        connected_charge_point(server.ocpp_url, CP) as cp,
+    ):
+        for args in (("put", str(path)), ("assign", "default", "std")):
+            done = await asyncio.to_thread(
+                run_cli, tmp_path, "tariffs", *args, DATABASE_URL=settings.database_url
+            )
+            assert done.returncode == 0, done.stderr
+        deadline = loop.time() + 10
+        while await server.app.sessions.tariff_for(CP, "alice") is None:
+            assert loop.time() < deadline, "the running server did not see the CLI's tariff"
+            await asyncio.sleep(0.1)
+        await cp.status(1, "Available")
+        asked = asyncio.create_task(
+            alice.request("start_charging_request", {"chargePointId": CP, "connectorId": 1})
+        )
+        await asyncio.wait_for(cp.remote_starts.get(), 10)
+        tx = int((await cp.start_tx(1, TAG, 1000)).transaction_id)
+        assert (await asked)["data"]["success"] is True
+        started = await alice.push("session_event", where=event("started", tx))
+        assert started["data"]["tariff"]["id"] == "std"
+
+
+async def test_a_receipt_survives_a_kill_right_after_the_stop(tmp_path: Path) -> None:
+    """Session records are written behind the stop; a server killed (SIGKILL) at once still
+    gives the same receipt after its restart: energy and cost from the stored transaction."""
+    async with ServerProcess(tmp_path) as proc:
+        token = proc.token("alice", id_tag=TAG)
+        async with (
+            driver(proc.app_url, token) as alice,
+            driver(proc.app_url, proc.token("ops", role="admin")) as ops,
+            connected_charge_point(proc.ocpp_url, CP) as cp,
+        ):
+            await ops.request("tariffs_request", {"action": "put", "tariff": TARIFF})
+            await ops.request(
+                "tariffs_request", {"action": "assign", "scope": "default", "tariffId": "std"}
+            )
+            await cp.status(1, "Available")
+            tx = await start_charge(alice, cp, CP, 1, TAG, meter_start=5000)
+            await cp.meter(1, tx, energy(6000))
+            await cp.stop_tx(tx, 7000, reason="Local")
+            ended = await alice.push("session_event", where=event("ended", tx))
+        assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
+        before = ended["data"]["receipt"]
+        await proc.restart()
+        async with driver(proc.app_url, token) as alice:
+            after = (await alice.request("get_receipt", {"transactionId": tx}))["data"]["receipt"]
+    assert after["energyKWh"] == before["energyKWh"] == 2.0
+    assert after["cost"]["total"] == before["cost"]["total"] == "2.14"  # (1 + 0.8) x 1.19
+    assert after["tariff"] == before["tariff"]
+    assert after["stopReason"] == "Local"
+
+
 def test_cli_manages_tariffs(tmp_path: Path) -> None:
     """charging-api tariffs put/assign/list round-trips a tariff; a bad one is refused naming why."""
     path = tmp_path / "std.json"
@@ -334,6 +452,69 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
             assert receipt["stopReason"] == "Remote"
             assert receipt["limitReached"] == "soc"
             assert car.soc >= 60
+        finally:
+            halt.set()
+            await asyncio.wait_for(runner, 10)
+
+
+async def test_the_end_of_an_energy_limit_is_charged_at_reduced_power(tmp_path: Path) -> None:
+    """A simulated charger (smart charging: it caps its current to a TxProfile) with an
+    energyKWh limit: within the last half of the limit (ENERGY_LIMIT_TAPER_PERCENT=50 here)
+    the server asks for half the power, the charger's reported power drops, and the charge
+    still stops at the limit."""
+    halt = asyncio.Event()
+    car = SimConnector(1, energy_wh=1000.0, soc=10.0, max_current_a=1000.0)  # ~230 kW
+    settings = make_settings(
+        tmp_path, energy_limit_taper_percent=50, energy_limit_taper_power_percent=50
+    )
+    async with (
+        running_server(settings) as server,
+        app_client(server, server.token("ops", role="admin")) as ops,
+        driver(server.app_url, server.token("alice", id_tag=TAG)) as alice,
+    ):
+        await ops.request("subscribe", {"chargePointIds": ["CP-SIM"]})
+        runner = asyncio.create_task(
+            run_charge_point(
+                server.ocpp_url, "CP-SIM", meter_interval=0.2, state={1: car}, stop=halt
+            )
+        )
+        try:
+            await ops.push(
+                "charging_status_update",
+                where=lambda m: (
+                    m["data"]["connectorId"] == 1 and m["data"]["status"] == "Available"
+                ),
+            )
+            reply = await alice.request(
+                "start_charging_request",
+                {"chargePointId": "CP-SIM", "connectorId": 1, "limits": {"energyKWh": 0.2}},
+            )
+            assert reply["data"]["success"] is True, reply
+            tx = reply["data"]["transactionId"]
+            full = await alice.push(
+                "meter_values_update",
+                where=lambda m: (m["data"]["session"]["powerKw"] or 0) > 100,
+                timeout=20,
+            )
+            assert full["data"]["session"]["energyKWh"] < 0.1
+            reduced = await alice.push(
+                "session_event", where=event("power_reduced", tx), timeout=20
+            )
+            assert 100 < reduced["data"]["limitKw"] * 2 < 240
+            lower = await alice.push(
+                "meter_values_update",
+                where=lambda m: (m["data"]["session"]["powerKw"] or 999) < 130,
+                timeout=20,
+            )
+            assert 0.1 <= lower["data"]["session"]["energyKWh"] < 0.2
+            reached = await alice.push(
+                "session_event", where=event("limit_reached", tx), timeout=30
+            )
+            assert reached["data"]["limit"] == "energyKWh"
+            ended = await alice.push("session_event", where=event("ended", tx), timeout=20)
+            receipt = ended["data"]["receipt"]
+            assert receipt["limitReached"] == "energyKWh"
+            assert 0.2 <= receipt["energyKWh"] < 0.26
         finally:
             halt.set()
             await asyncio.wait_for(runner, 10)

@@ -190,6 +190,21 @@ def test_a_valid_token_gives_its_principal() -> None:
     assert principal.expires_at is not None
 
 
+def test_the_groups_claim_is_carried_and_odd_entries_left_out() -> None:
+    """groups (a list or one string) become the principal's groups (they choose a group's
+    tariff); entries that are not strings of 1-128 characters are left out, the token stands."""
+    verifier = TokenVerifier(SECRET)
+    listed = verifier.verify(jwt.encode(good_claims(groups=["fleet", "staff"]), SECRET, "HS256"))
+    assert listed.groups == frozenset({"fleet", "staff"})
+    single = verifier.verify(jwt.encode(good_claims(groups="fleet"), SECRET, "HS256"))
+    assert single.groups == frozenset({"fleet"})
+    assert verifier.verify(jwt.encode(good_claims(), SECRET, "HS256")).groups == frozenset()
+    odd = good_claims(groups=["fleet", 1, "", "x" * 129, {"g": 1}])
+    assert verifier.verify(jwt.encode(odd, SECRET, "HS256")).groups == frozenset({"fleet"})
+    shaped = good_claims(groups={"fleet": True})
+    assert verifier.verify(jwt.encode(shaped, SECRET, "HS256")).groups == frozenset()
+
+
 def test_the_seed_backends_userid_claim_is_the_user() -> None:
     """A token with userId instead of sub names the user."""
     now = int(time.time())

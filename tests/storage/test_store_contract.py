@@ -413,6 +413,26 @@ async def test_operator_deletes_and_lists(open_store: OpenStore) -> None:
     assert [t.tag for t in await store.all_id_tags()] == ["TAG-A"]
 
 
+async def test_a_batch_of_documents_upserts_and_deletes_in_one_go(open_store: OpenStore) -> None:
+    """put_documents (the session records' write-behind batch) replaces, adds and deletes
+    documents of one kind at once, durably; other kinds are untouched; an empty batch is fine."""
+    store = await open_store()
+    await store.put_document("session", "1", {"limits": {}})
+    await store.put_document("session", "2", {"limits": {"soc": 80}})
+    await store.put_document("tariff", "1", {"id": "1"})
+    await store.put_documents(
+        "session", {"1": {"receipt": {"energyKWh": 1.5}}, "2": None, "3": {"tariff": None}}
+    )
+    await store.put_documents("session", {})
+    await store.close()
+    again = await open_store()
+    assert await again.documents("session") == {
+        "1": {"receipt": {"energyKWh": 1.5}},
+        "3": {"tariff": None},
+    }
+    assert await again.get_document("tariff", "1") == {"id": "1"}
+
+
 async def test_documents_upsert_list_delete_and_survive_reopen(open_store: OpenStore) -> None:
     """Session records and tariffs (documents) are replaced by key, listed by kind, deleted, durable."""
     store = await open_store()

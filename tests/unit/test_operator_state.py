@@ -308,6 +308,33 @@ async def test_session_end_clears_its_profiles() -> None:
     assert await world.store.charging_profiles() == []
 
 
+async def test_profiles_known_at_start_up_are_cleared_and_others_cost_no_call() -> None:
+    """After a restart (``load``) the profiles stored for a transaction are still cleared when
+    it ends; a transaction the server set no profile for ends without any CALL."""
+    world = World()
+    await world.online()
+    tx_id = await world.start(ALICE, "TAG-A")
+    limit = await world.profiles.set_power_limit(ALICE, tx_id, 10, "A")
+    await world.call("SetChargingProfile")
+    again = World(world.store, world.clock)
+    await again.online()
+    await again.service.load()
+    await again.profiles.load()
+    await again.service.on_stop_transaction("CP1", tx_id, 500, again.clock.now(), None, None)
+    stopped = [e for e in again.bus.events if isinstance(e, TransactionStopped)]
+    again.profiles.on_event(stopped[0])
+    assert (await again.call("ClearChargingProfile")) == {"id": limit.profile_id}
+    await again.profiles.close()
+    assert await again.store.charging_profiles() == []
+    again.clock.advance(60)  # a new start, not a replay of the first
+    plain = await again.start(ALICE, "TAG-A")
+    await again.service.on_stop_transaction("CP1", plain, 900, again.clock.now(), None, None)
+    ended = [e for e in again.bus.events if isinstance(e, TransactionStopped)][-1]
+    again.profiles.on_event(ended)
+    await again.profiles.close()
+    assert again.gateway.calls.empty()  # nothing to clear: no ClearChargingProfile
+
+
 async def test_admin_reserve_now_through_the_operator_service_is_kept() -> None:
     """An admin's raw ReserveNow, once Accepted, holds the connector in our books (other
     tags refused, the holder pushed) and a StartTransaction with its id uses it up."""

@@ -20,6 +20,7 @@ from charging_api.domain.events import (
     SessionUpdated,
 )
 from charging_api.domain.models import IdTag, MeterSample, Principal, Role
+from charging_api.domain.profiles import ChargingProfiles
 from charging_api.domain.sessions import Limits, SessionPolicy, SessionService, history_csv
 from charging_api.errors import Forbidden, ValidationFailed
 from tests.fakes import FakeGateway, ManualClock, MemoryStore
@@ -308,3 +309,106 @@ async def test_bad_limits_and_tariff_admin_rules() -> None:
     listed = await world.sessions.tariffs(ADMIN)
     assert listed["assignments"] == {"chargePoint:CP1": "std"}
     assert (await world.sessions.tariff_for("CP1", "alice")) is not None
+
+
+async def test_tariff_precedence_user_then_group_then_charge_point_then_default() -> None:
+    """A user's own tariff beats their groups' (the first group by name), a group's beats the
+    charge point's, the charge point's beats the default; a deleted tariff is passed over."""
+    world = World()
+    for tariff_id in ("d", "cp", "g-a", "g-b", "u"):
+        await world.sessions.put_tariff(ADMIN, {**TARIFF, "id": tariff_id})
+    for scope, tariff_id in (
+        ("default", "d"),
+        ("chargePoint:CP1", "cp"),
+        ("group:a-team", "g-a"),
+        ("group:b-team", "g-b"),
+        ("user:alice", "u"),
+    ):
+        await world.sessions.assign_tariff(ADMIN, scope, tariff_id)
+
+    async def chosen(cp: str, user: str | None, *groups: str) -> str | None:
+        tariff = await world.sessions.tariff_for(cp, user, frozenset(groups))
+        return None if tariff is None else tariff.id
+
+    assert await chosen("CP2", None) == "d"
+    assert await chosen("CP1", "bob") == "cp"
+    assert await chosen("CP1", "bob", "b-team", "a-team") == "g-a"
+    assert await chosen("CP2", "bob", "b-team", "nobody") == "g-b"
+    assert await chosen("CP1", "alice", "a-team") == "u"
+    await world.sessions.delete_tariff(ADMIN, "u")
+    assert await chosen("CP1", "alice", "a-team") == "g-a"
+    with pytest.raises(ValidationFailed):
+        await world.sessions.assign_tariff(ADMIN, "group:", "d")
+
+
+async def test_a_tariff_stored_by_another_process_is_used_after_the_next_check() -> None:
+    """Tariffs are read from memory at each start; a change another process stored (the CLI)
+    is picked up by the tick's version check once ``tariff_refresh_interval`` has passed."""
+    world = World()
+    await world.load()
+    cli = SessionService(world.store, FakeGateway(), MemoryBus(), ManualClock())
+    await cli.put_tariff(ADMIN, TARIFF)
+    await cli.assign_tariff(ADMIN, "default", "std")
+    assert await world.sessions.tariff_for("CP1", "alice") is None  # not re-read per start
+    await world.sessions.tick()
+    assert await world.sessions.tariff_for("CP1", "alice") is None  # not due yet
+    world.clock.advance(world.sessions.policy.tariff_refresh_interval)
+    await world.sessions.tick()
+    found = await world.sessions.tariff_for("CP1", "alice")
+    assert found is not None and found.id == "std"
+    tx = await world.started()
+    assert world.notices("started")[-1].data["tariff"]["id"] == "std"
+    assert tx > 0
+
+
+async def test_session_records_are_written_behind_the_commands_and_kept_at_shutdown() -> None:
+    """No session record is written on the start's or the stop's own path; the receipt is
+    served at once all the same, and drain (shutdown) stores every record, so a restarted
+    service reads the same receipt."""
+    world = World()
+    # A delay no test outlasts: nothing but drain can write the records here.
+    world.sessions.records.delay = 3600
+    await world.store.put_document("tariff", "std", TARIFF)
+    await world.store.put_document("tariff_assignment", "default", {"tariffId": "std"})
+    tx = await world.started()
+    assert await world.store.get_document("session", str(tx)) is None
+    await world.meter(tx, 11.0)
+    await world.service.on_stop_transaction("CP1", tx, 11_500, world.clock.now(), "Local", None)
+    receipt = (await world.sessions.get_receipt(ALICE, tx))["receipt"]
+    assert receipt["energyKWh"] == pytest.approx(1.5)
+    assert receipt["tariff"]["id"] == "std"
+    await world.sessions.drain()
+    stored = await world.store.get_document("session", str(tx))
+    assert stored is not None and stored["receipt"] == receipt
+    again = World(world.store)
+    assert (await again.sessions.get_receipt(ALICE, tx))["receipt"] == receipt
+    history = await again.sessions.history(ALICE)
+    assert history["sessions"][0]["cost"] == receipt["cost"]["total"]
+
+
+async def test_the_last_tenth_of_an_energy_limit_asks_for_half_the_power_once() -> None:
+    """Within the last 10 % of an energyKWh limit a TxProfile at half the measured power goes
+    to the charge point (once), the owner hears power_reduced; the stop at the limit is as
+    before."""
+    world = World()
+    profiles = ChargingProfiles(world.store, world.store, world.gateway, world.clock)
+    world.sessions.reduce_power = profiles.reduce_session_power
+    tx = await world.started(Limits(energy_kwh=2))
+    await world.meter(tx, 11.0, power_kw=20.0)
+    await world.settled()
+    assert world.notices("power_reduced") == []
+    await world.meter(tx, 11.85, power_kw=20.0)
+    await world.settled()
+    _, action, payload = world.gateway.calls.get_nowait()
+    assert action == "SetChargingProfile"
+    profile: Any = payload["csChargingProfiles"]
+    assert profile["transactionId"] == tx and profile["chargingProfilePurpose"] == "TxProfile"
+    period = profile["chargingSchedule"]["chargingSchedulePeriod"][0]
+    assert (period["limit"], period["numberPhases"]) == (14.5, 3)  # 10 kW on 3 x 230 V
+    assert [n.data for n in world.notices("power_reduced")] == [
+        {"limitKw": 10.0, "reason": "energyKWh"}
+    ]
+    await world.meter(tx, 11.95, power_kw=10.0)
+    assert await world.stops() == []  # no second profile, no stop yet
+    await world.meter(tx, 12.0, power_kw=10.0)
+    assert await world.stops() == [{"transactionId": tx}]

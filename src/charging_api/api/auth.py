@@ -16,6 +16,7 @@ or ``userId`` for tokens made by the seed's backend). Every failure is an
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,22 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         tags.add(raw_tags)
     elif isinstance(raw_tags, list):
         tags.update(t for t in raw_tags if isinstance(t, str) and t)
-    return Principal(user, role, frozenset(tags), _expiry(claims.get("exp")))
+    return Principal(
+        user, role, frozenset(tags), _expiry(claims.get("exp")), _groups(claims.get("groups"))
+    )
+
+
+#: The longest group name taken from a token (the longest tariff scope name).
+MAX_GROUP_LENGTH = 128
+
+
+def _groups(raw: Any) -> frozenset[str]:
+    """The ``groups`` claim: a string or a list of strings, as identity providers put it.
+    Entries that are not strings of 1-128 characters are left out, like malformed ``idTag``
+    entries: the token is signed, and groups only choose a tariff, so a provider's odd entry
+    must not lock its users out."""
+    names = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    return frozenset(g for g in names if isinstance(g, str) and 1 <= len(g) <= MAX_GROUP_LENGTH)
 
 
 def _expiry(exp: Any) -> datetime | None:
@@ -259,6 +275,7 @@ def issue_token(
     audience: str | None = None,
     now: float | None = None,
     kid: str | None = None,
+    groups: Sequence[str] = (),
 ) -> str:
     """A signed token for ``charging-api token`` and the tests (``secret`` is the HMAC secret,
     or the PEM private key for an asymmetric ``algorithm``)."""
@@ -271,6 +288,8 @@ def issue_token(
         claims["idTag"] = id_tag
     if role:
         claims["role"] = role
+    if groups:
+        claims["groups"] = list(groups)
     if issuer:
         claims["iss"] = issuer
     if audience:

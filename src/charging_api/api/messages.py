@@ -79,7 +79,8 @@ class GetHistoryRequest(_Data):
 
 class TariffsRequest(_Data):
     """Admins: ``list``, ``put`` (``tariff``), ``delete`` (``tariffId``), ``assign``
-    (``scope`` default | chargePoint:<id> | user:<id>, ``tariffId``; absent: unassign)."""
+    (``scope`` default | chargePoint:<id> | group:<name> | user:<id>, ``tariffId``; absent:
+    unassign)."""
 
     action: Literal["list", "put", "delete", "assign"] = "list"
     tariff: dict[str, Any] | None = None

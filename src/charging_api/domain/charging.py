@@ -189,6 +189,7 @@ class _PendingStart:
     timed_out: bool = False
     deadline: float | None = None  # set once the charge point accepted the RemoteStart
     reservation_id: int | None = None
+    groups: frozenset[str] = frozenset()  # the owner's, when the owner asked (tariffs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,9 +235,9 @@ class ChargingService:
         # monotonic time at which they are closed unless a StopTransaction comes first.
         self._stale: dict[int, float] = {}
         self._rearm = asyncio.Event()  # a new deadline: run_timers recomputes its sleep
-        # Wanted availability per charge point (connector -> Inoperative?), read from storage
-        # once per charge point and kept current by record_availability.
-        self._inoperative: dict[str, dict[int, bool]] = {}
+        # Wanted availability per charge point (connector -> what the operator asked), read
+        # from storage once per charge point and kept current by record_availability.
+        self._availability: dict[str, dict[int, ConnectorAvailability]] = {}
         self._vendors = frozenset(v.casefold() for v in self.policy.data_transfer_vendors)
         self._start_rules: list[StartRule] = []
         self._timer_sources: list[TimerSource] = []
@@ -471,6 +472,8 @@ class ChargingService:
             owner, tag, record, self._clock.monotonic(), asyncio.get_running_loop().create_future()
         )
         pending.reservation_id = reservation_id
+        if owner == principal.user_id:
+            pending.groups = principal.groups  # an admin's groups are not the owner's
         self._pending[key] = pending
         self._followers[key] = owner
         try:
@@ -744,23 +747,41 @@ class ChargingService:
     async def is_unavailable(self, charge_point_id: str, connector_id: int) -> bool:
         """Whether an operator made this connector (or the whole charge point, connector 0)
         Inoperative: app starts there are refused with CONNECTOR_UNAVAILABLE."""
-        wanted = self._inoperative.get(charge_point_id)
+        wanted = await self._availability_of(charge_point_id)
+        return any(
+            av.wanted is Availability.INOPERATIVE
+            for av in (wanted.get(0), wanted.get(connector_id))
+            if av is not None
+        )
+
+    def may_have_scheduled_availability(self, charge_point_id: str) -> bool:
+        """False when it is known (from memory) that nothing waits on this charge point."""
+        known = self._availability.get(charge_point_id)
+        return known is None or any(av.scheduled for av in known.values())
+
+    async def scheduled_availability(self, charge_point_id: str) -> list[ConnectorAvailability]:
+        """The availability changes a charge point answered ``Scheduled`` (they wait for its
+        transactions to end); from memory after the first read per charge point."""
+        return [
+            av for av in (await self._availability_of(charge_point_id)).values() if av.scheduled
+        ]
+
+    async def _availability_of(self, charge_point_id: str) -> dict[int, ConnectorAvailability]:
+        wanted = self._availability.get(charge_point_id)
         if wanted is None:
             wanted = {
-                av.connector_id: av.wanted is Availability.INOPERATIVE
-                for av in await self._store.availabilities(charge_point_id)
+                av.connector_id: av for av in await self._store.availabilities(charge_point_id)
             }
-            self._inoperative[charge_point_id] = wanted
-        return wanted.get(0, False) or wanted.get(connector_id, False)
+            self._availability[charge_point_id] = wanted
+        return wanted
 
     async def record_availability(self, availability: ConnectorAvailability) -> None:
         """Store the availability an operator asked for (and the charge point accepted or
         scheduled); the next app start on that connector follows it."""
         await self._store.put_availability(availability)
-        wanted = self._inoperative.get(availability.charge_point_id)
+        wanted = self._availability.get(availability.charge_point_id)
         if wanted is not None:
-            inoperative = availability.wanted is Availability.INOPERATIVE
-            wanted[availability.connector_id] = inoperative
+            wanted[availability.connector_id] = availability
 
     # ---------------------------------------------------------- charge point side
 
@@ -933,6 +954,7 @@ class ChargingService:
             self._remember_live(tx)
             if user is not None:
                 self._followers[key] = user
+        groups = pending.groups if pending is not None else frozenset()
         if reservation_id is None and pending is not None:
             reservation_id = pending.reservation_id
         for rule in self._start_rules:
@@ -946,7 +968,14 @@ class ChargingService:
                 pending.future.set_result(tx)
         await self._bus.publish(
             TransactionStarted(
-                charge_point_id, connector_id, tx.id, user, id_tag, meter_start_wh, timestamp
+                charge_point_id,
+                connector_id,
+                tx.id,
+                user,
+                id_tag,
+                meter_start_wh,
+                tx.started_at,
+                groups,
             )
         )
         return tx.id, verdict
@@ -989,6 +1018,8 @@ class ChargingService:
                     for s in transaction_data
                 ]
             )
+            if active and live is not None and self.sessions is not None:
+                self.sessions.on_stop_samples(transaction_id, transaction_data)
         if not active:
             if closed_by not in (None, ClosedBy.CHARGE_POINT):
                 # We closed it without this StopTransaction: its figures are the true ones.

@@ -57,6 +57,9 @@ class TransactionStarted:
     id_tag: str
     meter_start_wh: int
     timestamp: datetime
+    #: The groups of the app user whose remote start this is (the token's ``groups``); empty
+    #: for a session the charge point began by itself.
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is asking: built from a verified token by the app door."""
+    """Who is asking: built from a verified token by the app door. ``groups`` (the token's
+    ``groups`` claim) choose a group's tariff for the sessions this principal starts."""
 
     user_id: str
     role: Role = Role.USER
     id_tags: frozenset[str] = frozenset()
     expires_at: datetime | None = None
+    groups: frozenset[str] = frozenset()
 
     @property
     def is_admin(self) -> bool:

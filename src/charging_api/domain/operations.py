@@ -298,7 +298,9 @@ class OperatorService:
         be sent before the BootNotification is answered)."""
         if isinstance(event, ChargePointBooted):
             self._spawn(self.apply_wanted_configuration(event.charge_point_id))
-        elif isinstance(event, TransactionStopped):
+        elif isinstance(event, TransactionStopped) and (
+            self._charging.may_have_scheduled_availability(event.charge_point_id)
+        ):
             self._spawn(self._scheduled_in_effect(event.charge_point_id, event.connector_id))
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -352,8 +354,8 @@ class OperatorService:
                 )
 
     async def _scheduled_in_effect(self, charge_point_id: str, connector_id: int) -> None:
-        for av in await self._store.availabilities(charge_point_id):
-            if av.scheduled and av.connector_id in (0, connector_id):
+        for av in await self._charging.scheduled_availability(charge_point_id):
+            if av.connector_id in (0, connector_id):
                 if av.connector_id == 0 and self._charging.live_transactions_on(charge_point_id):
                     continue  # the whole charge point waits for its last transaction
                 await self._charging.record_availability(

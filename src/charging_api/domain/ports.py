@@ -6,7 +6,7 @@ with in-memory fakes of the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -190,6 +190,10 @@ class Store(Protocol):
         """Store (None: delete) one document; commits."""
         ...
 
+    async def put_documents(self, kind: str, bodies: Mapping[str, dict[str, Any] | None]) -> None:
+        """Store (None: delete) several documents of one kind in one transaction; commits."""
+        ...
+
     async def get_document(self, kind: str, key: str) -> dict[str, Any] | None: ...
 
     async def documents(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -324,3 +328,8 @@ class SessionHooks(Protocol):
     async def on_samples(
         self, transaction_id: int, samples: Sequence[MeterSample]
     ) -> SessionFigures | None: ...
+
+    def on_stop_samples(self, transaction_id: int, samples: Sequence[MeterSample]) -> None:
+        """A StopTransaction's ``transactionData`` of an open transaction, before its stop
+        is published (the receipt counts them)."""
+        ...

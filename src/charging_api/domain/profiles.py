@@ -17,6 +17,12 @@
   :meth:`record_accepted` and :meth:`forget_matching`); every profile the server set and the
   charge point accepted is stored and listed (:meth:`profiles`), and the TxProfiles of a
   session are cleared (ClearChargingProfile, then forgotten) when it ends (:meth:`on_event`).
+* Which transactions have profiles is kept in memory once :meth:`load` has read the stored
+  ones at start (and kept current by every write here), so a session's end costs no read
+  when the server set nothing for it: the common case. Trade-off: with several nodes on one
+  database, a profile another node set after this one started is not cleared by this node
+  (the charge point drops a TxProfile itself when its transaction ends, OCPP 1.6 3.13.3; the
+  stored row stays listed until an admin clears it).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charging_api.domain.events import DomainEvent, TransactionStopped
-from charging_api.domain.models import MeterSample, Principal, StoredChargingProfile
+from charging_api.domain.models import MeterSample, Principal, Role, StoredChargingProfile
 from charging_api.domain.ports import ChargerGateway, Clock, OpsStateStore, Store
 from charging_api.errors import (
     ChargePointRejected,
@@ -49,6 +55,8 @@ POWER_LIMIT_STACK_LEVEL = 1
 #: Lines with less current than this (A) carry no load: a one-phase car on three phases.
 _LOADED_PHASE_A = 0.5
 _LINES = ("L1", "L2", "L3")
+#: Who sets the profiles the server decides on by itself (recorded as ``set_by``).
+SERVER = Principal("server:sessions", Role.ADMIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,40 @@ class ChargingProfiles:
         self.default = default or Electrical()
         self._connectors: dict[tuple[str, int], Electrical] = {}
         self._tasks: set[asyncio.Future[None]] = set()
+        # transaction id -> {(charge point, profile id)} of the stored profiles bound to it;
+        # None until load() (then every end reads the stored profiles, as before).
+        self._by_transaction: dict[int, set[tuple[str, int]]] | None = None
+
+    async def load(self) -> None:
+        """Read which transactions have stored profiles (once, at start)."""
+        index: dict[int, set[tuple[str, int]]] = {}
+        for p in await self._state.charging_profiles(None):
+            if p.transaction_id is not None:
+                index.setdefault(p.transaction_id, set()).add((p.charge_point_id, p.profile_id))
+        self._by_transaction = index
+
+    def _index(self, stored: StoredChargingProfile) -> None:
+        if self._by_transaction is None:
+            return
+        self._unindex(stored.charge_point_id, stored.profile_id)  # a profile id reused
+        if stored.transaction_id is not None:
+            self._by_transaction.setdefault(stored.transaction_id, set()).add(
+                (stored.charge_point_id, stored.profile_id)
+            )
+
+    def _unindex(self, charge_point_id: str, profile_id: int) -> None:
+        if self._by_transaction is None:
+            return
+        key = (charge_point_id, profile_id)
+        for tx_id, held in list(self._by_transaction.items()):
+            if key in held:
+                held.discard(key)
+                if not held:
+                    del self._by_transaction[tx_id]
+
+    async def _forget(self, charge_point_id: str, profile_id: int) -> None:
+        await self._state.delete_charging_profile(charge_point_id, profile_id)
+        self._unindex(charge_point_id, profile_id)
 
     def configure_connector(
         self, charge_point_id: str, connector_id: int, electrical: Electrical
@@ -191,12 +233,18 @@ class ChargingProfiles:
             source,
         )
 
+    async def reduce_session_power(self, transaction_id: int, limit_kw: float) -> PowerLimit:
+        """The server's own power limit for a session (the end of an energy limit, see
+        ``SessionService``): the same TxProfile as :meth:`set_power_limit`, set by
+        :data:`SERVER`."""
+        return await self.set_power_limit(SERVER, transaction_id, limit_kw, "kW")
+
     async def forget_matching(self, charge_point_id: str, criteria: dict[str, Any]) -> None:
         """Forget the stored profiles a ClearChargingProfile with ``criteria`` cleared (OCPP:
         by id, else by every given field of connectorId, purpose and stackLevel)."""
         for p in await self._state.charging_profiles(charge_point_id):
             if _matches(p, criteria):
-                await self._state.delete_charging_profile(charge_point_id, p.profile_id)
+                await self._forget(charge_point_id, p.profile_id)
 
     async def record_accepted(
         self, principal: Principal, charge_point_id: str, connector_id: int, profile: dict[str, Any]
@@ -216,6 +264,7 @@ class ChargingProfiles:
             tx_id if isinstance(tx_id, int) else None,
         )
         await self._state.put_charging_profile(stored)
+        self._index(stored)
         return stored
 
     async def profiles(
@@ -234,6 +283,9 @@ class ChargingProfiles:
         the charge point's StopTransaction, which must not wait on a CALL to the same
         charge point)."""
         if isinstance(event, TransactionStopped):
+            index = self._by_transaction
+            if index is not None and event.transaction_id not in index:
+                return  # the server set no profile for it: nothing to clear, nothing to read
             task = asyncio.ensure_future(
                 self.clear_session(event.charge_point_id, event.transaction_id)
             )
@@ -262,7 +314,7 @@ class ChargingProfiles:
                 )
             except ChargingApiError as exc:
                 log.info("ClearChargingProfile %d on %s: %s", p.profile_id, p.charge_point_id, exc)
-            await self._state.delete_charging_profile(p.charge_point_id, p.profile_id)
+            await self._forget(p.charge_point_id, p.profile_id)
 
     async def _send_profile(
         self, principal: Principal, charge_point_id: str, connector_id: int, profile: dict[str, Any]

@@ -277,9 +277,11 @@ class ReservationBook:
             # A charge point that did not name the id: the reservation on that connector
             # is used if the tag may use it.
             held = self.on_connector(tx.charge_point_id, tx.connector_id)
-            if held is None or not same_id_tag(held.id_tag, tx.id_tag):
+            if held is None:
+                return  # no reservation here: nothing to read
+            if not same_id_tag(held.id_tag, tx.id_tag):
                 record = await self._store.get_id_tag(tx.id_tag)
-                if held is None or record is None or not _may_use(held, record):
+                if record is None or not _may_use(held, record):
                     return
         await self._end(held, ReservationStatus.USED, tx.id)
 

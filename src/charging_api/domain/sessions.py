@@ -6,20 +6,33 @@ hears TransactionStarted/Stopped and status changes on the bus, and the meter ho
 a session are in memory from its start, or from :meth:`load` after a restart).
 
 * Energy comes from :mod:`.energy` (register - meterStart, resets, out-of-order samples).
-* Cost comes from :mod:`.tariffs`: the tariff that applies (user > charge point > default)
-  is read once when the transaction starts and frozen into the session record as a
-  snapshot; later tariff changes never touch a running or finished session.
+* Cost comes from :mod:`.tariffs`: the tariff that applies (user > group > charge point >
+  default) is chosen when the transaction starts and frozen into the session record as a
+  snapshot; later tariff changes never touch a running or finished session. Tariffs and
+  assignments are held in memory (:class:`~.tariffs.TariffCatalog`, loaded at start, changed
+  by the admin calls that write them); a change made by another process (the ``charging-api
+  tariffs`` command, another node) bumps a version document that :meth:`SessionService.tick`
+  reads every ``tariff_refresh_interval`` seconds, so a start reads nothing.
+* Session records (tariff snapshot, limits, the limit reached, the receipt) are written
+  behind the command path: batched, ``record_write_delay`` after the change, one transaction
+  per batch. What is durable when (docs/sessions.md, "Durability"): limits set by
+  :meth:`SessionService.set_limits` before its reply; everything else within that delay, and
+  what a crash loses is recomputed (the tariff from the assignments, the receipt from the
+  stored transaction and samples).
 * Limits (energy, SoC, cost, duration) are checked on every sample and every tick; the first
   one reached sends one RemoteStop and is named in the receipt. They are stored with the
   session record, so they survive a restart. A SoC limit is accepted even before the charger
   has reported any SoC: it is enforced from the first SoC reading, and the start reply and
   the snapshot say ``socEnforced: false`` until then (refusing would block cars whose SoC
-  comes only after the first minutes of charging).
+  comes only after the first minutes of charging). Within the last ``energy_taper_fraction``
+  of an energy limit the power is reduced once (``reduce_power``, a TxProfile) before the stop.
 * ETA (see docs/sessions.md): seconds to the nearest limit (or to 100 % SoC when only SoC is
   known), from the average power over the last ``eta_window`` seconds; above 80 % SoC the
   energy left is taken at half that power (the taper).
-* Events go to the owner as :class:`SessionNotice`; the receipt is computed from the stored
-  samples at the stop and stored; :func:`cdr_of` gives it the OCPI 2.2.1 CDR shape.
+* Events go to the owner as :class:`SessionNotice`. The receipt of a session followed from its
+  start is its running figures plus the StopTransaction reading (no read); otherwise it is
+  computed from the stored samples. It is stored (written behind); :func:`cdr_of` gives it the
+  OCPI 2.2.1 CDR shape.
 """
 
 from __future__ import annotations
@@ -28,8 +41,9 @@ import asyncio
 import csv
 import io
 import logging
+import uuid
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -47,7 +61,17 @@ from charging_api.domain.events import (
 )
 from charging_api.domain.models import MeterSample, Principal, Transaction
 from charging_api.domain.ports import ChargerGateway, Clock, EventBus, Store
-from charging_api.domain.tariffs import Cost, CostMeter, Period, Tariff, tariff_from_json
+from charging_api.domain.tariffs import (
+    DEFAULT_SCOPE,
+    Cost,
+    CostMeter,
+    Period,
+    Tariff,
+    TariffCatalog,
+    check_scope,
+    tariff_from_json,
+)
+from charging_api.domain.writebehind import WriteBehind
 from charging_api.errors import (
     Forbidden,
     TransactionNotActive,
@@ -58,10 +82,18 @@ from charging_api.timefmt import format_utc
 
 log = logging.getLogger(__name__)
 
+#: Below this a reduced power is not asked for (6 A on one 230 V phase: the least current
+#: IEC 61851 lets a charger offer).
+MIN_TAPER_KW = 1.4
+
 SESSION = "session"
 TARIFF = "tariff"
 ASSIGNMENT = "tariff_assignment"
-DEFAULT_ASSIGNMENT = "default"
+DEFAULT_ASSIGNMENT = DEFAULT_SCOPE
+#: ``tariff_catalog``/``version``: ``{"version": <random hex>}``, replaced by every writer of
+#: a tariff or an assignment; a server whose catalog has another version reloads it.
+CATALOG = "tariff_catalog"
+CATALOG_VERSION = "version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +103,14 @@ class SessionPolicy:
     idle_power_kw: float = 0.1  # at or below: the EV draws nothing
     eta_window: float = 300.0
     taper_soc: float = 80.0
+    #: Session records are written this long after a change, in one batch (write-behind).
+    record_write_delay: float = 0.25
+    #: How often :meth:`SessionService.tick` checks whether another process changed tariffs.
+    tariff_refresh_interval: float = 2.0
+    #: The last part of an energyKWh limit (this fraction of it; 0: off) is charged at
+    #: ``energy_taper_power`` times the power measured when it begins (docs/sessions.md).
+    energy_taper_fraction: float = 0.1
+    energy_taper_power: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +154,9 @@ class _Tracked:
     started_at: datetime
     meter_start_wh: int
     ledger: EnergyLedger
+    id_tag: str | None = None
     tariff: Tariff | None = None
+    tariff_json: dict[str, Any] | None = None
     costs: CostMeter | None = None
     limits: Limits = Limits()
     soc: float | None = None
@@ -124,6 +166,7 @@ class _Tracked:
     charging_s: float = 0.0
     idle_s: float = 0.0
     limit_reached: str | None = None
+    tapered: bool = False  # the reduced power for the end of an energy limit was asked for
     last_update: float | None = None
     suspended: str | None = None
     offline_since: datetime | None = None
@@ -136,22 +179,28 @@ class _Tracked:
         kwh = sample.energy_import_kwh
         if kwh is None:
             return
-        before = self.ledger.figure()
-        in_order = before.latest is None or sample.timestamp > before.latest.at
-        if not self.ledger.add(Reading(sample.timestamp, kwh)):
+        energy = self.add_reading(Reading(sample.timestamp, kwh), idle_kw)
+        if energy is None:
             return
+        self.window.append((sample.timestamp, energy))
+        if self.soc is not None and sample.state_of_charge is not None:
+            self.soc_at_energy.append((energy, sample.state_of_charge))
+
+    def add_reading(self, reading: Reading, idle_kw: float) -> float | None:
+        """Fold one register reading into the energy, the charging/idle split and the cost
+        (the same periods a receipt computed from every reading would make); returns the
+        session energy after it, None when it changed nothing."""
+        before = self.ledger.figure()
+        in_order = before.latest is None or reading.at > before.latest.at
+        if not self.ledger.add(reading):
+            return None
         after = self.ledger.figure()
         if in_order:
             prev_at = before.latest.at if before.latest else self.started_at
-            period = _period(
-                prev_at, sample.timestamp, after.energy_kwh - before.energy_kwh, idle_kw
-            )
-            self._count(period)
+            self._count(_period(prev_at, reading.at, after.energy_kwh - before.energy_kwh, idle_kw))
         else:
             self._rebuild(idle_kw)
-        self.window.append((sample.timestamp, after.energy_kwh))
-        if self.soc is not None and sample.state_of_charge is not None:
-            self.soc_at_energy.append((after.energy_kwh, sample.state_of_charge))
+        return after.energy_kwh
 
     def _count(self, period: Period) -> None:
         if period.charging:
@@ -240,13 +289,27 @@ class SessionService:
         self._tracked: dict[int, _Tracked] = {}
         self._preparing: dict[tuple[str, int], tuple[float, str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Tariffs in memory (None: not loaded yet) and the version they were read at.
+        self._catalog: TariffCatalog | None = None
+        self._catalog_version: str | None = None
+        self._catalog_checked = float("-inf")
+        #: The session records not yet written (docs/sessions.md, "Durability").
+        self.records = WriteBehind(store, SESSION, self.policy.record_write_delay)
+        # Open sessions whose in-memory readings may be incomplete (a sample came before the
+        # session was tracked): their receipts are computed from storage.
+        self._partial: set[int] = set()
+        #: Set by the composition root: limit a session's power to the given kW (a TxProfile
+        #: through ``ChargingProfiles``); None: energy limits end abruptly.
+        self.reduce_power: Callable[[int, float], Awaitable[object]] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def load(self) -> None:
-        """Rebuild the open sessions (tariff snapshot, limits, energy so far) from storage."""
+        """Read the tariffs, then rebuild the open sessions (tariff snapshot, limits, energy
+        so far) from storage."""
+        await self._load_catalog()
         for tx in await self._store.active_transactions():
-            record = await self._store.get_document(SESSION, str(tx.id)) or {}
+            record = await self._record_with_tariff(tx)
             tracked = self._track(tx, record)
             for stored in await self._store.meter_samples_of(tx.id):
                 tracked.absorb(stored.sample, self.policy.idle_power_kw)
@@ -260,9 +323,11 @@ class SessionService:
             tx.started_at,
             tx.meter_start_wh,
             EnergyLedger(tx.meter_start_wh, tx.started_at),
+            tx.id_tag,
         )
         if record.get("tariff"):
             tracked.tariff = tariff_from_json(record["tariff"])
+            tracked.tariff_json = record["tariff"]
             tracked.costs = CostMeter(tracked.tariff, tx.started_at)
         tracked.limits = Limits.from_json(record.get("limits"))
         tracked.limit_reached = record.get("limitReached")
@@ -270,8 +335,9 @@ class SessionService:
         return tracked
 
     async def tick(self) -> None:
-        """Duration limits and "plugged in but did not start": the composition root calls
-        this every second; tests on a manual clock call it by hand."""
+        """Duration limits, "plugged in but did not start", tariff changes made elsewhere and
+        session records whose write failed: the composition root calls this every second;
+        tests on a manual clock call it by hand."""
         now = self._clock.now()
         for tracked in list(self._tracked.values()):
             # Energy, SoC and cost only change with a sample (checked there): time alone
@@ -290,6 +356,13 @@ class SessionService:
                     "not_started",
                     {"waitedSeconds": round(mono - since)},
                 )
+        self.records.kick()  # a batch that failed is tried again
+        if mono - self._catalog_checked >= self.policy.tariff_refresh_interval:
+            self._catalog_checked = mono
+            try:
+                await self.refresh_tariffs()
+            except Exception as exc:  # storage down: the tariffs in memory stay in use
+                log.warning("checking for tariff changes failed: %s", exc)
 
     async def run(self) -> None:
         while True:
@@ -306,8 +379,8 @@ class SessionService:
         if isinstance(event, TransactionStarted):
             await self._on_started(event)
         elif isinstance(event, TransactionStopped):
-            # The receipt reads every sample of the session: not on the charge point's
-            # StopTransaction path, which only waits for the stop to be stored.
+            # In a task of its own: subscribers after this one hear of the stop first (the
+            # receipt comes after the transaction's own end on every channel).
             self._spawn(self._on_stopped(event))
         elif isinstance(event, ConnectorStatusChanged):
             await self._on_status(event)
@@ -315,42 +388,57 @@ class SessionService:
             await self._on_connection(event)
 
     async def _on_started(self, event: TransactionStarted) -> None:
+        """Track the new session from the event alone: the tariff comes from memory, the
+        record is written behind (no read, no write awaited on the StartTransaction)."""
         self._preparing.pop((event.charge_point_id, event.connector_id), None)
-        tx = await self._store.get_transaction(event.transaction_id)
-        if tx is None:
-            return
-        record = await self._store.get_document(SESSION, str(tx.id)) or {}
-        if "tariff" not in record:
-            tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
-            record["tariff"] = None if tariff is None else tariff.to_json()
-        tracked = self._tracked.get(tx.id)  # set_limits may have got there first
+        tracked = self._tracked.get(event.transaction_id)  # set_limits may have got there first
         if tracked is None:
-            tracked = self._track(tx, record)
-            await self._save(tracked)
-        await self._notice(
-            tx.charge_point_id,
-            tx.connector_id,
-            tx.id,
-            tx.user_id,
-            "started",
-            {
-                "tariff": None if tracked.tariff is None else tracked.tariff.to_json(),
-                "limits": tracked.limits.to_json(),
-            },
+            catalog = await self._tariffs()
+            tariff = catalog.for_session(event.charge_point_id, event.user_id, event.groups)
+            tracked = _Tracked(
+                event.transaction_id,
+                event.charge_point_id,
+                event.connector_id,
+                event.user_id,
+                event.timestamp,
+                event.meter_start_wh,
+                EnergyLedger(event.meter_start_wh, event.timestamp),
+                event.id_tag,
+            )
+            if tariff is not None:
+                tracked.tariff = tariff
+                tracked.tariff_json = tariff.to_json()
+                tracked.costs = CostMeter(tariff, event.timestamp)
+            self._tracked[event.transaction_id] = tracked
+            self._save(tracked)
+        await self._notice_tracked(
+            tracked, "started", {"tariff": tracked.tariff_json, "limits": tracked.limits.to_json()}
         )
 
     async def _on_stopped(self, event: TransactionStopped) -> None:
         tracked = self._tracked.pop(event.transaction_id, None)
-        tx = await self._store.get_transaction(event.transaction_id)
-        if tx is None:
-            return
-        record = await self._store.get_document(SESSION, str(tx.id)) or {}
-        receipt = await self._receipt(tx, record)
-        record["receipt"] = receipt
-        await self._store.put_document(SESSION, str(tx.id), record)
-        del tracked
+        partial = event.transaction_id in self._partial
+        self._partial.discard(event.transaction_id)
+        key = str(event.transaction_id)
+        if tracked is not None and not partial:
+            # Every reading of the session went through on_samples: the receipt is the
+            # running figures plus the StopTransaction's reading, with nothing to read.
+            record = self._record_of(tracked)
+            record["receipt"] = self._final_receipt(tracked, event)
+        else:  # tracked since a restart that missed samples, or not at all: from storage
+            tx = await self._store.get_transaction(event.transaction_id)
+            if tx is None:
+                return
+            record = await self._record_with_tariff(tx)
+            record["receipt"] = await self._receipt(tx, record)
+        self._put_record(key, record)
         await self._notice(
-            tx.charge_point_id, tx.connector_id, tx.id, tx.user_id, "ended", {"receipt": receipt}
+            event.charge_point_id,
+            event.connector_id,
+            event.transaction_id,
+            event.user_id,
+            "ended",
+            {"receipt": record["receipt"]},
         )
 
     async def _on_status(self, event: ConnectorStatusChanged) -> None:
@@ -401,6 +489,7 @@ class SessionService:
         limits, push a session_update when due; returns the snapshot for the meter push."""
         tracked = self._tracked.get(transaction_id)
         if tracked is None:
+            self._partial.add(transaction_id)  # its receipt must read the stored samples
             return None
         for sample in samples:
             tracked.absorb(sample, self.policy.idle_power_kw)
@@ -419,7 +508,54 @@ class SessionService:
                 )
             )
         await self._check_limits(tracked, now, snap)
+        if not tracked.tapered and tracked.limits.energy_kwh is not None:
+            self._maybe_taper(tracked, snap)
         return snap
+
+    def _maybe_taper(self, tracked: _Tracked, snap: Snapshot) -> None:
+        """Within the last ``energy_taper_fraction`` of an energy limit, ask once for
+        ``energy_taper_power`` times the power measured now (not below :data:`MIN_TAPER_KW`);
+        the stop at the limit itself is unchanged. A charge point that refuses (no smart
+        charging) just charges on at full power to the stop, as before."""
+        limit = tracked.limits.energy_kwh
+        fraction = self.policy.energy_taper_fraction
+        if (
+            limit is None
+            or self.reduce_power is None
+            or tracked.limit_reached is not None
+            or fraction <= 0
+            or snap.energy_kwh < limit * (1 - fraction)
+        ):
+            return
+        tracked.tapered = True
+        power = tracked.power_kw
+        if power is None or power * self.policy.energy_taper_power < MIN_TAPER_KW:
+            return  # unknown, or already low: nothing to reduce
+        self._spawn(self._taper(tracked, round(power * self.policy.energy_taper_power, 3)))
+
+    async def _taper(self, tracked: _Tracked, limit_kw: float) -> None:
+        assert self.reduce_power is not None
+        try:
+            await self.reduce_power(tracked.transaction_id, limit_kw)
+        except Exception as exc:  # offline, refused, no smart charging: full power to the end
+            log.info(
+                "reduced power for the end of transaction %d's energy limit not set: %s",
+                tracked.transaction_id,
+                exc,
+            )
+            return
+        await self._notice_tracked(
+            tracked, "power_reduced", {"limitKw": limit_kw, "reason": "energyKWh"}
+        )
+
+    def on_stop_samples(self, transaction_id: int, samples: Sequence[MeterSample]) -> None:
+        """A StopTransaction's ``transactionData``, before the stop is published: folded into
+        the session's figures for its receipt (no push, no limit check: it is ending)."""
+        tracked = self._tracked.get(transaction_id)
+        if tracked is None:
+            return
+        for sample in samples:
+            tracked.absorb(sample, self.policy.idle_power_kw)
 
     # ------------------------------------------------------------ limits
 
@@ -433,7 +569,7 @@ class SessionService:
         if reached is None:
             return
         tracked.limit_reached = reached
-        await self._save(tracked)
+        self._save(tracked)  # lost in a crash: the limit is reached again after the restart
         await self._notice_tracked(tracked, "limit_reached", {"limit": reached})
         # Not awaited here: this runs inside the charge point's MeterValues, whose door reads
         # the CALLRESULT of our RemoteStop only after the MeterValues has been answered.
@@ -460,14 +596,17 @@ class SessionService:
                 tracked.limit_reached = None
 
     async def drain(self) -> None:
-        """Wait for the work under way (RemoteStops for limits, receipts): tests, shutdown."""
+        """Wait for the work under way (RemoteStops for limits, receipts) and write the
+        session records not yet written: tests, shutdown."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.records.flush()
 
     async def set_limits(
         self, principal: Principal, transaction_id: int, limits: Limits
     ) -> dict[str, Any]:
-        """Replace a running session's limits (the owner or an admin); stored at once."""
+        """Replace a running session's limits (the owner or an admin); stored before the
+        reply (the one session-record write a command waits for)."""
         check_limits(limits)
         tracked = self._tracked.get(transaction_id)
         if tracked is None:
@@ -478,16 +617,20 @@ class SessionService:
                 raise TransactionNotActive(
                     f"Transaction {transaction_id} has ended", {"transactionId": transaction_id}
                 )
-            record = await self._store.get_document(SESSION, str(tx.id)) or {}
-            if "tariff" not in record:
-                tariff = await self.tariff_for(tx.charge_point_id, tx.user_id)
-                record["tariff"] = None if tariff is None else tariff.to_json()
-            tracked = self._tracked.get(tx.id) or self._track(tx, record)
+            groups = principal.groups if principal.user_id == tx.user_id else frozenset()
+            record = await self._record_with_tariff(tx, groups)
+            tracked = self._tracked.get(tx.id)
+            if tracked is None:
+                tracked = self._track(tx, record)
+                for stored in await self._store.meter_samples_of(tx.id):
+                    tracked.absorb(stored.sample, self.policy.idle_power_kw)
         elif not (principal.is_admin or tracked.user_id == principal.user_id):
             raise _not_found(transaction_id)
         tracked.limits = limits
         tracked.limit_reached = None
-        await self._save(tracked)
+        tracked.tapered = False  # a new energy limit may taper again (from the power then)
+        self._save(tracked)
+        await self.records.write(strict=True)
         await self._check_limits(tracked, self._clock.now())
         return {
             "transactionId": transaction_id,
@@ -501,7 +644,7 @@ class SessionService:
         tx = await self._store.get_transaction(transaction_id)
         if tx is None or not (principal.is_admin or tx.user_id == principal.user_id):
             raise _not_found(transaction_id)
-        record = await self._store.get_document(SESSION, str(transaction_id)) or {}
+        record = await self._record(str(transaction_id)) or {}
         receipt = record.get("receipt")
         if receipt is None:
             if tx.active:
@@ -509,14 +652,16 @@ class SessionService:
                     f"Transaction {transaction_id} is still running: no receipt yet",
                     {"transactionId": transaction_id},
                 )
+            record = await self._record_with_tariff(tx)
             receipt = await self._receipt(tx, record)
             record["receipt"] = receipt
-            await self._store.put_document(SESSION, str(tx.id), record)
+            self._put_record(str(tx.id), record)
         return {"receipt": receipt, "cdr": cdr_of(receipt)}
 
     async def _receipt(self, tx: Transaction, record: dict[str, Any]) -> dict[str, Any]:
         """The receipt from the stored samples (the charger's transactionData included; the
-        store reads back samples still in its write batch, so no flush is forced here)."""
+        store reads back samples still in its write batch, so no flush is forced here): for
+        a session not followed in memory from its start."""
         ledger = EnergyLedger(tx.meter_start_wh, tx.started_at)
         for stored in await self._store.meter_samples_of(tx.id):
             kwh = stored.sample.energy_import_kwh
@@ -537,33 +682,54 @@ class SessionService:
                 idle += period.seconds
             if meter is not None:
                 meter.add(period)
-        figure = ledger.figure()
         limit = record.get("limitReached")
-        return {
-            "transactionId": tx.id,
-            "chargePointId": tx.charge_point_id,
-            "connectorId": tx.connector_id,
-            "userId": tx.user_id,
-            "idTag": tx.id_tag,
-            "startedAt": format_utc(tx.started_at),
-            "stoppedAt": format_utc(stopped_at),
-            "meterStartWh": tx.meter_start_wh,
-            "meterStopWh": tx.meter_stop_wh,
-            "energyKWh": figure.energy_kwh,
-            "chargingSeconds": round(charging, 3),
-            "idleSeconds": round(idle, 3),
-            "stopReason": tx.stop_reason,
-            "appStopReason": tx.app_stop_reason or (None if limit is None else f"Limit:{limit}"),
-            "closedBy": None if tx.closed_by is None else tx.closed_by.value,
-            "limits": record.get("limits") or {},
-            "limitReached": limit,
-            "tariff": record.get("tariff"),
-            "cost": None if meter is None else meter.cost().to_json(),
-            "discontinuities": [
-                {"kind": d.kind, "at": format_utc(d.after.at), "countedKWh": d.counted_kwh}
-                for d in figure.discontinuities
-            ],
-        }
+        return _receipt_json(
+            tx,
+            stopped_at,
+            ledger,
+            charging,
+            idle,
+            None if meter is None else meter.cost(),
+            record.get("limits") or {},
+            record.get("tariff"),
+            limit,
+            tx.app_stop_reason or (None if limit is None else f"Limit:{limit}"),
+        )
+
+    def _final_receipt(self, tracked: _Tracked, event: TransactionStopped) -> dict[str, Any]:
+        """The receipt of a session followed from its start: its running figures plus the
+        StopTransaction's reading (equal to :meth:`_receipt` over the same readings)."""
+        tracked.add_reading(
+            Reading(event.timestamp, event.meter_stop_wh / 1000, source="StopTransaction"),
+            self.policy.idle_power_kw,
+        )
+        tx = Transaction(
+            tracked.transaction_id,
+            tracked.charge_point_id,
+            tracked.connector_id,
+            tracked.id_tag or "",
+            tracked.user_id,
+            tracked.meter_start_wh,
+            tracked.started_at,
+            meter_stop_wh=event.meter_stop_wh,
+            stopped_at=event.timestamp,
+            stop_reason=event.reason,
+            closed_by=event.closed_by,
+            app_stop_reason=event.app_reason,
+        )
+        limit = tracked.limit_reached
+        return _receipt_json(
+            tx,
+            event.timestamp,
+            tracked.ledger,
+            tracked.charging_s,
+            tracked.idle_s,
+            tracked.cost(),
+            tracked.limits.to_json(),
+            tracked.tariff_json,
+            limit,
+            event.app_reason or (None if limit is None else f"Limit:{limit}"),
+        )
 
     async def history(
         self,
@@ -591,7 +757,7 @@ class SessionService:
             and (since is None or tx.started_at >= since)
             and (until is None or tx.started_at < until)
         ]
-        records = await self._store.documents(SESSION)
+        records = self.records.overlay(await self._store.documents(SESSION))
         rows = [_history_row(tx, records.get(str(tx.id), {})) for tx in chosen]
         months: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -616,9 +782,12 @@ class SessionService:
         _admin(principal)
         tariff = tariff_from_json(data)
         await self._store.put_document(TARIFF, tariff.id, tariff.to_json())
+        await self._tariffs_changed()
+        (await self._tariffs()).put(tariff)
         return tariff
 
     async def tariffs(self, principal: Principal) -> dict[str, Any]:
+        """What is stored (the catalog in memory follows it, see :meth:`refresh_tariffs`)."""
         _admin(principal)
         return {
             "tariffs": list((await self._store.documents(TARIFF)).values()),
@@ -630,33 +799,100 @@ class SessionService:
     async def delete_tariff(self, principal: Principal, tariff_id: str) -> None:
         _admin(principal)
         await self._store.put_document(TARIFF, tariff_id, None)
+        await self._tariffs_changed()
+        (await self._tariffs()).delete(tariff_id)
 
     async def assign_tariff(self, principal: Principal, scope: str, tariff_id: str | None) -> None:
-        """``scope``: ``default``, ``chargePoint:<id>`` or ``user:<id>``; None unassigns."""
+        """``scope``: ``default``, ``chargePoint:<id>``, ``group:<name>`` or ``user:<id>``;
+        None unassigns."""
         _admin(principal)
-        if scope != DEFAULT_ASSIGNMENT and scope.split(":", 1)[0] not in ("chargePoint", "user"):
-            raise ValidationFailed(
-                "scope must be default, chargePoint:<id> or user:<id>", {"field": "scope"}
-            )
+        check_scope(scope)
         if tariff_id is not None and await self._store.get_document(TARIFF, tariff_id) is None:
             raise ValidationFailed(f"No tariff {tariff_id}", {"field": "tariffId"})
         body = None if tariff_id is None else {"tariffId": tariff_id}
         await self._store.put_document(ASSIGNMENT, scope, body)
+        await self._tariffs_changed()
+        (await self._tariffs()).assign(scope, tariff_id)
 
-    async def tariff_for(self, charge_point_id: str, user_id: str | None) -> Tariff | None:
-        """The tariff a new session gets: the user's, else the charge point's, else the
-        default; None when none is assigned (the session then has no cost)."""
-        scopes = [f"chargePoint:{charge_point_id}", DEFAULT_ASSIGNMENT]
-        if user_id is not None:
-            scopes.insert(0, f"user:{user_id}")
-        for scope in scopes:
-            assigned = await self._store.get_document(ASSIGNMENT, scope)
-            if assigned is None:
-                continue
-            body = await self._store.get_document(TARIFF, assigned["tariffId"])
-            if body is not None:
-                return tariff_from_json(body)
-        return None
+    async def tariff_for(
+        self, charge_point_id: str, user_id: str | None, groups: frozenset[str] = frozenset()
+    ) -> Tariff | None:
+        """The tariff a new session gets (user > group > charge point > default), from
+        memory; None when none is assigned (the session then has no cost)."""
+        return (await self._tariffs()).for_session(charge_point_id, user_id, groups)
+
+    async def refresh_tariffs(self) -> bool:
+        """Reload the tariffs when another process changed them (one key read); True if it
+        did. :meth:`tick` calls this every ``tariff_refresh_interval`` seconds."""
+        version = await self._stored_catalog_version()
+        if self._catalog is not None and version == self._catalog_version:
+            return False
+        await self._load_catalog(version)
+        return True
+
+    async def _tariffs(self) -> TariffCatalog:
+        if self._catalog is None:
+            await self._load_catalog()
+        assert self._catalog is not None
+        return self._catalog
+
+    async def _stored_catalog_version(self) -> str | None:
+        found = await self._store.get_document(CATALOG, CATALOG_VERSION)
+        version = None if found is None else found.get("version")
+        return version if isinstance(version, str) else None
+
+    async def _load_catalog(self, version: str | None = None) -> None:
+        # The version first: a change stored while the documents are read bumps it again,
+        # and the next check reloads.
+        if version is None:
+            version = await self._stored_catalog_version()
+        catalog = TariffCatalog.from_documents(
+            await self._store.documents(TARIFF), await self._store.documents(ASSIGNMENT)
+        )
+        for broken in catalog.broken:
+            log.error("stored tariff %s is not valid: it is not used", broken)
+        self._catalog, self._catalog_version = catalog, version
+        self._catalog_checked = self._clock.monotonic()
+
+    async def _tariffs_changed(self) -> None:
+        """After a tariff or assignment was stored: a new version, for every other process
+        (this one changes its catalog itself and keeps its old version, so its next check
+        reloads too and also picks up a change another process made meanwhile)."""
+        await self._store.put_document(CATALOG, CATALOG_VERSION, {"version": uuid.uuid4().hex})
+
+    # ------------------------------------------------------------ session records
+
+    async def _record(self, key: str) -> dict[str, Any] | None:
+        """A session record: the newest body not yet written, else the stored one."""
+        found = self.records.get(key)
+        return found if found is not None else await self._store.get_document(SESSION, key)
+
+    async def _record_with_tariff(
+        self, tx: Transaction, groups: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        """The session record, with a tariff snapshot: a record lost before it was written
+        (a crash within ``record_write_delay`` of the start) gets the tariff the assignments
+        give now (the token's groups are not known then: user, charge point, default)."""
+        record = await self._record(str(tx.id)) or {}
+        if "tariff" not in record:
+            catalog = await self._tariffs()
+            tariff = catalog.for_session(tx.charge_point_id, tx.user_id, groups)
+            record["tariff"] = None if tariff is None else tariff.to_json()
+        return record
+
+    def _record_of(self, tracked: _Tracked) -> dict[str, Any]:
+        return {
+            "tariff": tracked.tariff_json,
+            "limits": tracked.limits.to_json(),
+            "limitReached": tracked.limit_reached,
+        }
+
+    def _save(self, tracked: _Tracked) -> None:
+        self._put_record(str(tracked.transaction_id), self._record_of(tracked))
+
+    def _put_record(self, key: str, record: dict[str, Any]) -> None:
+        """Write ``record`` behind: within ``record_write_delay``, batched with others."""
+        self.records.put(key, record)
 
     # ------------------------------------------------------------ internals
 
@@ -684,14 +920,6 @@ class SessionService:
             figure.register_kwh,
             None if figure.latest is None else figure.latest.at,
         )
-
-    async def _save(self, tracked: _Tracked) -> None:
-        key = str(tracked.transaction_id)
-        record = await self._store.get_document(SESSION, key) or {}
-        record["tariff"] = None if tracked.tariff is None else tracked.tariff.to_json()
-        record["limits"] = tracked.limits.to_json()
-        record["limitReached"] = tracked.limit_reached
-        await self._store.put_document(SESSION, key, record)
 
     async def _notice_tracked(self, tracked: _Tracked, kind: str, data: dict[str, Any]) -> None:
         await self._notice(
@@ -723,6 +951,46 @@ class SessionService:
                 data,
             )
         )
+
+
+def _receipt_json(
+    tx: Transaction,
+    stopped_at: datetime,
+    ledger: EnergyLedger,
+    charging_s: float,
+    idle_s: float,
+    cost: Cost | None,
+    limits: dict[str, Any],
+    tariff: dict[str, Any] | None,
+    limit_reached: str | None,
+    app_stop_reason: str | None,
+) -> dict[str, Any]:
+    figure = ledger.figure()
+    return {
+        "transactionId": tx.id,
+        "chargePointId": tx.charge_point_id,
+        "connectorId": tx.connector_id,
+        "userId": tx.user_id,
+        "idTag": tx.id_tag,
+        "startedAt": format_utc(tx.started_at),
+        "stoppedAt": format_utc(stopped_at),
+        "meterStartWh": tx.meter_start_wh,
+        "meterStopWh": tx.meter_stop_wh,
+        "energyKWh": figure.energy_kwh,
+        "chargingSeconds": round(charging_s, 3),
+        "idleSeconds": round(idle_s, 3),
+        "stopReason": tx.stop_reason,
+        "appStopReason": app_stop_reason,
+        "closedBy": None if tx.closed_by is None else tx.closed_by.value,
+        "limits": limits,
+        "limitReached": limit_reached,
+        "tariff": tariff,
+        "cost": None if cost is None else cost.to_json(),
+        "discontinuities": [
+            {"kind": d.kind, "at": format_utc(d.after.at), "countedKWh": d.counted_kwh}
+            for d in figure.discontinuities
+        ],
+    }
 
 
 def _reached(limits: Limits, snap: Snapshot) -> str | None:

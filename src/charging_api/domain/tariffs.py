@@ -16,12 +16,15 @@ the session starts. Amounts are exact decimals; each line is rounded to 4 decima
 
 A tariff's JSON form (:meth:`Tariff.to_json` / :func:`tariff_from_json`) is what is stored,
 what admins send, and the snapshot frozen with a session.
+
+:class:`TariffCatalog` holds every tariff and assignment in memory and answers which tariff a
+new session gets (user > group > charge point > default) without I/O.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -343,3 +346,89 @@ def tariff_from_json(data: Any, tariff_id: str | None = None) -> Tariff:
     if low is not None and high is not None and low > high:
         raise _fail("minPrice is above maxPrice", "minPrice")
     return Tariff(tid, currency.upper(), tuple(elements), vat, low, high, zone)
+
+
+# ------------------------------------------------------------------ the catalog
+
+#: Assignment scopes, most specific first: a user's own tariff wins over their groups', a
+#: group's over the charge point's, the charge point's over the default.
+SCOPE_KINDS = ("user", "group", "chargePoint")
+DEFAULT_SCOPE = "default"
+
+
+def check_scope(scope: str) -> None:
+    """Refuse an assignment scope other than ``default``, ``user:<id>``, ``group:<name>`` or
+    ``chargePoint:<id>`` (VALIDATION_ERROR naming ``scope``)."""
+    kind, _, name = scope.partition(":")
+    if scope != DEFAULT_SCOPE and (kind not in SCOPE_KINDS or not name):
+        raise ValidationFailed(
+            "scope must be default, chargePoint:<id>, group:<name> or user:<id>",
+            {"field": "scope"},
+        )
+
+
+class TariffCatalog:
+    """Every tariff and assignment, in memory: what a new session gets, without I/O.
+
+    Built from the stored documents (:meth:`from_documents`) and changed by the writer that
+    stored a change (:meth:`put`, :meth:`delete`, :meth:`assign`). A stored tariff that no
+    longer parses is left out (and named in :attr:`broken`) rather than failing every start.
+    """
+
+    __slots__ = ("_assigned", "_tariffs", "broken")
+
+    def __init__(self) -> None:
+        self._tariffs: dict[str, Tariff] = {}
+        self._assigned: dict[str, str] = {}
+        self.broken: list[str] = []
+
+    @staticmethod
+    def from_documents(
+        tariffs: dict[str, dict[str, Any]], assignments: dict[str, dict[str, Any]]
+    ) -> TariffCatalog:
+        catalog = TariffCatalog()
+        for key, body in tariffs.items():
+            try:
+                catalog._tariffs[key] = tariff_from_json(body, key)
+            except ValidationFailed:
+                catalog.broken.append(key)
+        for scope, body in assignments.items():
+            tariff_id = body.get("tariffId")
+            if isinstance(tariff_id, str):
+                catalog._assigned[scope] = tariff_id
+        return catalog
+
+    def put(self, tariff: Tariff) -> None:
+        self._tariffs[tariff.id] = tariff
+
+    def delete(self, tariff_id: str) -> None:
+        self._tariffs.pop(tariff_id, None)
+
+    def assign(self, scope: str, tariff_id: str | None) -> None:
+        if tariff_id is None:
+            self._assigned.pop(scope, None)
+        else:
+            self._assigned[scope] = tariff_id
+
+    def get(self, tariff_id: str) -> Tariff | None:
+        return self._tariffs.get(tariff_id)
+
+    def for_session(
+        self, charge_point_id: str, user_id: str | None, groups: Iterable[str] = ()
+    ) -> Tariff | None:
+        """The tariff a new session gets: the user's, else the first of their groups' (in
+        name order, so the choice does not depend on the token's order), else the charge
+        point's, else the default; None when none applies. An assignment naming a deleted
+        tariff is passed over."""
+        scopes: list[str] = []
+        if user_id is not None:
+            scopes.append(f"user:{user_id}")
+        scopes.extend(f"group:{g}" for g in sorted(set(groups)))
+        scopes += [f"chargePoint:{charge_point_id}", DEFAULT_SCOPE]
+        for scope in scopes:
+            tariff_id = self._assigned.get(scope)
+            if tariff_id is not None:
+                tariff = self._tariffs.get(tariff_id)
+                if tariff is not None:
+                    return tariff
+        return None

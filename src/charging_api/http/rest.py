@@ -50,6 +50,7 @@ from charging_api.domain.models import (
     StoredChargingProfile,
     Transaction,
     TransactionQuery,
+    same_id_tag,
 )
 from charging_api.domain.operations import OPERATIONS
 from charging_api.domain.ports import Store
@@ -221,11 +222,18 @@ class ChargePointIn(_Model):
     )
 
 
+_PARENT_DOC = (
+    "OCPP parentIdTag: the group this card belongs to (a reservation for the parent may be "
+    "used by any of its children); sent to charge points in IdTagInfo."
+)
+
+
 class IdTagOut(_Model):
     idTag: str
     userId: str | None
     status: IdTagStatus
     expiry: str | None
+    parentIdTag: str | None = Field(default=None, description=_PARENT_DOC)
 
 
 class IdTagIn(_Model):
@@ -233,14 +241,27 @@ class IdTagIn(_Model):
     userId: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     status: IdTagStatus = IdTagStatus.ACCEPTED
     expiry: datetime | None = None
+    parentIdTag: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description=f"{_PARENT_DOC} Not the tag itself.",
+    )
 
 
 class IdTagChange(_Model):
-    """Only the fields given change; ``userId``/``expiry`` of ``null`` clear them."""
+    """Only the fields given change; ``userId``/``expiry``/``parentIdTag`` of ``null`` clear
+    them."""
 
     userId: StrictStr | None = Field(default=None, min_length=1, max_length=128)
     status: IdTagStatus | None = None
     expiry: datetime | None = None
+    parentIdTag: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20,
+        description=f"{_PARENT_DOC} Not the tag itself; null clears it.",
+    )
 
 
 class TransactionOut(_Model):
@@ -427,16 +448,17 @@ class TariffOut(TariffIn):
 class TariffsOut(_Model):
     tariffs: list[TariffOut]
     assignments: dict[str, str] = Field(
-        description="scope (default, chargePoint:<id>, user:<id>) -> tariff id"
+        description="scope (default, chargePoint:<id>, group:<name>, user:<id>) -> tariff id"
     )
 
 
 class TariffAssignmentIn(_Model):
-    """Which tariff new sessions get: the user's, else the charge point's, else the default."""
+    """Which tariff new sessions get: the user's, else their group's (the token's ``groups``
+    claim), else the charge point's, else the default."""
 
     scope: StrictStr = _matching(
-        r"^(default|(chargePoint|user):.{1,128})$",
-        description="default, chargePoint:<chargePointId> or user:<userId>",
+        r"^(default|(chargePoint|group|user):.{1,128})$",
+        description="default, chargePoint:<chargePointId>, group:<group> or user:<userId>",
     )
     tariffId: StrictStr | None = Field(
         default=None, min_length=1, max_length=64, description="null: unassign"
@@ -620,7 +642,20 @@ def _connector(state: ConnectorState) -> ConnectorOut:
 
 def _tag(tag: IdTag) -> IdTagOut:
     expiry = format_utc(tag.expiry) if tag.expiry else None
-    return IdTagOut(idTag=tag.tag, userId=tag.user_id, status=tag.status, expiry=expiry)
+    return IdTagOut(
+        idTag=tag.tag,
+        userId=tag.user_id,
+        status=tag.status,
+        expiry=expiry,
+        parentIdTag=tag.parent_id_tag,
+    )
+
+
+def _check_parent(tag: str, parent: str | None) -> None:
+    if parent is not None and same_id_tag(tag, parent):
+        raise ValidationFailed(
+            f"Id tag {tag} cannot be its own parentIdTag", {"field": "parentIdTag"}
+        )
 
 
 def _transaction_fields(tx: Transaction) -> dict[str, Any]:
@@ -809,7 +844,8 @@ def build_rest_app(
                 f"Id tag {data.idTag} is already registered as {known.tag} "
                 "(id tags are case-insensitive)"
             )
-        tag = IdTag(data.idTag, data.userId, data.status, data.expiry)
+        _check_parent(data.idTag, data.parentIdTag)
+        tag = IdTag(data.idTag, data.userId, data.status, data.expiry, data.parentIdTag)
         await store.put_id_tag(tag)
         return _tag(tag)
 
@@ -825,7 +861,7 @@ def build_rest_app(
 
     @patch(
         "/api/id-tags/{id_tag:str}",
-        summary="Change status, expiry or owner",
+        summary="Change status, expiry, owner or parent id tag",
         responses=_errors(404),
     )
     async def change_id_tag(
@@ -838,7 +874,9 @@ def build_rest_app(
             user_id=data.userId if "userId" in given else tag.user_id,
             status=data.status if data.status is not None else tag.status,
             expiry=data.expiry if "expiry" in given else tag.expiry,
+            parent_id_tag=data.parentIdTag if "parentIdTag" in given else tag.parent_id_tag,
         )
+        _check_parent(tag.tag, tag.parent_id_tag)
         await store.put_id_tag(tag)
         return _tag(tag)
 

@@ -76,9 +76,8 @@ class OcppSession:
     async def call(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send one CALL and return its CALLRESULT payload (caller bounds the time).
 
-        The payload is validated first: ``InvalidPayload`` (with ``details.schemaError``)
-        before anything is sent or queued."""
-        check_request(action, payload)
+        The payload is not validated here: :meth:`OcppGateway.call`, the one caller, did
+        that (:func:`check_request`) before queueing it."""
         async with self._lock:
             if self.closed:
                 raise ChargePointOffline(

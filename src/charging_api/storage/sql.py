@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -291,6 +291,11 @@ class SqlStore:
     async def put_document(self, kind: str, key: str, body: dict[str, Any] | None) -> None:
         text = None if body is None else orjson.dumps(body).decode()
         await self._db.write(self._sql.put_document(kind, key, text, datetime.now(UTC)))
+
+    async def put_documents(self, kind: str, bodies: Mapping[str, dict[str, Any] | None]) -> None:
+        texts = [(k, None if b is None else orjson.dumps(b).decode()) for k, b in bodies.items()]
+        if texts:
+            await self._db.write(self._sql.put_documents(kind, texts, datetime.now(UTC)))
 
     async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
         text = await self._db.read(self._sql.get_document(kind, key))

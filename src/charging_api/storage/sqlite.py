@@ -186,6 +186,12 @@ _SAMPLE_COLUMNS = (
     "phases",
 )
 _INSERT_SAMPLES = DriverTable(meter_samples).insert(_SAMPLE_COLUMNS)
+_UPSERT_DOCUMENT = (
+    'INSERT INTO documents (kind, "key", body, updated_at) VALUES (?, ?, ?, ?)'
+    ' ON CONFLICT (kind, "key") DO UPDATE SET body = excluded.body,'
+    " updated_at = excluded.updated_at"
+)
+_DELETE_DOCUMENT = 'DELETE FROM documents WHERE kind = ? AND "key" = ?'
 
 
 class SqliteStatements(SqlStatements):
@@ -249,6 +255,24 @@ class SqliteStatements(SqlStatements):
             if not found:  # already stopped (or unknown): what is stored
                 found = raw.execute(_GET_TRANSACTION, (transaction_id,)).fetchall()
             return _transaction(found[0]) if found else None
+
+        return run
+
+    def put_documents(
+        self, kind: str, bodies: Sequence[tuple[str, str | None]], at: datetime
+    ) -> Work[None]:
+        """On the driver (the session records' batch: SQLAlchemy's executemany of an upsert
+        cost more than the rows)."""
+        when = bind_time(at)
+        upserts = [(kind, key, body, when) for key, body in bodies if body is not None]
+        deletes = [(kind, key) for key, body in bodies if body is None]
+
+        def run(conn: Connection) -> None:
+            raw = driver_connection(conn)
+            if upserts:
+                raw.executemany(_UPSERT_DOCUMENT, upserts)
+            if deletes:
+                raw.executemany(_DELETE_DOCUMENT, deletes)
 
         return run
 

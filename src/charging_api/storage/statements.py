@@ -127,6 +127,9 @@ _CORRECT_STOP = (
 _GET_DOCUMENT = select(documents.c.body).where(
     documents.c.kind == bindparam("b_kind"), documents.c.key == bindparam("b_key")
 )
+_DELETE_DOCUMENT = delete(documents).where(
+    documents.c.kind == bindparam("b_kind"), documents.c.key == bindparam("b_key")
+)
 _DOCUMENTS = (
     select(documents.c.key, documents.c.body)
     .where(documents.c.kind == bindparam("b_kind"))
@@ -432,15 +435,30 @@ class SqlStatements:
     def put_document(self, kind: str, key: str, body: str | None, at: datetime) -> Work[None]:
         """Upsert (or, with ``body`` None, delete) one document."""
         if body is None:
-            return _execute(
-                delete(documents).where(
-                    documents.c.kind == bindparam("b_kind"), documents.c.key == bindparam("b_key")
-                ),
-                {"b_kind": kind, "b_key": key},
-            )
+            return _execute(_DELETE_DOCUMENT, {"b_kind": kind, "b_key": key})
         return _execute(
             self._upsert_document, {"kind": kind, "key": key, "body": body, "updated_at": at}
         )
+
+    def put_documents(
+        self, kind: str, bodies: Sequence[tuple[str, str | None]], at: datetime
+    ) -> Work[None]:
+        """Upsert (or, with a body None, delete) several documents of one kind, in one unit."""
+        upserts = [
+            {"kind": kind, "key": key, "body": body, "updated_at": at}
+            for key, body in bodies
+            if body is not None
+        ]
+        deletes = [{"b_kind": kind, "b_key": key} for key, body in bodies if body is None]
+        upsert = self._upsert_document
+
+        def run(conn: Connection) -> None:
+            if upserts:
+                conn.execute(upsert, upserts)
+            if deletes:
+                conn.execute(_DELETE_DOCUMENT, deletes)
+
+        return run
 
     def get_document(self, kind: str, key: str) -> Work[str | None]:
         def run(conn: Connection) -> str | None:
