@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import cluster, report, scenarios
 from bench.procs import BENCH_DIR, PROJECT, BenchError, check_node_modules, raise_nofile
 
 SCENARIOS: dict[str, Callable[[scenarios.Context], Awaitable[dict[str, Any]]]] = {
@@ -23,6 +23,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Context], Awaitable[dict[str, Any]]]] =
     "fanout": scenarios.fanout,
     "connections": scenarios.connections,
     "command": scenarios.command,
+    "cluster": cluster.cluster,
 }
 
 
@@ -64,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
         "(same environment); for measuring a candidate change",
     )
     parser.add_argument(
+        "--redis-url",
+        default=scenarios.Context.redis_url,
+        help="the cluster scenario's Redis: a dedicated database index, FLUSHED before and after "
+        "each cluster arm (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres-admin",
+        default=scenarios.Context.postgres_admin_dsn,
+        help="the PostgreSQL server (a superuser DSN) the cluster scenario creates and drops a "
+        "fresh database on for each arm (default: %(default)s)",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the work directory (server and worker logs) and print its path",
@@ -91,6 +104,8 @@ async def _run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         py_spy_dir=args.py_spy,
         py_spy_format=args.py_spy_format,
         server_argv=_server_argv(args.server_cmd),
+        redis_url=args.redis_url,
+        postgres_admin_dsn=args.postgres_admin,
     )
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in SCENARIOS]

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from bench.cluster import HEADLINES
 from bench.procs import PROJECT, base_env, node_binary
 from bench.scenarios import SERVER_LABELS
 
@@ -425,6 +426,11 @@ def render(results: dict[str, Any]) -> str:
                 f" errors {cmd['errors'] or 'none'}; server CPU {cmd['serverCpu']:.2f}"
             )
 
+    cl = s.get("cluster")
+    if cl:
+        lines.append("")
+        lines.extend(_cluster_lines(cl))
+
     lines.append("")
     lines.append("Targets (issue 5)")
     for t in results["targets"]:
@@ -435,6 +441,95 @@ def render(results: dict[str, Any]) -> str:
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _fig(value: Any) -> str:
+    """A figure with the digits that matter: 12,345 / 123.4 / 1.23 / 0.0123."""
+    if not isinstance(value, int | float):
+        return "-"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:.1f}"
+    if size >= 1 or size == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _cluster_lines(cl: dict[str, Any]) -> list[str]:
+    """Scenario 5: medians per arm, B / A, the CPU of every process per run, the problems."""
+    if "error" in cl:
+        return [f"5. Cluster: FAILED: {cl['error'][:300]}"]
+    p = cl["profile"]
+    lines = [
+        "5. Cluster: the same loads through A = "
+        + cl["arms"]["A"]
+        + " and B = "
+        + cl["arms"]["B"]
+        + f"; runs {' '.join(cl['order'])}, medians",
+        f"   fan-out: {_n(p['fanoutChargePoints'])} CPs x 1 MeterValues/s, "
+        f"{_n(p['fanoutChargePoints'])} owners + {p['fanoutAdmins']} admins, "
+        f"{p['fanoutSeconds']:.0f} s; ingest: {_n(p['ingestChargePoints'])} closed-loop CPs with "
+        f"their owners connected, {p['ingestSeconds']:.0f} s",
+        "   CPU µs per message = CPU-seconds of the servers (+ HAProxy + the Redis server in B) "
+        "over the window / messages (updates in for the fan-out, MeterValues for the ingest)",
+        f"   {'load':<8} {'figure':<24} {'A':>10} {'B':>10} {'B/A':>7}"
+        "  (Δ = B - A: the shared Redis's background is in both)",
+    ]
+    medians, ratios = cl["medians"], cl["ratiosBOverA"]
+    for load, figures in HEADLINES.items():
+        why = (cl.get("notComparable") or {}).get(load)
+        for path, label in figures:
+            key = ".".join(path)
+            ratio = ratios[load].get(key)
+            difference = (cl.get("differencesBMinusA") or {}).get(load, {}).get(key)
+            mark = "*" if why and (ratio is not None or difference is not None) else ""
+            compared = _n(ratio, 2) if difference is None else "Δ" + _fig(difference)
+            lines.append(
+                f"   {load:<8} {label:<24} {_fig(medians['A'][load][key]):>10} "
+                f"{_fig(medians['B'][load][key]):>10} {compared + mark:>7}"
+            )
+        if why:
+            lines.append(f"   {'':<8} * {load}: B / A is not like for like: {why}")
+    lines.append(
+        "   CPU per run (cores over the window): servers, HAProxy, Redis, PostgreSQL, other"
+    )
+    for run in cl["runs"]:
+        tag = f"{run['arm']}{run['round']}"
+        if "error" in run:
+            lines.append(f"     {tag}: FAILED: {run['error'].splitlines()[0][:200]}")
+            continue
+        parts = []
+        for load in ("fanout", "ingest"):
+            row = run.get(load) or {}
+            if "error" in row:
+                parts.append(f"{load} FAILED")
+                continue
+            cpu = row.get("cpu", {})
+            nodes = " ".join(f"{k} {v:.2f}" for k, v in cpu.get("perServer", {}).items())
+            parts.append(
+                f"{load} {cpu.get('servers', 0):.2f} ({nodes}), hap {cpu.get('haproxy', 0):.2f}, "
+                f"redis {cpu.get('redis', 0):.2f}, pg {cpu.get('postgres', 0):.2f}, "
+                f"other {row.get('otherCpu', 0):.2f}"
+            )
+        lines.append(f"     {tag}: " + "; ".join(parts))
+        for load in ("fanout", "ingest"):
+            publishers = (run.get(load) or {}).get("publishers") or {}
+            if publishers:
+                lines.append(
+                    f"         {load} push publishers: "
+                    + "; ".join(
+                        f"{node} {_n(p['eventsPublished'])} events in {_n(p['roundTrips'])} "
+                        f"round trips ({_n(p['eventsPerRoundTrip'], 1)}/trip), "
+                        f"{_n(p['eventsDropped'])} dropped"
+                        for node, p in publishers.items()
+                        if p["eventsPublished"] or p["eventsDropped"]
+                    )
+                )
+    for problem in cl.get("problems", []):
+        lines.append(f"   problem: {problem}")
+    return lines
 
 
 def finish(results: dict[str, Any], out: Path) -> str:

@@ -10,7 +10,7 @@ import asyncio
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,16 @@ class Profile:
     command_workers: int = 2
     command_seconds: float = 20.0
     command_think_ms: tuple[int, int] = (100, 200)
+    # 5 cluster: the same two loads through one process and through the cluster, arms alternated.
+    cluster_fanout_cps: int = 1000
+    cluster_fanout_admins: int = 5
+    cluster_fanout_seconds: float = 15.0
+    cluster_ingest_cps: int = 200
+    cluster_ingest_warmup_s: float = 2.0
+    cluster_ingest_seconds: float = 10.0
+    cluster_idle_s: float = 2.0
+    cluster_rounds: int = 2
+    cluster_budget_s: float = 480.0
 
 
 FULL = Profile("full")
@@ -99,6 +109,14 @@ QUICK = Profile(
     command_users=10,
     command_workers=1,
     command_seconds=5.0,
+    cluster_fanout_cps=200,
+    cluster_fanout_admins=3,
+    cluster_fanout_seconds=5.0,
+    cluster_ingest_cps=50,
+    cluster_ingest_warmup_s=1.0,
+    cluster_ingest_seconds=3.0,
+    cluster_rounds=2,
+    cluster_budget_s=300.0,
 )
 
 
@@ -114,6 +132,10 @@ class Context:
     py_spy_format: str = "flamegraph"
     #: Replaces ``charging-api serve`` (e.g. to measure a candidate change of the server).
     server_argv: list[str] | None = None
+    #: The cluster scenario's Redis (a dedicated database index: it is flushed) and the
+    #: PostgreSQL server it creates a fresh database on for each arm (as its superuser).
+    redis_url: str = "redis://127.0.0.1:6379/12"
+    postgres_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     _profilers: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def fresh_dir(self, name: str) -> Path:
@@ -192,23 +214,26 @@ def _charging_api_binary() -> str:
     return found
 
 
-def our_server(ctx: Context, name: str, **extra_env: str) -> ServerProcess:
-    """``charging-api serve`` on free loopback ports with a fresh SQLite database."""
+def our_server(
+    ctx: Context, name: str, database_url: str | None = None, **extra_env: str
+) -> ServerProcess:
+    """``charging-api serve`` on free loopback ports with a fresh SQLite database (or the
+    ``database_url`` given, e.g. a fresh PostgreSQL database)."""
     directory = ctx.fresh_dir(name)
     app_port, ocpp_port = free_port(), free_port()
-    env = base_env(
+    defaults = dict(
         APP_ENV="development",
         WS_API_HOST="127.0.0.1",
         WS_API_PORT=str(app_port),
         OCPP_HOST="127.0.0.1",
         OCPP_PORT=str(ocpp_port),
-        DATABASE_URL=f"sqlite:///{directory / 'bench.db'}",
+        DATABASE_URL=database_url or f"sqlite:///{directory / 'bench.db'}",
         JWT_SECRET=SECRET,
         LOG_LEVEL="WARNING",
         MAX_CONNECTIONS="20000",
         STATS_API_KEY=STATS_KEY,
-        **extra_env,
     )
+    env = base_env(**{**defaults, **extra_env})
     return ServerProcess(
         "charging-api",
         ctx.server_argv or [_charging_api_binary(), "serve"],
@@ -283,56 +308,121 @@ def _cpu(window: Mapping[str, float]) -> dict[str, float]:
 # ---------------------------------------------------------------------- 1 ingest
 
 
-async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
-    """K closed-loop charge points against one server; ours with owners reading the pushes."""
-    p = ctx.profile
-    ours = kind == "charging-api"
-    server = our_server(ctx, "ingest") if ours else peer_server(ctx, kind)
-    await server.start()
-    group = WorkerGroup(server.log_path.parent, f"ingest-{kind}")
+@dataclass(frozen=True)
+class LoadTarget:
+    """Where a load goes and whose CPU is read over its measured window.
+
+    ``server`` groups are the processes under test (summed into ``serverCpu``: one group for a
+    single process, one per node for a cluster); ``beside`` groups are read too and reported on
+    their own (Redis, HAProxy, PostgreSQL backends), so "other" is only what nobody accounts for.
+    """
+
+    ocpp_url: str
+    app_url: str | None
+    workdir: Path
+    server: Mapping[str, Sequence[int]]
+    #: Asked when the measured window opens (database backends exist only once the load is set
+    #: up): the groups read beside the server.
+    beside: Callable[[], Awaitable[Mapping[str, Sequence[int]]]] | None = None
+    #: The process py-spy records (``--py-spy``); None records nothing.
+    profile_pid: int | None = None
+    #: Counters read at both ends of the window (e.g. Redis commands, database transactions).
+    counters: Callable[[], Awaitable[Mapping[str, float]]] | None = None
+
+
+@dataclass
+class Measurement:
+    """One measured window: the CPU of every group (cores) and the deltas of the target's
+    counters (``LoadTarget.counters``) over it."""
+
+    target: LoadTarget
+    window: CpuWindow
+    cpu: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float] = field(default_factory=dict)
+    _before: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    async def prepare(cls, target: LoadTarget, generators: Sequence[int]) -> Measurement:
+        beside = await target.beside() if target.beside is not None else {}
+        groups = {name: list(pids) for name, pids in {**target.server, **beside}.items()}
+        return cls(target, CpuWindow({**groups, "generators": list(generators)}))
+
+    async def start(self) -> None:
+        self.window.start()
+        if self.target.counters is not None:
+            self._before = await self.target.counters()
+
+    async def stop(self) -> dict[str, float]:
+        """Cores per group, with ``server``/``serverWait`` summed over the server groups."""
+        cpu = self.window.stop()
+        cpu["server"] = sum(cpu[name] for name in self.target.server)
+        cpu["serverWait"] = sum(cpu[f"{name}Wait"] for name in self.target.server)
+        self.cpu = cpu
+        if self.target.counters is not None:
+            after = await self.target.counters()
+            self.counters = {k: v - self._before[k] for k, v in after.items() if k in self._before}
+        return cpu
+
+
+def server_target(ctx: Context, server: ServerProcess) -> LoadTarget:
+    ocpp_url, app_url = _urls(server)
+    return LoadTarget(
+        ocpp_url, app_url, server.log_path.parent, {"server": [server.pid]}, profile_pid=server.pid
+    )
+
+
+async def ingest_load(
+    ctx: Context,
+    target: LoadTarget,
+    pairs: list[dict[str, Any]],
+    *,
+    label: str,
+    workers: int,
+    warmup_s: float,
+    seconds: float,
+    start_by: str | None = None,
+) -> tuple[list[dict[str, Any]], Measurement]:
+    """Closed-loop MeterValues from ``pairs``' charge points (owners reading pushes when the pairs
+    carry tokens); the workers' results and the measured window."""
+    group = WorkerGroup(target.workdir, f"ingest-{label}")
     try:
-        ocpp_url, app_url = _urls(server)
-        pairs: list[dict[str, Any]] = []
-        for i in range(p.ingest_cps):
-            pair: dict[str, Any] = {"cp": f"INGEST-{i:05d}", "user": f"ingest-user-{i:05d}"}
-            if ours:
-                pair["token"] = token(pair["user"], id_tag=f"IT{i:05d}")
-            pairs.append(pair)
         await group.start(
             {
                 "mode": "ingest",
-                "ocppUrl": ocpp_url,
-                "appUrl": app_url,
+                "ocppUrl": target.ocpp_url,
+                "appUrl": target.app_url if "token" in pairs[0] else None,
                 "pairs": chunk,
+                "startBy": start_by,
                 "setupTimeoutMs": 120_000,
                 "connectConcurrency": 16,
             }
-            for chunk in split(pairs, p.ingest_workers)
+            for chunk in split(pairs, workers)
         )
         await group.all("ready", 150)
-        warmup, duration = int(p.ingest_warmup_s * 1e6), int(p.ingest_seconds * 1e6)
+        warmup, duration = int(warmup_s * 1e6), int(seconds * 1e6)
         at = now_us() + 300_000
-        window = CpuWindow({"server": [server.pid], "generators": group.pids})
+        window = await Measurement.prepare(target, group.pids)
         await group.broadcast({"cmd": "go", "atUs": at, "warmupUs": warmup, "durationUs": duration})
         await _sleep_until(at + warmup)
-        window.start()
-        if ours:
-            await start_profile(ctx, server.pid, "ingest", duration / 1e6)
+        await window.start()
+        if target.profile_pid is not None and "token" in pairs[0]:
+            await start_profile(ctx, target.profile_pid, "ingest", duration / 1e6)
         await _sleep_until(at + warmup + duration)
-        cpu = window.stop()
-        rss = rss_kib(server.pid)
+        await window.stop()
         results = await group.all("result", 60)
-        server_stats = await _server_stats(server) if ours else None
         await finish_profiles(ctx)
     finally:
         await group.close()
-        server.stop()
-    seconds = duration / 1e6
+    return results, window
+
+
+def ingest_figures(
+    results: Sequence[Mapping[str, Any]], cpu: Mapping[str, float], seconds: float, ours: bool
+) -> dict[str, Any]:
+    """Throughput, round trips, CPU; with owners, what they were pushed and what was stored."""
     handled = _sum(results, "answeredInWindow") / seconds
     rtt = stats.merge(r["rtt"] for r in results)
     row: dict[str, Any] = {
-        "server": kind,
-        "chargePoints": p.ingest_cps,
         "seconds": seconds,
         "messagesPerSecond": round(handled, 1),
         "rtt": stats.summary_ms(rtt),
@@ -341,7 +431,6 @@ async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
         "errors": _sum(results, "errors"),
         "lastError": next((r["lastError"] for r in results if r.get("lastError")), None),
         "unexpectedCloses": _sum(results, "unexpectedCloses"),
-        "serverRssKiB": rss,
         **_generator_facts(results),
     }
     if ours:
@@ -356,8 +445,44 @@ async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
                 "sent": _sum(results, "storedSent"),
                 "stored": _sum(results, "storedFound"),
             },
-            serverStats=server_stats,
         )
+    return row
+
+
+async def ingest_one(ctx: Context, kind: str) -> dict[str, Any]:
+    """K closed-loop charge points against one server; ours with owners reading the pushes."""
+    p = ctx.profile
+    ours = kind == "charging-api"
+    server = our_server(ctx, "ingest") if ours else peer_server(ctx, kind)
+    await server.start()
+    try:
+        pairs: list[dict[str, Any]] = []
+        for i in range(p.ingest_cps):
+            pair: dict[str, Any] = {"cp": f"INGEST-{i:05d}", "user": f"ingest-user-{i:05d}"}
+            if ours:
+                pair["token"] = token(pair["user"], id_tag=f"IT{i:05d}")
+            pairs.append(pair)
+        results, measured = await ingest_load(
+            ctx,
+            server_target(ctx, server),
+            pairs,
+            label=kind,
+            workers=p.ingest_workers,
+            warmup_s=p.ingest_warmup_s,
+            seconds=p.ingest_seconds,
+        )
+        rss = rss_kib(server.pid)
+        server_stats = await _server_stats(server) if ours else None
+    finally:
+        server.stop()
+    row: dict[str, Any] = {
+        "server": kind,
+        "chargePoints": p.ingest_cps,
+        **ingest_figures(results, measured.cpu, p.ingest_seconds, ours),
+        "serverRssKiB": rss,
+    }
+    if ours:
+        row["serverStats"] = server_stats
     return row
 
 
@@ -450,41 +575,51 @@ async def ingest(ctx: Context, servers: Sequence[str] = INGEST_SERVERS) -> dict[
 # --------------------------------------------------------------------- 2 fan-out
 
 
-async def fanout(ctx: Context) -> dict[str, Any]:
-    p = ctx.profile
-    server = our_server(ctx, "fanout")
-    pairs: list[dict[str, Any]] = [
+def fanout_pairs(count: int, prefix: str = "FAN", tag: str = "FT") -> list[dict[str, Any]]:
+    """Charge points with their owners (token with the owner's id tag, registered up front)."""
+    low = prefix.lower()
+    return [
         {
-            "cp": f"FAN-{i:05d}",
-            "user": f"fan-user-{i:05d}",
-            "tag": f"FT{i:05d}",
-            "token": token(f"fan-user-{i:05d}", id_tag=f"FT{i:05d}"),
+            "cp": f"{prefix}-{i:05d}",
+            "user": f"{low}-user-{i:05d}",
+            "tag": f"{tag}{i:05d}",
+            "token": token(f"{low}-user-{i:05d}", id_tag=f"{tag}{i:05d}"),
             "index": i,
         }
-        for i in range(p.fanout_cps)
+        for i in range(count)
     ]
-    # The charge points start their transactions themselves with their owners' id tags, which are
-    # registered up front (as `charging-api idtags add` would): far quicker to set up than 2,000
-    # remote starts, and the sessions are owned all the same.
-    await register_id_tags(
-        server.env["DATABASE_URL"], [(str(x["tag"]), str(x["user"])) for x in pairs]
-    )
-    await server.start()
-    group = WorkerGroup(server.log_path.parent, "fanout")
+
+
+def owner_tags(pairs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    return [(str(x["tag"]), str(x["user"])) for x in pairs]
+
+
+async def fanout_load(
+    ctx: Context,
+    target: LoadTarget,
+    pairs: list[dict[str, Any]],
+    *,
+    label: str,
+    admins: int,
+    workers: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Charge points sending one MeterValues per second on a shared schedule (their sessions started
+    by themselves with their owners' registered tags), owners and admins reading: the figures."""
+    group = WorkerGroup(target.workdir, label)
     try:
-        ocpp_url, app_url = _urls(server)
-        admins = [
-            {"user": f"fan-admin-{j}", "token": token(f"fan-admin-{j}", role="admin")}
-            for j in range(p.fanout_admins)
+        admin_list = [
+            {"user": f"{label}-admin-{j}", "token": token(f"{label}-admin-{j}", role="admin")}
+            for j in range(admins)
         ]
-        chunks = split(pairs, p.fanout_workers)
+        chunks = split(pairs, workers)
         await group.start(
             {
                 "mode": "fanout",
-                "ocppUrl": ocpp_url,
-                "appUrl": app_url,
+                "ocppUrl": target.ocpp_url,
+                "appUrl": target.app_url,
                 "pairs": chunk,
-                "admins": admins[w :: len(chunks)],
+                "admins": admin_list[w :: len(chunks)],
                 "total": len(pairs),
                 "periodMs": 1000,
                 "startBy": "cp",
@@ -496,22 +631,20 @@ async def fanout(ctx: Context) -> dict[str, Any]:
         setup_started = now_us()
         await group.all("ready", 300)
         setup_seconds = (now_us() - setup_started) / 1e6
-        duration = int(p.fanout_seconds * 1e6)
+        duration = int(seconds * 1e6)
         at = now_us() + 500_000
-        window = CpuWindow({"server": [server.pid], "generators": group.pids})
+        window = await Measurement.prepare(target, group.pids)
         await group.broadcast({"cmd": "go", "atUs": at, "durationUs": duration})
         await _sleep_until(at)
-        window.start()
-        await start_profile(ctx, server.pid, "fanout", duration / 1e6)
+        await window.start()
+        if target.profile_pid is not None:
+            await start_profile(ctx, target.profile_pid, "fanout", duration / 1e6)
         await _sleep_until(at + duration)
-        cpu = window.stop()
+        cpu = await window.stop()
         results = await group.all("result", 90)
-        server_stats = await _server_stats(server)
-        rss = rss_kib(server.pid)
         await finish_profiles(ctx)
     finally:
         await group.close()
-        server.stop()
 
     sent: dict[str, int] = {}
     owners: dict[str, int] = {}
@@ -532,13 +665,13 @@ async def fanout(ctx: Context) -> dict[str, Any]:
     )
     owner_latency = stats.merge(r["ownerLatency"] for r in results)
     admin_latency = stats.merge(r["adminLatency"] for r in results)
-    seconds = duration / 1e6
     return {
-        "chargePoints": p.fanout_cps,
-        "owners": p.fanout_cps,
+        "chargePoints": len(pairs),
+        "owners": len(pairs),
         "admins": len(admin_counts),
         "seconds": seconds,
         "setupSeconds": round(setup_seconds, 1),
+        "updates": total_sent,
         "updatesPerSecond": round(total_sent / seconds, 1),
         "deliveriesPerSecond": round(_sum(results, "receivedInWindow") / seconds, 1),
         "deliveriesPerServerCpuSecond": (
@@ -562,10 +695,36 @@ async def fanout(ctx: Context) -> dict[str, Any]:
         "adminLatency": stats.summary_ms(admin_latency),
         "rtt": stats.summary_ms(stats.merge(r["rtt"] for r in results)),
         **_cpu(cpu),
-        "serverRssKiB": rss,
         **_generator_facts(results),
-        "serverStats": server_stats,
+        "cpuWindow": {k: round(v, 4) for k, v in cpu.items()},
+        "counters": window.counters,
     }
+
+
+async def fanout(ctx: Context) -> dict[str, Any]:
+    p = ctx.profile
+    server = our_server(ctx, "fanout")
+    pairs = fanout_pairs(p.fanout_cps)
+    # The charge points start their transactions themselves with their owners' id tags, which are
+    # registered up front (as `charging-api idtags add` would): far quicker to set up than 2,000
+    # remote starts, and the sessions are owned all the same.
+    await register_id_tags(server.env["DATABASE_URL"], owner_tags(pairs))
+    await server.start()
+    try:
+        row = await fanout_load(
+            ctx,
+            server_target(ctx, server),
+            pairs,
+            label="fanout",
+            admins=p.fanout_admins,
+            workers=p.fanout_workers,
+            seconds=p.fanout_seconds,
+        )
+        row["serverStats"] = await _server_stats(server)
+        row["serverRssKiB"] = rss_kib(server.pid)
+    finally:
+        server.stop()
+    return row
 
 
 # ----------------------------------------------------------------- 3 connections
