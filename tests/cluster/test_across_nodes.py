@@ -198,3 +198,33 @@ async def test_the_charge_points_gateway_dies_it_reconnects_elsewhere_and_the_us
             500,
             1000,
         )
+
+
+async def test_a_start_retried_on_another_api_node_is_the_same_start(
+    cluster: LocalCluster,
+) -> None:
+    """The app's retry (same message id, timestamp and data) from the user's other device on
+    the other api node: one RemoteStart, one transaction, the same answer."""
+    api_1, api_2 = cluster.node("api-1"), cluster.node("api-2")
+    async with (
+        connected_charge_point(ocpp_url(cluster.node("gateway-1")), "CP-X4") as cp,
+        app_at(app_url(api_1), token()) as phone,
+        app_at(app_url(api_2), token()) as tablet,
+    ):
+        await booted_available(cp)
+        await until_online(api_2, "CP-X4")
+        tx = await start_charge(phone, cp, "CP-X4", 1, TAG, message_id="start-1")
+        again = await tablet.request(
+            "start_charging_request",
+            {"chargePointId": "CP-X4", "connectorId": 1},
+            message_id="start-1",
+        )
+        assert again["data"]["success"] is True, again
+        assert again["data"]["transactionId"] == tx
+        assert cp.remote_starts.empty()  # the charge point was asked once
+        other = await tablet.request(
+            "start_charging_request", {"chargePointId": "CP-X4", "connectorId": 1}
+        )
+        assert other["error"]["code"] == "CONNECTOR_BUSY", other  # a new request is refused
+        history = await tablet.request("get_transactions", {"limit": 10})
+        assert [t["transactionId"] for t in history["data"]["transactions"]] == [tx]
