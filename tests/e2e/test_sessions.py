@@ -451,7 +451,8 @@ async def test_soc_limit_on_a_simulated_charge_point(tmp_path: Path) -> None:
             receipt = ended["data"]["receipt"]
             assert receipt["stopReason"] == "Remote"
             assert receipt["limitReached"] == "soc"
-            assert car.soc >= 60
+            # The charge point reports SoC with one decimal: 59.96 % goes out as 60.0.
+            assert round(car.soc, 1) >= 60
         finally:
             halt.set()
             await asyncio.wait_for(runner, 10)
