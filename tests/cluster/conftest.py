@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -81,7 +81,7 @@ def cluster_env(database_url: str, redis_url: str) -> dict[str, str]:
         "JWT_SECRET": SECRET,
         "APP_ENV": "test",
         "LOG_LEVEL": "INFO",
-        "NODE_HEARTBEAT_INTERVAL": "0.5",
+        "NODE_HEARTBEAT_INTERVAL": "1",
         "OWNER_TTL": "3",
         "FRONTEND_URL": "http://localhost:3000",
     }
@@ -100,6 +100,24 @@ async def cluster(tmp_path: Path, redis_db: aioredis.Redis) -> AsyncIterator[Loc
         LocalCluster(tmp_path, cluster_env(database_url, REDIS_URL)) as running,
     ):
         yield running
+
+
+@pytest.fixture
+def cluster_with(
+    tmp_path: Path, redis_db: aioredis.Redis
+) -> Callable[..., contextlib.AbstractAsyncContextManager[LocalCluster]]:
+    """``async with cluster_with(STALE_TRANSACTION_GRACE="0.5") as cluster``: the same cluster
+    with settings of the test's own."""
+    need_haproxy()
+
+    @contextlib.asynccontextmanager
+    async def start(**settings: str) -> AsyncIterator[LocalCluster]:
+        async with fresh_database() as database_url:
+            env = cluster_env(database_url, REDIS_URL) | settings
+            async with LocalCluster(tmp_path, env) as running:
+                yield running
+
+    return start
 
 
 class PrivateRedis:

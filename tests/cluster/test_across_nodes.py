@@ -9,6 +9,7 @@ knows which process does what.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,19 @@ async def read_until(
             seen.append(push)
             if last(push):
                 return seen
+
+
+async def until_stored(app: AppClient, tx: int, wh: int, timeout: float = 10.0) -> None:
+    """Until the app's api node reads the sample from PostgreSQL (bounded)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await app.request("get_meter_values", {"transactionId": tx})
+        stored = [round(float(v["energyImportKWh"]) * 1000) for v in reply["data"]["meterValues"]]
+        if wh in stored:
+            return
+        assert loop.time() < deadline, f"sample {wh} Wh never stored: {reply}"
+        await asyncio.sleep(0.1)
 
 
 def seqs(pushes: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -228,3 +242,55 @@ async def test_a_start_retried_on_another_api_node_is_the_same_start(
         assert other["error"]["code"] == "CONNECTOR_BUSY", other  # a new request is refused
         history = await tablet.request("get_transactions", {"limit": 10})
         assert [t["transactionId"] for t in history["data"]["transactions"]] == [tx]
+
+
+async def test_a_ghost_session_left_on_a_dead_gateway_is_closed_by_the_next_one(
+    cluster_with: Callable[..., contextlib.AbstractAsyncContextManager[LocalCluster]],
+) -> None:
+    """The ghost-session rule across nodes: the charge point rebooted (its gateway died too)
+    and reports Available on another gateway with no StopTransaction: that gateway closes the
+    transaction after the grace, the owner on an api node is told, the connector starts again,
+    and the charge point's late StopTransaction corrects the record."""
+    async with cluster_with(STALE_TRANSACTION_GRACE="0.5") as cluster:
+        api_1 = cluster.node("api-1")
+        gateway_1, gateway_2 = cluster.node("gateway-1"), cluster.node("gateway-2")
+        async with app_at(app_url(api_1), token()) as phone:
+            async with connected_charge_point(ocpp_url(gateway_2), "CP-G1") as cp:
+                await booted_available(cp)
+                await until_online(api_1, "CP-G1")
+                tx = await start_charge(phone, cp, "CP-G1", 1, TAG, meter_start=1000)
+                await cp.meter(1, tx, energy(1500))
+                await phone.push("meter_values_update", where=lambda p: _wh(p) == 1500)
+                # A gateway writes samples in batches (docs/reliability.md: a SIGKILL loses
+                # the last 0.2 s); the api node reads PostgreSQL only: once it shows the
+                # sample, the sample is durable.
+                await until_stored(phone, tx, 1500)
+                gateway_2.kill(signal.SIGKILL)
+                assert await gateway_2.wait() == -signal.SIGKILL
+            async with connected_charge_point(ocpp_url(gateway_1), "CP-G1") as cp:  # rebooted
+                await cp.status(1, "Available")
+                ended = await phone.push(
+                    "transaction_update",
+                    where=lambda p: (
+                        p["data"]["transactionId"] == tx and p["data"]["status"] == "Stopped"
+                    ),
+                    timeout=20,
+                )
+                assert (ended["data"]["reason"], ended["data"]["closedBy"]) == (
+                    "StaleTransaction",
+                    "ConnectorAvailable",
+                )
+                assert ended["data"]["meterStopWh"] == 1500
+                await until_online(api_1, "CP-G1")
+                again = await start_charge(phone, cp, "CP-G1", 1, TAG, meter_start=1600)
+                assert again != tx
+                late = await cp.stop_tx(tx, 1550, reason="PowerLoss")
+                assert late.id_tag_info is None
+            history = await phone.request("get_transactions", {"limit": 10})
+            rows = {t["transactionId"]: t for t in history["data"]["transactions"]}
+            assert sorted(rows) == sorted([tx, again])
+            assert (rows[tx]["meterStopWh"], rows[tx]["stopReason"], rows[tx]["closedBy"]) == (
+                1550,
+                "PowerLoss",
+                "ConnectorAvailable",
+            )

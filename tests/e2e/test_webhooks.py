@@ -115,9 +115,10 @@ async def test_events_delivered_signed_once_in_order_across_an_outage(tmp_path: 
         # has read that answer: ask until the outbox is empty (bounded; paced under the app
         # rate limit, which a tight loop would hit).
         async with asyncio.timeout(10):
-            while (log := await ops.request("webhooks_request", {"action": "list"}))["data"][
-                "pending"
-            ]:
+            while True:
+                log = await ops.request("webhooks_request", {"action": "list"})
+                if not log["data"]["pending"]:
+                    break
                 await asyncio.sleep(0.1)
         attempts = log["data"]["deliveries"]
         assert any(not a["delivered"] and a["status"] == 503 for a in attempts)

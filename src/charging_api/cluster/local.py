@@ -13,8 +13,9 @@ HAProxy's settings, and why (deploy/haproxy/haproxy.cfg carries the same for com
 ``timeout tunnel`` 1 h, far above the app's 30 s and OCPP's 60 s WebSocket pings, so only a
 dead peer ends an upgraded connection; health checks ``GET /health`` every second, a node out
 after two failures, so a killed node stops getting new connections within about two seconds;
-``option redispatch`` with retries, so a connection attempt that meets a dead node before the
-check noticed is sent to another one.
+``option redispatch`` with retries on a failed connection or an empty response, so a request
+that meets a dead node before the check noticed is sent to another one (HAProxy retries only
+requests it may: not a body it already sent).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def haproxy_config(port: int, gateways: Sequence[int], apis: Sequence[int]) -> s
         "    mode http",
         "    option redispatch",
         "    retries 3",
+        "    retry-on conn-failure empty-response response-timeout",
         "    timeout connect 2s",
         "    timeout client 90s",
         "    timeout server 90s",
