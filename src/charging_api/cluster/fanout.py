@@ -22,8 +22,9 @@ Trade-offs, stated:
 - **Never block the core.** ``PushPublisher.on_event`` only appends to a bounded deque; a full
   queue (Redis slow or gone) drops the event and counts it (``dropped``): the clients see a seq
   gap (``resume`` may still serve what was numbered) rather than the charge points waiting.
-  Events are rendered and sent from the publisher's task, in order: the next batch is rendered
-  while Redis runs the previous one, and sent once that answered.
+  Events are rendered and sent from the publisher's task, in order, up to ``depth`` batches in
+  flight on one connection of its own (Redis runs one connection's commands in the order
+  received, so the numbering keeps the queue's order); a second task reads the replies.
 - **Pub/sub is at-most-once.** An api node whose pub/sub connection drops misses what was
   published meanwhile; its clients see a gap in ``seq`` and ``resume`` from the history, which
   lives in Redis, not on the node.
@@ -33,9 +34,9 @@ Trade-offs, stated:
   make their connected users streams again (their pushes are numbered again) and restore the
   subscriptions and session-push flags last set through them; what only a node that is gone
   knew (a disconnected admin's subscription) is lost.
-- **Numbering cost**: Redis does an INCR and an XADD (and PEXPIRE) per recipient of each
-  event, a few µs per frame on one Redis thread: that, not the nodes, is the ceiling of the
-  cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
+- **Numbering cost**: Redis does an INCR and an XADD per recipient of each event (and a
+  PEXPIRE per recipient per batch), a few µs per frame on one Redis thread: that, not the
+  nodes, is the ceiling of the cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
 """
 
 from __future__ import annotations
@@ -362,12 +363,21 @@ class PushPublisher:
                         continue
                     if args is None:
                         continue
+                    # Nothing in flight: the connection may have sat idle, so PING first
+                    # when the health-check interval passed (as the pool does); never with
+                    # replies pending, whose order the reader relies on. The reader learns
+                    # of the batch only once it is sent (the PING's reply is not its).
+                    try:
+                        await conn.send_packed_command(
+                            conn.pack_command("EVAL", PUBLISH_SCRIPT, 0, *args),
+                            check_health=not sent,
+                        )
+                    except BaseException:
+                        self.dropped += size
+                        raise
                     sent.append(size)
                     self.most_in_flight = max(self.most_in_flight, len(sent))
                     self._sent.set()
-                    await conn.send_packed_command(
-                        conn.pack_command("EVAL", PUBLISH_SCRIPT, 0, *args), check_health=False
-                    )
                     continue
                 if not self._queue and not sent:
                     self._idle.set()
