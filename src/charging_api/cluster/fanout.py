@@ -329,6 +329,9 @@ class PushPublisher:
                 except (RedisError, OSError) as err:
                     self._outage.failed(err)
                     await asyncio.sleep(self._retry_delay)
+                except Exception:  # a bug (an odd reply) must not end the publishing
+                    log.exception("push publisher: the connection to Redis was given up")
+                    await asyncio.sleep(self._retry_delay)
             finally:
                 await conn.disconnect(nowait=True)
 
