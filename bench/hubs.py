@@ -16,15 +16,21 @@ from the first publish to the last delivery, this process's CPU µs per event, a
 cluster path Redis's CPU µs per event (``INFO cpu`` before and after) and round trips. Each path
 runs ``repeats`` times, alternating, and the median counts. Redis: a database of its own
 (emptied before each run; never database 0).
+
+``--busy MS``: a task burns MS ms of CPU per turn of the event loop while each path runs, as a
+gateway's charge points do: a Redis round trip then costs several such turns (the publisher
+waits for its reply), which is what a busy gateway's publisher pays, not Redis's own work.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,29 @@ def events(count: int) -> list[MeterValuesReceived]:
         )
         for i in range(count)
     ]
+
+
+@contextlib.asynccontextmanager
+async def busy_loop(busy_ms: float) -> AsyncIterator[None]:
+    """While inside: a task takes ``busy_ms`` of CPU per turn of the event loop (none: 0)."""
+    if busy_ms <= 0:
+        yield
+        return
+
+    async def burn() -> None:
+        while True:
+            until = time.perf_counter() + busy_ms / 1000
+            while time.perf_counter() < until:
+                pass
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(burn())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def memory_path(batch: list[MeterValuesReceived]) -> dict[str, float]:
@@ -138,12 +167,16 @@ async def cluster_path(
         await publisher.close()
 
 
-async def measure(count: int, repeats: int, url: str, history_ttl: float) -> dict[str, Any]:
+async def measure(
+    count: int, repeats: int, url: str, history_ttl: float, busy_ms: float = 0.0
+) -> dict[str, Any]:
     batch = events(count)
     runs: dict[str, list[dict[str, float]]] = {"memory": [], "cluster": []}
     for _ in range(repeats):
-        runs["memory"].append(await memory_path(batch))
-        runs["cluster"].append(await cluster_path(batch, url, history_ttl))
+        async with busy_loop(busy_ms):
+            runs["memory"].append(await memory_path(batch))
+        async with busy_loop(busy_ms):
+            runs["cluster"].append(await cluster_path(batch, url, history_ttl))
     medians = {
         path: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for path, results in runs.items()
@@ -154,6 +187,7 @@ async def measure(count: int, repeats: int, url: str, history_ttl: float) -> dic
         "users": USERS,
         "admins": ADMINS,
         "repeats": repeats,
+        "busy_ms": busy_ms,
         "median": medians,
         "ratio_events_per_s": medians["memory"]["events_per_s"]
         / medians["cluster"]["events_per_s"],
@@ -168,7 +202,8 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"fan-out hubs: {result['events']} events x {result['frames_per_event']} frames, "
-            f"median of {result['repeats']}",
+            f"median of {result['repeats']}"
+            + (f", loop busy {result['busy_ms']:g} ms per turn" if result["busy_ms"] else ""),
             f"  memory  (MemoryBus+UpdateHub):      {memory['events_per_s']:>9,.0f} events/s "
             f"{memory['cpu_us_per_event']:>7.1f} us CPU/event",
             f"  cluster (Publisher+Redis+ClusterHub): {cluster['events_per_s']:>7,.0f} events/s "
@@ -190,12 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--history-ttl", type=float, default=86_400.0, help="PushPublisher's (0: no PEXPIRE)"
     )
+    parser.add_argument(
+        "--busy",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="a task takes MS ms of CPU per event-loop turn (a busy gateway's loop)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.redis_url.rstrip("/").endswith(("/0", ":6379")):
         parser.error("--redis-url: give the benchmark a database of its own (it empties it)")
     count, repeats = (2_000, 3) if args.quick else (args.events, args.repeats)
-    result = run(measure(count, repeats, args.redis_url, args.history_ttl))
+    result = run(measure(count, repeats, args.redis_url, args.history_ttl, args.busy))
     result["redis_url"] = args.redis_url
     result["history_ttl"] = args.history_ttl
     print(render(result))

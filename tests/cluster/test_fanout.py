@@ -414,3 +414,41 @@ async def test_the_cluster_numbers_and_renders_every_event_as_the_in_process_hub
             await got[user].wait_for(len(expected[user].frames))
         assert {u: seen(got[u]) for u in users} == {u: seen(expected[u]) for u in users}
     assert [len(expected[u].frames) for u in users] == [6, 2, 6, 9]  # not vacuous
+
+
+async def test_batches_in_flight_together_keep_each_users_order_and_numbering() -> None:
+    """Small batches, several in flight at once on the publisher's one connection: every
+    user still gets their pushes in publish order, numbered 1, 2, 3 ... without a gap or a
+    repeat, live and in the history; a watcher of everything gets them all in order too."""
+    users = ("alice", "bob", "carol")
+    rounds = 100
+    async with cluster(batch_size=3, depth=4) as scene:
+        a, b = await scene.hub("api-a"), await scene.hub("api-b")
+        inboxes = {u: Inbox() for u in users}
+        for i, u in enumerate(users):
+            await (a if i % 2 else b).attach(u, inboxes[u])
+        ops = Inbox()
+        await a.attach("ops", ops)
+        assert await a.subscribe("ops", None) == "*"
+        await scene.emit(
+            *(
+                meter(cp=f"CP-{u}", user=u, kwh=float(n))
+                for n in range(1, rounds + 1)
+                for u in users
+            )
+        )
+        assert scene.publisher.most_in_flight > 1  # the batches really overlapped
+        assert scene.publisher.round_trips == rounds * len(users) // 3
+        for u in users:
+            frames = await inboxes[u].wait_for(rounds)
+            assert inboxes[u].seqs == list(range(1, rounds + 1))
+            kwh = [m["data"]["meterValue"]["energyImportKWh"] for m in inboxes[u].messages]
+            assert kwh == [float(n) for n in range(1, rounds + 1)]
+            assert await a.missed_since(u, 0) == frames
+        await ops.wait_for(rounds * len(users))
+        assert ops.seqs == list(range(1, rounds * len(users) + 1))
+        assert [
+            (m["data"]["chargePointId"], m["data"]["meterValue"]["energyImportKWh"])
+            for m in ops.messages
+        ] == [(f"CP-{u}", float(n)) for n in range(1, rounds + 1) for u in users]
+        assert scene.publisher.dropped == 0

@@ -22,8 +22,9 @@ Trade-offs, stated:
 - **Never block the core.** ``PushPublisher.on_event`` only appends to a bounded deque; a full
   queue (Redis slow or gone) drops the event and counts it (``dropped``): the clients see a seq
   gap (``resume`` may still serve what was numbered) rather than the charge points waiting.
-  Events are rendered and sent from the publisher's task, in order: the next batch is rendered
-  while Redis runs the previous one, and sent once that answered.
+  Events are rendered and sent from the publisher's task, in order, up to ``depth`` batches in
+  flight on one connection of its own (Redis runs one connection's commands in the order
+  received, so the numbering keeps the queue's order); a second task reads the replies.
 - **Pub/sub is at-most-once.** An api node whose pub/sub connection drops misses what was
   published meanwhile; its clients see a gap in ``seq`` and ``resume`` from the history, which
   lives in Redis, not on the node.
@@ -33,9 +34,9 @@ Trade-offs, stated:
   make their connected users streams again (their pushes are numbered again) and restore the
   subscriptions and session-push flags last set through them; what only a node that is gone
   knew (a disconnected admin's subscription) is lost.
-- **Numbering cost**: Redis does an INCR and an XADD (and PEXPIRE) per recipient of each
-  event, a few µs per frame on one Redis thread: that, not the nodes, is the ceiling of the
-  cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
+- **Numbering cost**: Redis does an INCR and an XADD per recipient of each event (and a
+  PEXPIRE per recipient per batch), a few µs per frame on one Redis thread: that, not the
+  nodes, is the ceiling of the cluster's fan-out. ``python -m bench.hubs`` measures it against the in-process hub.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 
 import orjson
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from charging_api.api import protocol, pushes
 from charging_api.api.hub import Recipient
@@ -71,9 +72,10 @@ HEAD = protocol.push_parts("", b"", "")[0]
 #: 2 epoch candidate, 3 seq key prefix, 4 history key prefix, 5 session-push key prefix,
 #: 6 watch:all key, 7 watch:cp key prefix, 8 history size, 9 channel, 10 the frames' head
 #: (``protocol.push_parts``'s first part, the same for every push), 11 the history's time to
-#: live in milliseconds (0: none; renewed by each push); then 8 per event:
+#: live in milliseconds (0: none; renewed once per user per batch); then 8 per event:
 #: audience (pushes.Audience value), owner ('' none), charge point, kind, droppable '1'/'0',
-#: event time ('' unknown), mid, tail. Returns each event's recipient count. A user is a
+#: event time ('' unknown), mid, tail. Returns ``{events that reached someone, frames
+#: numbered}`` (two integers: a cheap reply to read). A user is a
 #: recipient as owner only while their ``seq`` key exists (hubs create it at attach): the
 #: in-process hub's "the owner has a stream". The message: cjson of
 #: ``[head, [[droppable, kind, time, mid, tail, [user...], [seq...]], ...]]``, the events that
@@ -85,8 +87,8 @@ local history = tonumber(ARGV[8])
 local head = ARGV[10]
 local ttl = tonumber(ARGV[11])
 local everything = redis.call('SMEMBERS', ARGV[6])
-local watchers = {}
-local out, counts = {}, {}
+local watchers, expiring = {}, {}
+local out, reached, frames = {}, 0, 0
 for b = 11, #ARGV - 8, 8 do
   local reach, owner, cp = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local users, seen, n = {}, {}, 0
@@ -106,8 +108,8 @@ for b = 11, #ARGV - 8, 8 do
       end
     end
   end
-  counts[#counts + 1] = n
   if n > 0 then
+    reached = reached + 1; frames = frames + n
     local mid, tail = ARGV[b + 7], ARGV[b + 8]
     local seqs = {}
     for i = 1, n do
@@ -117,14 +119,16 @@ for b = 11, #ARGV - 8, 8 do
       if history > 0 then
         redis.call('XADD', histp .. u, 'MAXLEN', '~', history, s .. '-1', 'f',
           head .. s .. mid .. s .. tail)
-        if ttl > 0 then redis.call('PEXPIRE', histp .. u, ttl) end
+        if ttl > 0 and not expiring[u] then
+          redis.call('PEXPIRE', histp .. u, ttl); expiring[u] = true
+        end
       end
     end
     out[#out + 1] = {ARGV[b + 5], ARGV[b + 4], ARGV[b + 6], mid, tail, users, seqs}
   end
 end
 if #out > 0 then redis.call('PUBLISH', ARGV[9], cjson.encode({head, out})) end
-return counts
+return {reached, frames}
 """
 
 #: Changes a user's subscriptions and answers them. ARGV: 1 user, 2 op ('add', 'del' or 'end':
@@ -203,6 +207,14 @@ class PushPublisher:
     ``published`` counts events numbered for at least one user, ``pushes`` the frames numbered,
     ``dropped`` the events lost (queue full, or their batch failed because Redis was gone).
 
+    Pipelined: up to ``depth`` batches (script calls of up to ``batch_size`` events) are in
+    flight at once on ONE connection of the publisher's own. Redis runs one connection's
+    commands in the order it received them, so numbering stays in queue order (per user
+    too), while the node's event loop no longer costs a full round trip per batch (under load
+    a round trip is several loop iterations, each shared with every charge point's messages:
+    ~50 ms per batch with one call at a time). The price: when the connection fails, every
+    batch in flight counts as dropped (some may have been numbered: a ``resume`` serves them).
+
     Redis memory: a user's history (up to ~``history_size`` frames) lives ``history_ttl``
     seconds after their last push (then a ``resume`` from before gets RESYNC_REQUIRED); their
     ``seq`` key (a few bytes) stays, so numbering never restarts under the same epoch.
@@ -216,17 +228,23 @@ class PushPublisher:
         history_ttl: float = 86_400.0,
         queue_size: int = 10_000,
         batch_size: int = 256,
+        depth: int = 4,
         retry_delay: float = 0.5,
     ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         self._redis = connect(redis_url)
-        self._script = self._redis.register_script(PUBLISH_SCRIPT)
         self._history = str(history_size)
         self._history_ttl = str(int(history_ttl * 1000))  # PEXPIRE: milliseconds
         self._queue: deque[DomainEvent] = deque()
         self._queue_size = queue_size
         self._batch = batch_size
+        self._depth = depth
         self._retry_delay = retry_delay
+        #: Set by on_event, by each reply and by the reply reader's end: the sender re-checks.
         self._wake = asyncio.Event()
+        #: Set when a batch was sent: the reply reader reads only while one is expected.
+        self._sent = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -236,8 +254,10 @@ class PushPublisher:
         self.published = 0
         self.pushes = 0
         self.dropped = 0
-        #: Script calls sent to Redis (one round trip and one batch each).
+        #: Script calls answered by Redis (one batch each; up to ``depth`` share a round trip).
         self.round_trips = 0
+        #: The most batches that were in flight at once (``depth`` at most).
+        self.most_in_flight = 0
 
     def follow(self, bus: MemoryBus) -> None:
         """Subscribe to ``bus`` (undone by :meth:`close`)."""
@@ -285,56 +305,114 @@ class PushPublisher:
         self._wake.set()
 
     async def _run(self) -> None:
-        """Render the next batch while Redis runs the previous one. One script call at a time
-        (the next is sent once the previous answered), so Redis numbers in queue order."""
-        in_flight: asyncio.Task[Any] | None = None
-        in_flight_size = 0
+        """Connect when there is something to send, pump batches over the connection until it
+        fails, then (after ``retry_delay``) connect again. A failed connect drops one batch,
+        as a failed call did: the queue's bound does the rest while Redis is gone."""
+        while True:
+            self._wake.clear()
+            if not self._queue:
+                self._idle.set()
+                await self._wake.wait()
+                continue
+            # A connection of its own (the pool's settings): replies are read in send order.
+            conn: Any = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                try:
+                    await conn.connect()
+                except (RedisError, OSError) as err:
+                    self._drop_batch()
+                    self._outage.failed(err)
+                    await asyncio.sleep(self._retry_delay)
+                    continue
+                try:
+                    await self._pump(conn)
+                except (RedisError, OSError) as err:
+                    self._outage.failed(err)
+                    await asyncio.sleep(self._retry_delay)
+                except Exception:  # a bug (an odd reply) must not end the publishing
+                    log.exception("push publisher: the connection to Redis was given up")
+                    await asyncio.sleep(self._retry_delay)
+            finally:
+                await conn.disconnect(nowait=True)
+
+    def _drop_batch(self) -> None:
+        size = min(self._batch, len(self._queue))
+        for _ in range(size):
+            self._queue.popleft()
+        self.dropped += size
+
+    async def _pump(self, conn: Any) -> None:
+        """Send batches on ``conn``, up to ``depth`` unanswered, while a reader task counts
+        the replies in order. Raises the connection's error; the batches it left unanswered
+        count as dropped."""
+        sent: deque[int] = deque()  # sizes of the batches sent and not answered yet, in order
+        self._sent.clear()
+        reader = asyncio.create_task(self._replies(conn, sent), name="push publisher replies")
+        reader.add_done_callback(lambda _: self._wake.set())
         try:
             while True:
-                if not self._queue and in_flight is None:
-                    self._idle.set()
-                    await self._wake.wait()
-                    self._wake.clear()
-                    continue
-                args: list[str | bytes] | None = None
-                size = min(self._batch, len(self._queue))
-                if size:
+                self._wake.clear()
+                if reader.done():
+                    reader.result()  # its error, else it ended without one (cannot happen)
+                    return
+                if self._queue and len(sent) < self._depth:
+                    size = min(self._batch, len(self._queue))
                     batch = [self._queue.popleft() for _ in range(size)]
                     try:
                         args = self._arguments(batch)
                     except Exception:  # a bug must not end the publishing of later events
                         self.dropped += size
                         log.exception("push publisher: a batch of %d events failed", size)
-                if in_flight is not None:
-                    await self._finish(in_flight, in_flight_size)
-                    in_flight = None
-                if args is not None:
-                    in_flight = asyncio.ensure_future(self._script(args=args))
-                    in_flight_size = size
+                        continue
+                    if args is None:
+                        continue
+                    # Nothing in flight: the connection may have sat idle, so PING first
+                    # when the health-check interval passed (as the pool does); never with
+                    # replies pending, whose order the reader relies on. The reader learns
+                    # of the batch only once it is sent (the PING's reply is not its).
+                    try:
+                        await conn.send_packed_command(
+                            conn.pack_command("EVAL", PUBLISH_SCRIPT, 0, *args),
+                            check_health=not sent,
+                        )
+                    except BaseException:
+                        self.dropped += size
+                        raise
+                    sent.append(size)
+                    self.most_in_flight = max(self.most_in_flight, len(sent))
+                    self._sent.set()
+                    continue
+                if not self._queue and not sent:
+                    self._idle.set()
+                await self._wake.wait()
         finally:
-            if in_flight is not None:
-                in_flight.cancel()
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                    await reader
+            self.dropped += sum(sent)
+            sent.clear()
 
-    async def _finish(self, call: asyncio.Task[Any], size: int) -> None:
-        """Count what a script call numbered; on Redis failure its events are dropped."""
-        try:
-            counts = await call
-        except (RedisError, OSError) as err:
-            self.dropped += size
-            self._outage.failed(err)
-            await asyncio.sleep(self._retry_delay)
-            return
-        except Exception:
-            self.dropped += size
-            log.exception("push publisher: a batch of %d events failed", size)
-            return
-        self._outage.ok()
-        self._full_logged = False
-        self.round_trips += 1
-        for count in counts:
-            if count:
-                self.published += 1
-                self.pushes += int(count)
+    async def _replies(self, conn: Any, sent: deque[int]) -> None:
+        """Read the script calls' replies in the order they were sent (one connection: Redis
+        answers in order), count them, wake the sender (room for one more batch)."""
+        while True:
+            while not sent:
+                self._sent.clear()
+                await self._sent.wait()
+            try:
+                reached, frames = await conn.read_response()
+            except ResponseError:  # this batch only (a bug); the connection is fine
+                self.dropped += sent.popleft()
+                log.exception("push publisher: Redis refused a batch")
+            else:
+                sent.popleft()
+                self._outage.ok()
+                self._full_logged = False
+                self.round_trips += 1
+                self.published += int(reached)
+                self.pushes += int(frames)
+            self._wake.set()
 
     def _arguments(self, batch: list[DomainEvent]) -> list[str | bytes] | None:
         """The script's arguments for ``batch`` (None: none of its events is pushed)."""
