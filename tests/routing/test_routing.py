@@ -383,6 +383,10 @@ async def test_reservations_and_limits_live_on_the_owner_gateway(
         held = b.app.reservations.on_connector(cp_id, 1)
         assert held is not None and held.id == reservation_id
         assert a.app.reservations.on_connector(cp_id, 1) is None
+        # The api node holds no book; what it lists (REST GET /api/reservations) is the store's.
+        admin = Principal("ops", Role.ADMIN)
+        assert [r.id for r in await api.reservations.listed(admin)] == [reservation_id]
+        assert await api.reservations.listed(Principal("bob", Role.USER)) == []
 
         refused = await bob.request(
             "start_charging_request", {"chargePointId": cp_id, "connectorId": 1}

@@ -242,6 +242,16 @@ class RoutedReservationBook(ReservationBook):
         self._client = client
         self._budgets = budgets
 
+    async def listed(self, principal: Principal) -> list[Reservation]:
+        """The gateways hold the books: read the active reservations from the store (those
+        whose expiry passed while their gateway's timer had not yet run are left out)."""
+        now = self._clock.now()
+        return [
+            r
+            for r in await self._state.active_reservations()
+            if r.expiry > now and (principal.is_admin or r.user_id == principal.user_id)
+        ]
+
     async def reserve(
         self,
         principal: Principal,

@@ -107,6 +107,11 @@ class ReservationBook:
             if principal.is_admin or r.user_id == principal.user_id
         ]
 
+    async def listed(self, principal: Principal) -> list[Reservation]:
+        """What :meth:`active` says, for callers that may be on a node that does not hold the
+        book (a cluster's api node overrides this to read the store)."""
+        return self.active(principal)
+
     def on_connector(self, charge_point_id: str, connector_id: int) -> Reservation | None:
         reservation_id = self._on_connector.get((charge_point_id, connector_id))
         return None if reservation_id is None else self._active.get(reservation_id)

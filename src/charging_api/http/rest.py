@@ -1092,7 +1092,7 @@ def build_rest_app(
         charge_point_id: Annotated[str | None, QueryParameter(name="chargePointId")] = None,
     ) -> list[ReservationOut]:
         book = deps.reservations
-        held = [] if book is None else book.active(principal)
+        held = [] if book is None else await book.listed(principal)
         return [
             _reservation(r)
             for r in held
