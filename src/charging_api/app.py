@@ -281,17 +281,6 @@ class Application:
             sessions=self.sessions,
             webhooks=self.webhooks,
         )
-        self.ocpp_server = OcppServer(
-            self.service,
-            self.gateway,
-            max_frame_size=settings.ocpp_max_frame_size,
-            ping_interval=settings.ocpp_ping_interval or None,
-            rate_limit=settings.ocpp_rate_limit,
-            open_timeout=settings.ocpp_open_timeout,
-            # /health, /metrics and /api/stats on the OCPP port too, so a load balancer checks
-            # each door on the port it serves (a gateway has no app port).
-            http_routes=self._gateway_http,
-        )
         # /metrics: histograms observed through hooks, counts read from the parts at scrape.
         self.metrics = Metrics(self._metric_counts)
         self.app_server.on_command_latency = self.metrics.observe_command
@@ -324,6 +313,17 @@ class Application:
             node_health=self.heartbeat.health if self.heartbeat is not None else None,
         )
         self.app_server.set_http_handler(self.routes)
+        self.ocpp_server = OcppServer(
+            self.service,
+            self.gateway,
+            max_frame_size=settings.ocpp_max_frame_size,
+            ping_interval=settings.ocpp_ping_interval or None,
+            rate_limit=settings.ocpp_rate_limit,
+            open_timeout=settings.ocpp_open_timeout,
+            # /health, /metrics and /api/stats on the OCPP port too, so a load balancer checks
+            # each door on the port it serves (a gateway has no app port).
+            http_routes=self.routes,
+        )
         self.rest = build_rest_app(
             RestConfig(__version__, origins, settings.stats_api_key),
             RestDependencies(
@@ -355,11 +355,6 @@ class Application:
         self._unsubscribe_webhooks = self.bus.subscribe(self.webhooks.on_event)
         self._webhook_loop: asyncio.Task[None] | None = None
         self._session_ticks: asyncio.Task[None] | None = None
-
-    async def _gateway_http(
-        self, method: str, path: str, headers: Any
-    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
-        return await self.routes(method, path, headers)
 
     def _node_counts(self) -> dict[str, int]:
         return {

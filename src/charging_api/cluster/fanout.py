@@ -58,7 +58,7 @@ from charging_api.api import protocol, pushes
 from charging_api.api.hub import Recipient
 from charging_api.api.pushes import Audience
 from charging_api.bus.memory import MemoryBus
-from charging_api.cluster import keys
+from charging_api.cluster import keys, listen
 from charging_api.domain.events import DomainEvent
 from charging_api.errors import Forbidden
 from charging_api.timefmt import utc_now_text
@@ -163,10 +163,9 @@ return answer
 
 def connect(redis_url: str) -> aioredis.Redis:
     """A client for ``redis_url`` (bytes replies; commands time out instead of hanging)."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        redis_url, socket_timeout=5.0, socket_connect_timeout=2.0, health_check_interval=10
+    return listen.connect(
+        redis_url, decode_responses=False, health_check_interval=10, fail_fast=False
     )
-    return client
 
 
 class _Outage:

@@ -1,4 +1,4 @@
-"""Redis connections for the routing parts, and a pub/sub listener that survives outages.
+"""Redis connections for the cluster's parts, and a pub/sub listener that survives outages.
 
 :func:`connect` gives a client that fails fast (connect within 2 s, answers within 5 s, one
 retry): a Redis that does not answer must become ``SERVICE_UNAVAILABLE`` for the asker within
@@ -29,14 +29,30 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
 
 
-def connect(url: str) -> aioredis.Redis:
-    """A client on ``url`` (``redis://host:port/db``) with the fail-fast time-outs above."""
+def connect(
+    url: str,
+    *,
+    decode_responses: bool = True,
+    socket_timeout: float = 5.0,
+    health_check_interval: int = 0,
+    fail_fast: bool = True,
+) -> aioredis.Redis:
+    """A client on ``url`` (``redis://host:port/db``); every cluster part gets its client here.
+
+    Connects within 2 s and answers within ``socket_timeout``; ``fail_fast`` retries a failed
+    command once, without back-off (the routing parts: their asker waits), instead of
+    redis-py's default retries. ``decode_responses=False`` gives bytes (the fan-out's frames);
+    ``health_check_interval`` pings a connection idle that long before using it (0: never)."""
+    options: dict[str, object] = {}
+    if fail_fast:
+        options["retry"] = Retry(NoBackoff(), 1)
     client: aioredis.Redis = aioredis.from_url(  # type: ignore[no-untyped-call]
         url,
-        decode_responses=True,
+        decode_responses=decode_responses,
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        retry=Retry(NoBackoff(), 1),
+        socket_timeout=socket_timeout,
+        health_check_interval=health_check_interval,
+        **options,
     )
     return client
 

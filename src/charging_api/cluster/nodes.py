@@ -25,7 +25,7 @@ import orjson
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from charging_api.cluster import keys
+from charging_api.cluster import keys, listen
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,13 @@ def connect(url: str, interval: float) -> aioredis.Redis:
     """The node's Redis client: a pool with bounded socket time-outs, so a Redis that stops
     answering fails a call within seconds (SERVICE_UNAVAILABLE) instead of hanging it, and
     reconnection on the next call after Redis comes back."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
+    return listen.connect(
         url,
-        socket_connect_timeout=2.0,
+        decode_responses=False,
         socket_timeout=max(2.0, interval * 2),
         health_check_interval=max(1, int(interval)),
-        retry_on_timeout=False,
+        fail_fast=False,
     )
-    return client
 
 
 @dataclass(frozen=True, slots=True)
