@@ -419,7 +419,21 @@ async def test_the_cluster_numbers_and_renders_every_event_as_the_in_process_hub
 async def test_batches_in_flight_together_keep_each_users_order_and_numbering() -> None:
     """Small batches, several in flight at once on the publisher's one connection: every
     user still gets their pushes in publish order, numbered 1, 2, 3 ... without a gap or a
-    repeat, live and in the history; a watcher of everything gets them all in order too."""
+    repeat, live and in the history; a watcher of everything gets them all in order too.
+
+    Whether batches overlap depends on when the event loop runs the reply reader (on a loaded
+    machine it may read each reply before the next batch is sent): the scenario runs on a fresh
+    Redis until a run shows overlap (at most five runs), and every run must keep the order."""
+    most_in_flight = 0
+    for _run in range(5):
+        most_in_flight = await _overlapping_batches_scenario()
+        if most_in_flight > 1:
+            break
+    assert most_in_flight > 1  # the batches really overlapped
+
+
+async def _overlapping_batches_scenario() -> int:
+    """One run of the test above; returns the most batches that were in flight at once."""
     users = ("alice", "bob", "carol")
     rounds = 100
     async with cluster(batch_size=3, depth=4) as scene:
@@ -437,7 +451,6 @@ async def test_batches_in_flight_together_keep_each_users_order_and_numbering() 
                 for u in users
             )
         )
-        assert scene.publisher.most_in_flight > 1  # the batches really overlapped
         assert scene.publisher.round_trips == rounds * len(users) // 3
         for u in users:
             frames = await inboxes[u].wait_for(rounds)
@@ -452,3 +465,4 @@ async def test_batches_in_flight_together_keep_each_users_order_and_numbering() 
             for m in ops.messages
         ] == [(f"CP-{u}", float(n)) for n in range(1, rounds + 1) for u in users]
         assert scene.publisher.dropped == 0
+        return scene.publisher.most_in_flight
